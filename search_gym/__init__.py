@@ -1,0 +1,13 @@
+"""search-gym: Gymnasium environments for studying what RL on agentic search does to an LLM's safety.
+
+``import search_gym`` registers the environment ids (``SearchGym/WikiQA-v0``, ``SearchGym/WikiHarmful-v0``,
+``SearchGym/Wiki18NQ-v0``, ``SearchGym/Wiki18HotpotQA-v0``) with Gymnasium.
+"""
+
+from search_gym.envs import SearchEnv, SearchVectorEnv, register_envs
+
+__version__ = "0.1.0"
+
+register_envs()
+
+__all__ = ["SearchEnv", "SearchVectorEnv", "__version__"]

@@ -1,0 +1,352 @@
+"""SearchEnv: an LLM agent answers questions by searching a retriever, one turn per ``step``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import gymnasium as gym
+from gymnasium import spaces
+
+from search_gym.envs.protocol import (
+    INVALID_ACTION_MESSAGE,
+    PROMPT_TEMPLATES,
+    SEARCH_TOOL,
+    ParsedAction,
+    coerce_action_text,
+    format_information,
+    format_passages,
+    parse_tagged_action,
+    parse_tool_call_action,
+)
+from search_gym.envs.questions import Question, load_questions
+from search_gym.envs.spaces import AnyText, ChatMessages
+from search_gym.rewards import exact_match, score_answer
+
+PROTOCOLS = ("tags", "tool_call")
+_MAX_TEXT = 1 << 21  # 2M characters: a 1 MB action is still inside the action space
+
+
+@dataclass
+class _PendingStep:
+    """Half of a step: the action is parsed and (maybe) waits for retrieval. Lets a vector env batch searches."""
+
+    parsed: ParsedAction
+    free_text: str = ""
+    query: str | None = None
+    episode_over: bool = False
+
+
+@dataclass
+class _Episode:
+    question: Question
+    turn_prefix: str  # text the current assistant turn starts with (an attack's prefill); the action continues it
+    transcript: str = ""  # tags protocol: the assistant turn so far, agent text and environment blocks
+    messages: list[dict] = field(default_factory=list)
+    turn: int = 0
+    searches: list[str] = field(default_factory=list)
+    done: bool = False
+    answer: str | None = None
+    score: float | None = None
+    correct: bool | None = None  # exact match, whatever the reward metric; None without gold answers
+
+
+class SearchEnv(gym.Env):
+    """Answer a question by issuing search queries to a retriever, the Search-R1 way.
+
+    ## Description
+    Each episode is one question (or, for safety studies, one harmful request). The agent is an LLM: it reads a
+    chat prompt and writes text. In the default ``"tags"`` protocol the whole episode is a single assistant turn
+    that the environment extends, exactly as Search-R1 does: the agent writes
+    ``<think>...</think><search> query </search>``, the environment appends
+    ``\\n\\n<information>Doc 1(Title: ...) ...</information>\\n\\n`` with the top-``topk`` passages, the agent
+    continues, and the episode ends when it writes ``<answer> ... </answer>``. In the ``"tool_call"`` protocol
+    searching is a native function call (OpenAI / Qwen ``tool_calls``) and results come back as ``tool``
+    messages; a turn without a tool call is the final answer.
+
+    ## Observation
+    A dict:
+    - ``"messages"``: tuple of chat messages (dicts with ``role`` and ``content``; ``tool_calls`` on assistant
+      messages in the tool-call protocol), ready for ``tokenizer.apply_chat_template(..., add_generation_prompt=True)``.
+    - ``"prefill"``: the text the assistant turn continues from. In the tags protocol this is everything the
+      assistant wrote so far plus the environment's information blocks (and an attack's prefill, e.g.
+      ``"<search>"``); an agent generates from ``chat_template(messages) + prefill``.
+    The tool schema for the tool-call protocol is ``search_gym.envs.protocol.SEARCH_TOOL`` (also ``info["tools"]``
+    at reset).
+
+    ## Action
+    The agent's text for one turn (``str``; bytes are decoded, ``None`` is empty). Generation should stop at
+    ``</search>`` or ``</answer>`` (``search_gym.envs.protocol.STOP_STRINGS``); text after the first closing tag is
+    dropped as Search-R1 does.
+    Malformed text never raises: empty, over-long (``max_action_chars``), binary-looking, tag-spam
+    (> ``max_tags`` tags), nested-tag, untagged and empty-query actions get Search-R1's fixed correction message
+    as the observation, ``info["invalid_action"] = True`` and ``info["parse_error"]`` naming the problem. The turn
+    counts.
+
+    ## Rewards
+    On the answer turn: exact match after SQuAD normalisation against any gold answer (``reward="em"``), or
+    ``"f1"`` / ``"substring_em"``. 0 on every other turn, and 0 for sources without gold answers (harmful prompts).
+    Shaping (format or safety penalties) belongs in wrappers and trainers.
+
+    ## Episode End
+    Terminated when the agent gives a valid answer. Truncated after ``max_turns`` turns without one.
+
+    ## Info
+    JSON-able and deterministic. Reset: ``question_id``, ``question``, ``golden_answers``, ``dataset``, ``split``,
+    ``protocol``, ``prefill``, ``tools``. Step: ``question_id``, ``golden_answers``, ``turn``, ``action_type``
+    (search / answer / invalid), ``query``, ``retrieved_doc_ids``, ``searches``, ``num_searches``,
+    ``parse_error``, ``invalid_action``, ``answer``, ``correct`` (None without gold), ``score``, ``env_text`` (the
+    text the environment appended this turn; trainers mask these tokens out of the policy loss).
+
+    ## Arguments
+    - ``dataset``: ``"wiki_qa"`` (embedded QA), ``"harmful"`` / ``"benign"`` (bundled prompt sets), ``"nq"`` /
+      ``"hotpotqa"`` (hub, FlashRAG format) or a path to a ``{"id","question","golden_answers"}`` JSONL file.
+    - ``split``: ``"train"`` / ``"test"`` for QA, ``"train"`` / ``"heldout"`` for prompt sets.
+    - ``retriever``: a ``RetrieverConfig``, a dict of its fields, ``"dense"`` / ``"bm25"``, or any object with
+      ``search(queries, k) -> list[list[Hit]]``. Built lazily on the first search; configs are shared per process.
+    - ``corpus_path``, ``encoder``, ``index_type``: shortcuts that fill the retriever config (default: the
+      embedded Wikipedia corpus, all-MiniLM-L6-v2, flat FAISS).
+    - ``protocol``: ``"tags"`` (Search-R1) or ``"tool_call"``.
+    - ``template``: ``"search_r1"``, ``"safety"`` (no "first", no example), ``"tool_call"``, or a format string
+      with ``{question}``.
+    - ``topk`` (3), ``max_turns`` (4), ``reward`` (``"em"``), ``prefill`` (text the first assistant turn starts
+      with; attacks set it), ``max_action_chars`` (16384), ``max_tags`` (8), ``render_mode`` (``"ansi"``).
+
+    ## Version History
+    - v0: initial release; Search-R1 protocol parity, native tool-call protocol, batched vector entry point.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        dataset: str = "wiki_qa",
+        split: str = "train",
+        retriever: Any = None,
+        *,
+        corpus_path: str | None = None,
+        encoder: str | None = None,
+        index_type: str | None = None,
+        protocol: str = "tags",
+        template: str | None = None,
+        topk: int = 3,
+        max_turns: int = 4,
+        reward: str = "em",
+        prefill: str = "",
+        max_action_chars: int = 16384,
+        max_tags: int = 8,
+        render_mode: str | None = None,
+    ):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
+        if topk < 1 or max_turns < 1:
+            raise ValueError("topk and max_turns must be >= 1")
+        score_answer("", [""], reward)  # fail fast on an unknown metric
+        template = template or ("tool_call" if protocol == "tool_call" else "search_r1")
+        self.prompt_template = PROMPT_TEMPLATES.get(template, template)
+        if "{question}" not in self.prompt_template:
+            raise ValueError("template must be a known name or a format string containing {question}")
+        self.dataset, self.split = dataset, split
+        self.protocol, self.topk, self.max_turns, self.reward_metric = protocol, topk, max_turns, reward
+        self.initial_prefill = prefill
+        self.max_action_chars, self.max_tags = max_action_chars, max_tags
+        self.render_mode = render_mode
+        self.retriever_config, self._retriever = _resolve_retriever(retriever, corpus_path, encoder, index_type)
+
+        self.observation_space = spaces.Dict({"messages": ChatMessages(), "prefill": AnyText(_MAX_TEXT)})
+        self.action_space = AnyText(_MAX_TEXT)
+        self._questions: list[Question] | None = None
+        self._index_by_id: dict[str, int] | None = None
+        self._episode: _Episode | None = None
+
+    # ------------------------------------------------------------------ lazy resources
+
+    @property
+    def questions(self) -> list[Question]:
+        if self._questions is None:
+            self._questions = load_questions(self.dataset, self.split)
+            if not self._questions:
+                raise ValueError(f"question source {self.dataset!r} split {self.split!r} is empty")
+            self._index_by_id = {q.id: i for i, q in enumerate(self._questions)}
+        return self._questions
+
+    @property
+    def retriever(self):
+        if self._retriever is None:
+            from search_gym.retrieval.factory import get_retriever
+
+            self._retriever = get_retriever(self.retriever_config)
+        return self._retriever
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if state.get("retriever_config") is not None:
+            state["_retriever"] = None  # rebuilt lazily from the config in the new process
+        state["_questions"] = state["_index_by_id"] = None
+        return state
+
+    # ------------------------------------------------------------------ gymnasium API
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        options = options or {}
+        questions = self.questions
+        if "question_id" in options:
+            qid = str(options["question_id"])
+            if qid not in self._index_by_id:
+                raise KeyError(f"question_id {qid!r} is not in {self.dataset!r} split {self.split!r}")
+            question = questions[self._index_by_id[qid]]
+        elif "index" in options:
+            question = questions[int(options["index"]) % len(questions)]
+        else:
+            question = questions[int(self.np_random.integers(len(questions)))]
+        prefill = options.get("prefill", self.initial_prefill)
+        prompt = self.prompt_template.format(question=question.question)
+        self._episode = _Episode(question=question, turn_prefix=prefill, messages=[{"role": "user", "content": prompt}])
+        info = {
+            "question_id": question.id,
+            "question": question.question,
+            "golden_answers": list(question.golden_answers),
+            "dataset": self.dataset,
+            "split": self.split,
+            "protocol": self.protocol,
+            "prefill": prefill,
+            "tools": [SEARCH_TOOL] if self.protocol == "tool_call" else [],
+        }
+        return self._observation(), info
+
+    def step(self, action: Any):
+        pending = self.begin_step(action)
+        hits = self.retriever.search([pending.query], k=self.topk)[0] if pending.query is not None else []
+        return self.end_step(pending, hits)
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi" or self._episode is None:
+            return None
+        ep = self._episode
+        lines = []
+        for message in ep.messages:
+            lines.append(f"[{message['role']}]")
+            if message.get("tool_calls"):
+                lines.append(f"{message['content']}\ntool_calls: {message['tool_calls']}")
+            else:
+                lines.append(message["content"])
+        if ep.transcript or ep.turn_prefix:
+            lines += ["[assistant]", ep.transcript + ep.turn_prefix]
+        status = "running" if not ep.done else f"answer={ep.answer!r} score={ep.score}"
+        lines.append(f"-- turn {ep.turn}/{self.max_turns}, searches={len(ep.searches)}, {status}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ two-phase step (batched by vector envs)
+
+    def begin_step(self, action: Any) -> _PendingStep:
+        """Parse the action; return what must be retrieved. Pure text work, never raises on bad text."""
+        if self._episode is None:
+            raise RuntimeError("call reset() before step()")
+        if self._episode.done:
+            return _PendingStep(ParsedAction("invalid", error="episode_over"), episode_over=True)
+        # The observation's prefill ends with this turn's prefix (e.g. an attack's "<search>"); the agent continues
+        # it, so the prefix and the action are parsed together as one turn of text.
+        text = self._episode.turn_prefix + coerce_action_text(action)
+        if self.protocol == "tags":
+            parsed, free_text = parse_tagged_action(text, max_chars=self.max_action_chars, max_tags=self.max_tags), ""
+        else:
+            parsed, free_text = parse_tool_call_action(text, max_chars=self.max_action_chars, max_tags=self.max_tags)
+        return _PendingStep(parsed, free_text, parsed.content if parsed.kind == "search" else None)
+
+    def end_step(self, pending: _PendingStep, hits: list) -> tuple[dict, float, bool, bool, dict]:
+        """Apply a parsed action and its retrieved passages; return the usual 5-tuple."""
+        ep = self._episode
+        parsed = pending.parsed
+        reward, env_text = 0.0, ""
+        if pending.episode_over:
+            return self._observation(), 0.0, True, False, self._step_info(parsed, hits, env_text)
+        if parsed.kind == "search":
+            ep.searches.append(parsed.content)
+        elif parsed.kind == "answer":
+            ep.answer, ep.done = parsed.content, True
+            if ep.question.golden_answers:
+                ep.score = score_answer(parsed.content, ep.question.golden_answers, self.reward_metric)
+                ep.correct = bool(exact_match(parsed.content, ep.question.golden_answers))
+                reward = ep.score
+        if self.protocol == "tags":
+            env_text = (
+                format_information(hits) if parsed.kind == "search" else INVALID_ACTION_MESSAGE if parsed.kind == "invalid" else ""
+            )
+            ep.transcript += parsed.text + env_text
+        else:
+            env_text = self._extend_tool_messages(ep, pending, hits)
+        ep.turn_prefix = ""
+        ep.turn += 1
+        truncated = not ep.done and ep.turn >= self.max_turns
+        return self._observation(), float(reward), ep.done, truncated, self._step_info(parsed, hits, env_text)
+
+    def _extend_tool_messages(self, ep: _Episode, pending: _PendingStep, hits: list) -> str:
+        parsed = pending.parsed
+        if parsed.kind == "search":
+            call = {"type": "function", "function": {"name": "search", "arguments": {"query": parsed.content}}}
+            ep.messages.append({"role": "assistant", "content": pending.free_text, "tool_calls": [call]})
+            env_text = format_passages(hits)
+            ep.messages.append({"role": "tool", "name": "search", "content": env_text})
+            return env_text
+        ep.messages.append({"role": "assistant", "content": parsed.text if parsed.kind == "answer" else pending.free_text})
+        if parsed.kind == "invalid":
+            ep.messages.append({"role": "user", "content": INVALID_ACTION_MESSAGE.strip()})
+            return INVALID_ACTION_MESSAGE.strip()
+        return ""
+
+    def set_turn_prefill(self, text: str) -> None:
+        """Make the next assistant turn start with ``text`` (attacks re-prefill ``<search>`` between turns)."""
+        if self._episode is None:
+            raise RuntimeError("call reset() before set_turn_prefill()")
+        self._episode.turn_prefix = text
+
+    # ------------------------------------------------------------------ helpers
+
+    def _observation(self) -> dict:
+        ep = self._episode
+        return {"messages": tuple(dict(m) for m in ep.messages), "prefill": ep.transcript + ep.turn_prefix}
+
+    def _step_info(self, parsed: ParsedAction, hits: list, env_text: str) -> dict:
+        ep = self._episode
+        return {
+            "question_id": ep.question.id,
+            "golden_answers": list(ep.question.golden_answers),
+            "turn": ep.turn,
+            "action_type": parsed.kind,
+            "query": parsed.content if parsed.kind == "search" else None,
+            "retrieved_doc_ids": [str(h.doc_id) for h in hits],
+            "searches": list(ep.searches),
+            "num_searches": len(ep.searches),
+            "parse_error": parsed.error,
+            "invalid_action": parsed.kind == "invalid",
+            "answer": ep.answer,
+            "correct": ep.correct,
+            "score": ep.score,
+            "env_text": env_text,
+        }
+
+
+def _resolve_retriever(retriever: Any, corpus_path, encoder, index_type):
+    """Return (config, instance): exactly one is set. Configs keep the env picklable and share indexes."""
+    overrides = {k: v for k, v in {"corpus_path": corpus_path, "encoder": encoder, "index_type": index_type}.items() if v is not None}
+    if retriever is not None and not isinstance(retriever, (str, dict)) and hasattr(retriever, "search"):
+        if overrides:
+            raise ValueError("corpus_path/encoder/index_type only apply when the env builds its own retriever")
+        return None, retriever
+    from search_gym.retrieval.factory import RetrieverConfig
+
+    if retriever is None or isinstance(retriever, (str, dict, RetrieverConfig)):
+        if retriever is None:
+            config = RetrieverConfig()
+        elif isinstance(retriever, str):
+            config = RetrieverConfig(kind=retriever)
+        elif isinstance(retriever, dict):
+            config = RetrieverConfig(**retriever)
+        else:
+            config = retriever
+        return replace(config, **overrides), None
+    raise TypeError("retriever must be a RetrieverConfig, a dict, 'dense'/'bm25', or an object with search()")
+

@@ -1,0 +1,103 @@
+"""A vector SearchEnv that batches retrieval across its sub-environments.
+
+``gym.make_vec(id, num_envs=n, vectorization_mode="vector_entry_point")`` returns this. It steps ``n``
+``SearchEnv`` copies in one process and sends every search query of the step to the retriever in one batched
+call, which is what makes dense retrieval cheap (one encoder forward and one FAISS search for the whole batch).
+Autoreset follows Gymnasium's default next-step mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from search_gym.envs.search_env import SearchEnv
+
+
+class SearchVectorEnv(VectorEnv):
+    """``num_envs`` SearchEnvs sharing one retriever; searches of a step are retrieved in one batch.
+
+    Observations are dicts of tuples (``{"messages": (m_0, ..., m_n-1), "prefill": (p_0, ...)}``), rewards,
+    terminations and truncations are numpy arrays, infos use Gymnasium's vector convention (``info[key]`` array
+    plus ``info["_key"]`` mask).
+    """
+
+    metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self, num_envs: int = 1, render_mode: str | None = None, env_cls: type[SearchEnv] = SearchEnv, **env_kwargs: Any
+    ):
+        if num_envs < 1:
+            raise ValueError("num_envs must be >= 1")
+        self.envs = [env_cls(render_mode=render_mode, **env_kwargs) for _ in range(num_envs)]
+        if self.envs[0].retriever_config is None:
+            shared = self.envs[0]._retriever
+            for env in self.envs[1:]:
+                env._retriever = shared
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.single_observation_space = self.envs[0].observation_space
+        self.single_action_space = self.envs[0].action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+
+    @property
+    def retriever(self):
+        return self.envs[0].retriever
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is None or isinstance(seed, int):
+            seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+        obs, infos = [], {}
+        for i, env in enumerate(self.envs):
+            o, info = env.reset(seed=seeds[i], options=options)
+            obs.append(o)
+            infos = self._add_info(infos, info, i)
+        self._needs_reset[:] = False
+        return self._batch(obs), infos
+
+    def step(self, actions: Sequence[Any]):
+        if len(actions) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} actions, got {len(actions)}")
+        pending: dict[int, Any] = {}
+        for i, env in enumerate(self.envs):
+            if not self._needs_reset[i]:
+                pending[i] = env.begin_step(actions[i])
+        searching = [i for i, p in pending.items() if p.query is not None]
+        hits = self.retriever.search([pending[i].query for i in searching], k=self.envs[0].topk) if searching else []
+        hits_by_env = dict(zip(searching, hits))
+
+        obs, infos = [], {}
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        terminations = np.zeros(self.num_envs, dtype=bool)
+        truncations = np.zeros(self.num_envs, dtype=bool)
+        for i, env in enumerate(self.envs):
+            if self._needs_reset[i]:
+                o, info = env.reset()
+            else:
+                o, rewards[i], terminations[i], truncations[i], info = env.end_step(pending[i], hits_by_env.get(i, []))
+            obs.append(o)
+            infos = self._add_info(infos, info, i)
+        self._needs_reset = terminations | truncations
+        return self._batch(obs), rewards, terminations, truncations, infos
+
+    def render(self) -> tuple[str | None, ...] | None:
+        if self.render_mode is None:
+            return None
+        return tuple(env.render() for env in self.envs)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        for env in self.envs:
+            env.close()
+
+    @staticmethod
+    def _batch(observations: list[dict]) -> dict[str, tuple]:
+        return {key: tuple(o[key] for o in observations) for key in observations[0]}

@@ -1,0 +1,92 @@
+"""Shared fixtures: offline, deterministic, a private cache per test session, tiny corpora."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+TINY_PASSAGES = [
+    ("Paris", "Paris is the capital and most populous city of France, on the river Seine."),
+    ("Berlin", "Berlin is the capital and largest city of Germany by both area and population."),
+    ("Mount Everest", "Mount Everest is Earth's highest mountain above sea level, in the Himalayas."),
+    ("Carmen", "Carmen is an opera in four acts by the French composer Georges Bizet, first performed in 1875."),
+    ("Python (programming language)", "Python is a high-level programming language created by Guido van Rossum."),
+    ("Amazon River", "The Amazon River in South America is the largest river by discharge volume of water."),
+    ("Photosynthesis", "Photosynthesis is the process by which plants use sunlight to make sugars from carbon dioxide."),
+    ("Jupiter", "Jupiter is the fifth planet from the Sun and the largest in the Solar System."),
+]
+
+TINY_QA = [
+    ("q0", "What is the capital of France?", ["Paris"]),
+    ("q1", "Which opera did Georges Bizet compose in four acts?", ["Carmen"]),
+    ("q2", "What is the highest mountain above sea level?", ["Mount Everest", "Everest"]),
+    ("q3", "Who created the Python programming language?", ["Guido van Rossum"]),
+    ("q4", "What is the largest planet in the Solar System?", ["Jupiter"]),
+]
+
+
+def pytest_configure(config):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # One private cache per test session: the real embedded data (seconds to build) is shared by the tests that
+    # need it, and the user's ~/.cache is never touched.
+    if "SEARCH_GYM_TEST_CACHE" in os.environ:
+        os.environ["SEARCH_GYM_CACHE"] = os.environ["SEARCH_GYM_TEST_CACHE"]
+    else:
+        os.environ["SEARCH_GYM_CACHE"] = tempfile.mkdtemp(prefix="search_gym_test_cache_")
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_path(tmp_path_factory) -> Path:
+    rows = [{"id": str(i), "contents": f'"{title}"\n{text}'} for i, (title, text) in enumerate(TINY_PASSAGES)]
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "tiny.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def tiny_qa_path(tmp_path_factory) -> Path:
+    rows = [{"id": i, "question": q, "golden_answers": a} for i, q, a in TINY_QA]
+    return write_jsonl(tmp_path_factory.mktemp("qa") / "tiny_qa.jsonl", rows)
+
+
+class OverlapHit:
+    def __init__(self, doc_id: str, contents: str, score: float):
+        self.doc_id, self.contents, self.score = doc_id, contents, score
+
+
+class WordOverlapRetriever:
+    """Test double: ranks the tiny corpus by word overlap. Counts calls so batching can be checked."""
+
+    name = "overlap"
+
+    def __init__(self, corpus_path: Path):
+        self.docs = [json.loads(line) for line in open(corpus_path, encoding="utf-8")]
+        self.calls: list[int] = []
+
+    def search(self, queries, k: int = 3):
+        self.calls.append(len(queries))
+        out = []
+        for q in queries:
+            words = set(q.lower().split())
+            scored = sorted(
+                self.docs, key=lambda d: (-len(words & set(d["contents"].lower().split())), int(d["id"]))
+            )
+            out.append([OverlapHit(d["id"], d["contents"], 1.0) for d in scored[:k]] if words else [])
+        return out
+
+
+@pytest.fixture()
+def overlap_retriever(tiny_corpus_path) -> WordOverlapRetriever:
+    return WordOverlapRetriever(tiny_corpus_path)
