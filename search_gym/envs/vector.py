@@ -56,9 +56,13 @@ class SearchVectorEnv(VectorEnv):
             seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
         else:
             seeds = list(seed)
+        # options={"per_env": [opts_0, ..., opts_n-1]} gives each sub-env its own options (e.g. a question_id).
+        per_env = (options or {}).get("per_env")
+        if per_env is not None and len(per_env) != self.num_envs:
+            raise ValueError(f"options['per_env'] needs {self.num_envs} entries, got {len(per_env)}")
         obs, infos = [], {}
         for i, env in enumerate(self.envs):
-            o, info = env.reset(seed=seeds[i], options=options)
+            o, info = env.reset(seed=seeds[i], options=per_env[i] if per_env is not None else options)
             obs.append(o)
             infos = self._add_info(infos, info, i)
         self._needs_reset[:] = False
