@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -119,7 +120,7 @@ def _encode(space: Space, value: Any) -> bytes:
 def _decode(space: Space, raw: bytes) -> Any:
     if isinstance(space, AnyText):
         return raw.decode("utf-8", errors="surrogatepass")
-    return tuple(json.loads(raw.decode("utf-8", errors="surrogatepass")))
+    return tuple(json.loads(raw.decode("utf-8", errors="surrogatepass"))) if raw else ()
 
 
 @_shm.create_shared_memory.register(AnyText)
@@ -128,17 +129,41 @@ def _create(space: Space, n: int = 1, ctx: Any = mp):
     return ctx.Array("B", n * _slot_bytes(space), lock=False)
 
 
+class _SharedSlots(Sequence):
+    """Live view of the sub-environments' slots. AsyncVectorEnv reads shared memory once at start-up and expects
+    a view that reflects later writes (numpy views do this for Box); this decodes each slot on access, and
+    ``deepcopy`` (what AsyncVectorEnv returns with ``copy=True``) materialises a plain tuple."""
+
+    def __init__(self, space: Space, shared_memory: Any, n: int):
+        self._space, self._memory, self._n, self._slot = space, shared_memory, n, _slot_bytes(space)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(self[j] for j in range(*i.indices(self._n)))
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        buf = memoryview(self._memory).cast("B")
+        start = (i % self._n) * self._slot
+        length = int.from_bytes(buf[start : start + 8], "little")
+        return _decode(self._space, bytes(buf[start + 8 : start + 8 + length]))
+
+    def __deepcopy__(self, memo: dict) -> tuple:
+        return tuple(self)
+
+    def __eq__(self, other: Any) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, (tuple, list, _SharedSlots)) else other)
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
 @_shm.read_from_shared_memory.register(AnyText)
 @_shm.read_from_shared_memory.register(ChatMessages)
-def _read(space: Space, shared_memory: Any, n: int = 1) -> tuple:
-    slot = _slot_bytes(space)
-    buf = memoryview(shared_memory).cast("B")
-    out = []
-    for i in range(n):
-        start = i * slot
-        length = int.from_bytes(buf[start : start + 8], "little")
-        out.append(_decode(space, bytes(buf[start + 8 : start + 8 + length])))
-    return tuple(out)
+def _read(space: Space, shared_memory: Any, n: int = 1) -> _SharedSlots:
+    return _SharedSlots(space, shared_memory, n)
 
 
 @_shm.write_to_shared_memory.register(AnyText)
