@@ -1,0 +1,23 @@
+"""Loaders for passages, QA sets and prompt sets (Search-R1 / FlashRAG formats).
+
+Builders live in :mod:`search_gym.corpora`; :mod:`search_gym.build` makes sure the embedded data exist.
+"""
+
+from search_gym.data.corpus import Corpus, Passage, file_fingerprint, iter_corpus, load_corpus, load_wiki18
+from search_gym.data.prompts import PromptItem, load_prompt_set
+from search_gym.data.qa import QAItem, load_hf_qa, load_qa_jsonl, normalize_answer
+
+__all__ = [
+    "Corpus",
+    "Passage",
+    "PromptItem",
+    "QAItem",
+    "file_fingerprint",
+    "iter_corpus",
+    "load_corpus",
+    "load_hf_qa",
+    "load_prompt_set",
+    "load_qa_jsonl",
+    "load_wiki18",
+    "normalize_answer",
+]
