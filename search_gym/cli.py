@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -82,9 +83,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         console.print(record.transcript, markup=False, highlight=False)
         console.print(f"gold={record.golden_answers} answer={record.answer!r} correct={record.correct}")
     stats = summary.as_dict()
-    table = Table(title=f"{args.env} [{args.split}] agent={args.agent} retriever={args.retriever}")
+    table = Table(title=escape(f"{args.env} [{args.split}] agent={args.agent} retriever={args.retriever}"))
     for column in ("episodes", "EM", "searches/ep", "invalid/ep", "agent s", "env s", "wall s", "tokens/s"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     table.add_row(
         str(stats["episodes"]),
         f"{stats['exact_match']:.3f}",
