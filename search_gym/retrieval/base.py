@@ -1,0 +1,340 @@
+"""Core retrieval types shared by every backend: :class:`Hit`, the :class:`Retriever` protocol and corpus I/O.
+
+Passages follow the Search-R1 / FlashRAG JSONL format, one row per passage::
+
+    {"id": "0", "contents": "\\"Title\\"\\nPassage text ..."}
+
+Backends never hold the whole corpus in memory. They keep a table of byte offsets into the JSONL file
+(``offsets.npy``, one int64 per passage plus the file size) and read a passage by slicing a memory map of the
+file, so the same code serves the ~15k-passage embedded corpus and the 21M-passage wiki-18 dump.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import mmap
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from search_gym.data.corpus import file_fingerprint
+
+logger = logging.getLogger(__name__)
+
+#: Queries are cut to this many characters before tokenisation. The encoders truncate to their max token length
+#: anyway (256-512 tokens is at most a few thousand characters); capping first keeps a 1 MB query from costing
+#: seconds of tokenisation.
+MAX_QUERY_CHARS = 8192
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved passage. ``contents`` is the raw corpus field: a quoted title line, then the text."""
+
+    doc_id: str
+    contents: str
+    score: float
+
+    @property
+    def title(self) -> str:
+        """First line of ``contents`` with one pair of surrounding double quotes removed.
+
+        A single-line passage has no title line and gets "" (as :class:`search_gym.data.corpus.Passage` does).
+        """
+        first, sep, _ = self.contents.partition("\n")
+        if not sep:
+            return ""
+        first = first.strip()
+        if len(first) >= 2 and first[0] == '"' and first[-1] == '"':
+            first = first[1:-1]
+        return first
+
+    @property
+    def text(self) -> str:
+        """Everything after the title line, stripped; the whole passage when it has a single line."""
+        first, sep, rest = self.contents.partition("\n")
+        return rest.strip() if sep else first.strip()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, with the parsed title and text alongside the raw contents."""
+        return {
+            "doc_id": self.doc_id,
+            "title": self.title,
+            "text": self.text,
+            "contents": self.contents,
+            "score": float(self.score),
+        }
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Anything that answers batched queries with ranked passages.
+
+    ``search`` returns one list per query, best first, at most ``k`` long. An empty or whitespace-only query gets
+    ``[]``; no query text makes it raise.
+    """
+
+    name: str
+
+    def search(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]: ...
+
+
+def clean_queries(queries: Sequence[str] | str) -> tuple[list[str], list[int]]:
+    """Normalise a batch of queries: returns the non-empty ones (character-capped) and their batch positions."""
+    if isinstance(queries, str):
+        # A bare string is almost always a mistake for a one-query batch; iterating it would search characters.
+        queries = [queries]
+    kept, positions = [], []
+    for i, q in enumerate(queries):
+        if q is None:
+            continue
+        q = str(q)[:MAX_QUERY_CHARS].strip()
+        if q:
+            kept.append(q)
+            positions.append(i)
+    return kept, positions
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Corpus files
+
+
+def row_contents(row: dict[str, Any]) -> str:
+    """The ``contents`` field of a corpus row; FlashRAG's ``title``/``text`` variant is folded into that form."""
+    contents = row.get("contents")
+    if contents is None:
+        title = row.get("title", "")
+        text = row.get("text", "")
+        contents = f'"{title}"\n{text}' if title else str(text)
+    return str(contents)
+
+
+def check_corpus_path(path: str | os.PathLike) -> Path:
+    """``path`` as a Path; a compressed corpus is refused up front because passages are read by byte offset."""
+    path = Path(path)
+    if path.suffix in (".gz", ".bz2", ".xz", ".zst"):
+        raise ValueError(
+            f"{path} is compressed; retrieval reads passages by byte offset from a plain JSONL file. "
+            f"Decompress it first (e.g. `gunzip -k {path}`) and pass the .jsonl path"
+        )
+    return path
+
+
+def scan_offsets(path: str | os.PathLike, progress: bool = False) -> np.ndarray:
+    """Byte offset of every non-blank line of a JSONL file, followed by the file size (int64, length n+1).
+
+    Passage ``i`` is the bytes ``offsets[i]:offsets[i+1]``; blank lines between rows fall inside a slice as
+    whitespace, which ``json.loads`` ignores.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    starts: list[int] = []
+    bar = _progress(total=size, desc=f"scanning {path.name}", unit="B", unit_scale=True, disable=not progress)
+    with open(path, "rb") as f:
+        pos = 0
+        for line in f:
+            if line.strip():
+                starts.append(pos)
+            pos += len(line)
+            bar.update(len(line))
+    bar.close()
+    starts.append(size)
+    return np.asarray(starts, dtype=np.int64)
+
+
+class PassageStore:
+    """Random access to passages of a JSONL corpus through an offset table; picklable, opens the file lazily."""
+
+    def __init__(self, corpus_path: str | os.PathLike, offsets: np.ndarray):
+        self.corpus_path = str(corpus_path)
+        self.offsets = offsets
+        self._mm: mmap.mmap | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"corpus_path": self.corpus_path, "offsets": self.offsets}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["corpus_path"], state["offsets"])
+
+    def _map(self) -> mmap.mmap:
+        if self._mm is None:
+            with self._lock:
+                if self._mm is None:
+                    with open(self.corpus_path, "rb") as f:
+                        self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._mm
+
+    def row(self, i: int) -> dict[str, Any]:
+        """The parsed JSON row of passage ``i``."""
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        return json.loads(self._map()[start:end])
+
+    def get(self, i: int) -> tuple[str, str]:
+        """``(doc_id, contents)`` of passage ``i``; a row without an id gets its line number."""
+        row = self.row(i)
+        doc_id = row.get("id", i)
+        return str(doc_id), row_contents(row)
+
+    def contents_range(self, start: int, stop: int) -> list[str]:
+        """Contents of passages ``start..stop-1``, read in one slice."""
+        mm = self._map()
+        lo, hi = int(self.offsets[start]), int(self.offsets[stop])
+        block = mm[lo:hi]
+        out = []
+        for j in range(start, stop):
+            a, b = int(self.offsets[j]) - lo, int(self.offsets[j + 1]) - lo
+            out.append(row_contents(json.loads(block[a:b])))
+        return out
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fingerprints and atomic files
+
+_FP_CACHE_MIN_BYTES = 64 << 20
+_FP_CACHE: dict[tuple[str, int, int], str] = {}
+_FP_LOCK = threading.Lock()
+
+
+def corpus_fingerprint(path: str | os.PathLike) -> str:
+    """SHA-256 of a corpus file, hex.
+
+    Hashing wiki-18 (14 GB) takes tens of seconds, so the digest is remembered per (real path, size, mtime) in
+    this process and in ``<cache>/indexes/fingerprints.json`` across processes; a file rewritten in place gets a
+    new mtime and is hashed again.
+    """
+    from search_gym.paths import indexes_dir
+
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    if st.st_size <= _FP_CACHE_MIN_BYTES:
+        # Small files hash in milliseconds; not caching them means a file rewritten within one mtime tick
+        # (coarse-clock file systems) can never keep a stale fingerprint.
+        return file_fingerprint(real)
+    key = (real, st.st_size, st.st_mtime_ns)
+    with _FP_LOCK:
+        if key in _FP_CACHE:
+            return _FP_CACHE[key]
+    disk_cache = indexes_dir() / "fingerprints.json"
+    cached = _read_json(disk_cache) or {}
+    entry = cached.get(real)
+    if entry and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+        digest = entry["sha256"]
+    else:
+        digest = file_fingerprint(real)
+        with contextlib.suppress(OSError), file_lock(disk_cache.with_suffix(".lock")):
+            cached = _read_json(disk_cache) or {}
+            cached[real] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+            atomic_write_text(disk_cache, json.dumps(cached, indent=1))
+    with _FP_LOCK:
+        _FP_CACHE[key] = digest
+    return digest
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_meta(folder: Path) -> dict[str, Any] | None:
+    """``folder/meta.json`` or None when missing or unreadable."""
+    meta = _read_json(folder / "meta.json")
+    return meta if isinstance(meta, dict) else None
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    # mkstemp creates the file 0600; indexes in a shared cache should be readable like any other file.
+    os.chmod(tmp, 0o644)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file so that readers see either the old file or the whole new one."""
+    with _atomic_path(Path(path)) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``np.save`` through a temporary file and a rename (an interrupted write leaves no partial .npy)."""
+    with _atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path to write; it is renamed onto ``path`` when the block exits without error."""
+    with _atomic_path(Path(path)) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Exclusive inter-process lock on ``path`` (POSIX ``flock``).
+
+    Several environment copies in separate processes may ask for the same missing index at once; the lock makes
+    one of them build it while the others wait and then load it. Where ``fcntl`` is unavailable it is a no-op.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape an index, recorded in meta.json for provenance."""
+    import importlib.metadata as md
+
+    out = {}
+    for dist in ("faiss-cpu", "faiss-gpu", "faiss", "sentence-transformers", "transformers", "torch", "numpy",
+                 "bm25s"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[dist] = md.version(dist)
+    return out
+
+
+def slugify(text: str) -> str:
+    """Lower-case file-name-safe form of a model or corpus name."""
+    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in text.lower())
+    return "-".join(p for p in keep.split("-") if p) or "x"
+
+
+def _progress(**kwargs: Any):
+    from tqdm.auto import tqdm
+
+    return tqdm(**kwargs)

@@ -1,0 +1,276 @@
+"""Sparse retrieval with BM25 (bm25s), same corpus format, index folder conventions and :class:`Hit` outputs as
+the dense retriever.
+
+Tokenisation: lower-case words of two or more characters, English stopwords removed, Snowball stemming when
+PyStemmer is installed (``stemmer=None``, the default, means "if available"; the choice is recorded in meta.json,
+so an index built with stemming is rebuilt when loaded without it). The corpus is tokenised in chunks so the raw
+texts are never all in memory; the folder holds bm25s's sparse matrix, the tokenizer vocabulary,
+``offsets.npy`` and ``meta.json`` (written last).
+
+Passages sharing no term with the query score 0 and are not returned, so a query may get fewer than ``k`` hits.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search_gym.retrieval.base import (
+    Hit,
+    PassageStore,
+    _progress,
+    atomic_save_npy,
+    atomic_write_text,
+    check_corpus_path,
+    clean_queries,
+    corpus_fingerprint,
+    file_lock,
+    library_versions,
+    read_meta,
+    scan_offsets,
+    slugify,
+)
+
+logger = logging.getLogger(__name__)
+
+META_FORMAT = 1
+_CHUNK = 10_000  # passages tokenised per step while building
+
+
+def _stemmer_available() -> bool:
+    try:
+        import Stemmer  # noqa: F401  (PyStemmer)
+    except ImportError:
+        return False
+    return True
+
+
+class BM25Retriever:
+    """BM25 over a Search-R1 / FlashRAG JSONL corpus.
+
+    Args:
+        corpus_path: JSONL file of ``{"id", "contents"}`` rows.
+        index_dir: exact folder of this index; default ``indexes_dir()/<stem>-<sha[:12]>-bm25``.
+        k1, b, method: BM25 parameters (bm25s names; "lucene" is Lucene's variant, as in Pyserini).
+        stemmer: True = require PyStemmer, False = no stemming, None = stem when PyStemmer is installed.
+        progress: show progress bars while building.
+    """
+
+    def __init__(
+        self,
+        corpus_path: str | Path,
+        index_dir: str | Path | None = None,
+        k1: float = 1.5,
+        b: float = 0.75,
+        method: str = "lucene",
+        stemmer: bool | None = None,
+        progress: bool = True,
+    ):
+        self.corpus_path = check_corpus_path(corpus_path)
+        self._index_dir = Path(index_dir) if index_dir is not None else None
+        self.k1 = float(k1)
+        self.b = float(b)
+        self.method = method
+        available = _stemmer_available()
+        if stemmer and not available:
+            raise ImportError("stemmer=True needs PyStemmer: pip install PyStemmer")
+        self.stem = available if stemmer is None else bool(stemmer)
+        self.progress = progress
+        self.name = "bm25" + ("-stem" if self.stem else "")
+        self.builds = 0
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._lock = threading.RLock()
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._store: PassageStore | None = None
+        self._fingerprint: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_lock", "_model", "_tokenizer", "_store", "_fingerprint"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.builds = 0  # a copy starts its own count
+        self._init_runtime()
+
+    def __repr__(self) -> str:
+        return f"BM25Retriever(corpus_path={str(self.corpus_path)!r}, stem={self.stem})"
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            if not self.corpus_path.is_file():
+                raise FileNotFoundError(f"corpus file {self.corpus_path} does not exist")
+            self._fingerprint = corpus_fingerprint(self.corpus_path)
+        return self._fingerprint
+
+    @property
+    def index_dir(self) -> Path:
+        if self._index_dir is not None:
+            return self._index_dir
+        from search_gym.paths import indexes_dir
+
+        return indexes_dir() / f"{slugify(self.corpus_path.stem)}-{self.fingerprint[:12]}-{self.name}"
+
+    def _params(self) -> dict[str, Any]:
+        return {"k1": self.k1, "b": self.b, "method": self.method, "stemmer": self.stem, "stopwords": "en",
+                "lower": True}
+
+    def _stale_reason(self, folder: Path) -> str | None:
+        meta = read_meta(folder)
+        if meta is None:
+            return "no finished index"
+        if meta.get("format") != META_FORMAT or meta.get("kind") != "bm25":
+            return "index format changed"
+        if meta.get("corpus_fingerprint") != self.fingerprint:
+            return (f"corpus fingerprint changed ({str(meta.get('corpus_fingerprint'))[:12]} -> "
+                    f"{self.fingerprint[:12]})")
+        if meta.get("params") != self._params():
+            return f"parameters changed ({meta.get('params')} -> {self._params()})"
+        if not (folder / "offsets.npy").is_file() or not (folder / "bm25").is_dir():
+            return "index files missing"
+        return None
+
+    def _make_tokenizer(self) -> Any:
+        from bm25s.tokenization import Tokenizer
+
+        stemmer = None
+        if self.stem:
+            import Stemmer
+
+            stemmer = Stemmer.Stemmer("english")
+        return Tokenizer(lower=True, stopwords="en", stemmer=stemmer)
+
+    def load(self) -> BM25Retriever:
+        if self._model is None:
+            self.build(progress=self.progress)
+        return self
+
+    def build(self, progress: bool = True, force: bool = False) -> Path:
+        """Make sure a valid index exists on disk (building it when missing or stale) and load it."""
+        with self._lock:
+            folder = self.index_dir
+            if self._model is not None and not force:
+                return folder
+            folder.mkdir(parents=True, exist_ok=True)
+            with file_lock(folder / "build.lock"):
+                reason = "rebuild requested" if force else self._stale_reason(folder)
+                if reason is not None:
+                    if reason != "no finished index":
+                        logger.warning("rebuilding BM25 index at %s: %s", folder, reason)
+                    self._build(folder, progress)
+                self._load(folder)
+            return folder
+
+    def _build(self, folder: Path, progress: bool) -> None:
+        import bm25s
+        from bm25s.tokenization import Tokenized
+
+        t0 = time.perf_counter()
+        (folder / "meta.json").unlink(missing_ok=True)
+        offsets = scan_offsets(self.corpus_path, progress=progress)
+        n = len(offsets) - 1
+        if n == 0:
+            raise ValueError(f"corpus {self.corpus_path} has no passages")
+        atomic_save_npy(folder / "offsets.npy", offsets)
+        store = PassageStore(self.corpus_path, offsets)
+        tokenizer = self._make_tokenizer()
+        ids: list[list[int]] = []
+        bar = _progress(total=n, desc=f"tokenising {self.corpus_path.name}", unit="psg", disable=not progress)
+        for a in range(0, n, _CHUNK):
+            b = min(n, a + _CHUNK)
+            ids.extend(tokenizer.streaming_tokenize(store.contents_range(a, b), update_vocab=True))
+            bar.update(b - a)
+        bar.close()
+        store.close()
+
+        model = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
+        model.index(Tokenized(ids=ids, vocab=tokenizer.get_vocab_dict()), show_progress=progress)
+        del ids
+        tmp = folder / "bm25.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save(str(tmp), show_progress=False)
+        tokenizer.save_vocab(str(tmp))
+        shutil.rmtree(folder / "bm25", ignore_errors=True)
+        tmp.rename(folder / "bm25")
+
+        import json
+
+        meta = {
+            "format": META_FORMAT,
+            "kind": "bm25",
+            "corpus_path": str(self.corpus_path.resolve()),
+            "corpus_fingerprint": self.fingerprint,
+            "count": n,
+            "params": self._params(),
+            "vocab_size": len(tokenizer.get_vocab_dict()),
+            "versions": library_versions(),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "timings_s": {"total": round(time.perf_counter() - t0, 3)},
+        }
+        atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True))
+        self.builds += 1
+
+    def _load(self, folder: Path) -> None:
+        import bm25s
+
+        meta = read_meta(folder)
+        assert meta is not None
+        model = bm25s.BM25.load(str(folder / "bm25"), load_vocab=True, mmap=False, show_progress=False)
+        tokenizer = self._make_tokenizer()
+        tokenizer.load_vocab(str(folder / "bm25"))
+        offsets = np.load(folder / "offsets.npy", mmap_mode="r")
+        if len(offsets) - 1 != meta["count"]:
+            raise RuntimeError(f"BM25 index at {folder} is inconsistent; delete the folder to rebuild it")
+        self._tokenizer = tokenizer
+        self._store = PassageStore(self.corpus_path, offsets)
+        self._model = model
+
+    def __len__(self) -> int:
+        self.load()
+        assert self._store is not None
+        return len(self._store)
+
+    def __bool__(self) -> bool:
+        # Without this, ``if retriever:`` would call __len__ and build the index as a side effect.
+        return True
+
+    def search(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]:
+        """Top-``k`` passages per query by BM25 score, best first; queries with no known term get []."""
+        kept, positions = clean_queries(queries)
+        n_queries = 1 if isinstance(queries, str) else len(queries)
+        results: list[list[Hit]] = [[] for _ in range(n_queries)]
+        if not kept or k <= 0:
+            return results
+        self.load()
+        assert self._store is not None
+        with self._lock:  # the tokenizer's stem cache is a plain dict it updates while tokenising
+            token_ids = self._tokenizer.tokenize(kept, update_vocab=False, return_as="ids", show_progress=False,
+                                                 allow_empty=False)
+        live = [(pos, toks) for pos, toks in zip(positions, token_ids) if toks]
+        if not live:
+            return results
+        k = min(int(k), len(self._store))
+        docs, scores = self._model.retrieve([toks for _, toks in live], k=k, return_as="tuple",
+                                            show_progress=False, n_threads=0)
+        for (pos, _), row_docs, row_scores in zip(live, docs, scores):
+            hits = []
+            for i, score in zip(row_docs, row_scores):
+                if score <= 0:
+                    continue
+                doc_id, contents = self._store.get(int(i))
+                hits.append(Hit(doc_id, contents, float(score)))
+            results[pos] = hits
+        return results

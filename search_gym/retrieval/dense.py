@@ -1,0 +1,527 @@
+"""Dense retrieval: a sentence-transformers encoder plus a FAISS index over a JSONL passage corpus.
+
+An index lives in one folder::
+
+    index.faiss     the FAISS index (inner product on L2-normalised embeddings = cosine similarity)
+    offsets.npy     int64 byte offsets of every passage in the corpus JSONL (+ the file size)
+    meta.json       corpus SHA-256, encoder identity, index type and parameters, dim, count, library versions
+    shards/         per-shard passage embeddings while a build is in progress (removed afterwards by default)
+
+``meta.json`` is written last, so its presence marks a finished index. On load, a folder whose meta does not
+match the current corpus file, encoder or index parameters is rebuilt (the reason is logged). Builds encode the
+corpus in shards saved atomically as ``.npy``; an interrupted build skips the shards already on disk.
+
+Nothing heavy happens in the constructor: the model and index are loaded (or built) on the first
+:meth:`DenseRetriever.search` or an explicit :meth:`DenseRetriever.build`. The object pickles to its settings
+only, so environment copies in subprocesses reload the index lazily instead of copying it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search_gym.retrieval.base import (
+    Hit,
+    PassageStore,
+    _progress,
+    atomic_output,
+    atomic_save_npy,
+    atomic_write_text,
+    check_corpus_path,
+    clean_queries,
+    corpus_fingerprint,
+    file_lock,
+    library_versions,
+    read_meta,
+    scan_offsets,
+    slugify,
+)
+from search_gym.retrieval.encoders import EncoderSpec, embedding_dim, encode, load_encoder, resolve_encoder
+
+logger = logging.getLogger(__name__)
+
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+META_FORMAT = 1
+
+#: HNSW insertion is multi-threaded in FAISS and the resulting graph depends on thread timing. Up to this many
+#: passages the build runs single-threaded (a few seconds) so that the same corpus always gives the same index.
+HNSW_DETERMINISTIC_MAX = 200_000
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int | None) -> Iterator[None]:
+    """Run the block with FAISS's OpenMP pool set to ``n`` threads (None = leave it), then restore it.
+
+    Why: OpenMP threads spin while waiting, so on a small, busy CPU (a 2-core laptop also running the agent) tiny
+    FAISS calls can get 5-1000x slower with several threads than with one. Measured on 2 loaded cores: IVF-PQ
+    training on 30 points 2.4 s vs 2 ms; flat search of one query over 12k passages 84 vs 396 queries/s.
+    """
+    if n is None:
+        yield
+        return
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def ivfpq_params(n: int, dim: int, nlist: int | None = None, m: int | None = None, nbits: int = 8) -> dict[str, int]:
+    """IVF-PQ parameters for ``n`` vectors of size ``dim``, clamped so that training is well-posed.
+
+    * ``nlist`` ~ 4 sqrt(n), at most n/39 (FAISS wants >= 39 training points per centroid), at least 1.
+    * ``m`` (sub-quantizers) = the largest divisor of ``dim`` not above dim/8, i.e. 8 dimensions per byte;
+      for e5's 768-d vectors that is 96 bytes per passage, 2 GB of codes for wiki-18's 21M passages.
+    * ``nbits`` at most log2 of the training-sample size (each sub-quantizer has 2**nbits centroids).
+    * ``n_train`` = enough points for both quantizers, at most 1M, at most n.
+    """
+    if n < 2:
+        raise ValueError(f"an ivfpq index needs at least 2 passages to train on, the corpus has {n}; "
+                         f"use index_type='flat'")
+    if nlist is None:
+        nlist = int(round(4 * math.sqrt(n)))
+    nlist = max(1, min(int(nlist), n // 39 if n >= 39 else 1))
+    if m is None:
+        m = max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0)
+    elif dim % m:
+        raise ValueError(f"pq m={m} must divide the embedding dimension {dim}")
+    n_train = min(n, max(50 * nlist, 40 * (1 << nbits)), 1_000_000)
+    nbits = max(1, min(int(nbits), int(math.floor(math.log2(n_train)))))
+    return {"nlist": nlist, "m": int(m), "nbits": nbits, "n_train": n_train}
+
+
+class DenseRetriever:
+    """FAISS retriever over a Search-R1 / FlashRAG JSONL corpus.
+
+    Args:
+        corpus_path: JSONL file of ``{"id", "contents"}`` rows.
+        encoder: preset name ("minilm", "e5-base-v2"), hub id, local folder or :class:`EncoderSpec`.
+        index_type: "flat" (exact), "hnsw" (graph, fast approximate) or "ivfpq" (compressed, for wiki-18 scale).
+        index_dir: the exact folder of this index; default ``indexes_dir()/<stem>-<sha[:12]>-<encoder>-<type>``.
+        device: torch device for the encoder (None = sentence-transformers' choice).
+        batch_size: encoder batch size for passages and queries.
+        nprobe: IVF lists visited per query (ivfpq only); default min(64, nlist).
+        hnsw_ef_search: HNSW candidate-list size at query time.
+        hnsw_m, hnsw_ef_construction: HNSW graph degree and build-time candidate-list size.
+        nlist, pq_m, pq_nbits: IVF-PQ build parameters (None = chosen from the corpus size, see ivfpq_params).
+        shard_size: passages per embedding shard (the unit of resumption).
+        keep_shards: keep the shard embeddings after the index is written (e.g. to build another index type).
+        progress: show progress bars while building.
+        search_threads: FAISS threads per search call (None = FAISS's default, all cores). 1 is often faster
+            for small batches on a small shared CPU; see :func:`faiss_threads`.
+    """
+
+    def __init__(
+        self,
+        corpus_path: str | Path,
+        encoder: str | EncoderSpec = "minilm",
+        index_type: str = "flat",
+        index_dir: str | Path | None = None,
+        device: str | None = None,
+        batch_size: int = 64,
+        nprobe: int | None = None,
+        hnsw_ef_search: int = 128,
+        hnsw_m: int = 32,
+        hnsw_ef_construction: int = 100,
+        nlist: int | None = None,
+        pq_m: int | None = None,
+        pq_nbits: int = 8,
+        shard_size: int = 4096,
+        keep_shards: bool = False,
+        progress: bool = True,
+        search_threads: int | None = None,
+    ):
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
+        if shard_size < 1:
+            raise ValueError("shard_size must be positive")
+        self.corpus_path = check_corpus_path(corpus_path)
+        self.encoder: EncoderSpec = resolve_encoder(encoder)
+        self.index_type = index_type
+        self._index_dir = Path(index_dir) if index_dir is not None else None
+        self.device = device
+        self.batch_size = batch_size
+        self.nprobe = nprobe
+        self.hnsw_ef_search = hnsw_ef_search
+        self.hnsw_m = hnsw_m
+        self.hnsw_ef_construction = hnsw_ef_construction
+        self.nlist = nlist
+        self.pq_m = pq_m
+        self.pq_nbits = pq_nbits
+        self.shard_size = shard_size
+        self.keep_shards = keep_shards
+        self.progress = progress
+        self.search_threads = search_threads
+        self.name = f"dense-{self.encoder.slug}-{index_type}"
+        self.builds = 0  # how many times this object built (not merely loaded) its index
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._lock = threading.RLock()
+        self._index: Any = None
+        self._store: PassageStore | None = None
+        self._meta: dict[str, Any] | None = None
+        self._fingerprint: str | None = None
+
+    # Pickle the settings only: the index, model and memory map are per-process and reload lazily.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_lock", "_index", "_store", "_meta", "_fingerprint"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.builds = 0  # a copy starts its own count
+        self._init_runtime()
+
+    def __repr__(self) -> str:
+        return (f"DenseRetriever(corpus_path={str(self.corpus_path)!r}, encoder={self.encoder.name_or_path!r}, "
+                f"index_type={self.index_type!r})")
+
+    # ------------------------------------------------------------------------------------------------ identity
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the corpus file (computed once per object)."""
+        if self._fingerprint is None:
+            if not self.corpus_path.is_file():
+                raise FileNotFoundError(f"corpus file {self.corpus_path} does not exist")
+            self._fingerprint = corpus_fingerprint(self.corpus_path)
+        return self._fingerprint
+
+    @property
+    def index_dir(self) -> Path:
+        """Folder holding this index (hashes the corpus when the default name is used)."""
+        if self._index_dir is not None:
+            return self._index_dir
+        from search_gym.paths import indexes_dir
+
+        stem = slugify(self.corpus_path.stem)
+        return indexes_dir() / f"{stem}-{self.fingerprint[:12]}-{self.encoder.slug}-{self.index_type}"
+
+    def _requested_params(self) -> dict[str, Any]:
+        if self.index_type == "hnsw":
+            return {"M": self.hnsw_m, "ef_construction": self.hnsw_ef_construction}
+        if self.index_type == "ivfpq":
+            return {"nlist": self.nlist, "m": self.pq_m, "nbits": self.pq_nbits}
+        return {}
+
+    def _stale_reason(self, folder: Path) -> str | None:
+        """Why the index in ``folder`` cannot be used as is, or None when it can."""
+        meta = read_meta(folder)
+        if meta is None:
+            return "no finished index"
+        if meta.get("format") != META_FORMAT or meta.get("kind") != "dense":
+            return "index format changed"
+        if meta.get("corpus_fingerprint") != self.fingerprint:
+            return (f"corpus fingerprint changed ({str(meta.get('corpus_fingerprint'))[:12]} -> "
+                    f"{self.fingerprint[:12]})")
+        if meta.get("encoder", {}).get("identity") != self.encoder.passage_identity():
+            return f"encoder changed ({meta.get('encoder', {}).get('identity')} -> {self.encoder.passage_identity()})"
+        if meta.get("index_type") != self.index_type or meta.get("requested_params") != self._requested_params():
+            return "index type or parameters changed"
+        if not (folder / "index.faiss").is_file() or not (folder / "offsets.npy").is_file():
+            return "index files missing"
+        return None
+
+    # ------------------------------------------------------------------------------------------------ loading
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._index is not None
+
+    def load(self) -> DenseRetriever:
+        """Load the index, building it first when missing or stale. Idempotent."""
+        if self._index is None:
+            self.build(progress=self.progress, force=False)
+        return self
+
+    def build(self, progress: bool = True, force: bool = False) -> Path:
+        """Make sure a valid index exists on disk (building or resuming it as needed) and load it.
+
+        ``force`` rebuilds even a valid index (shards already encoded for this corpus and encoder are reused).
+        Returns the index folder.
+        """
+        with self._lock:
+            folder = self.index_dir
+            if self._index is not None and not force:
+                return folder
+            folder.mkdir(parents=True, exist_ok=True)
+            with file_lock(folder / "build.lock"):
+                reason = "rebuild requested" if force else self._stale_reason(folder)
+                if reason is not None:
+                    if reason != "no finished index":
+                        logger.warning("rebuilding dense index at %s: %s", folder, reason)
+                    else:
+                        logger.info("building dense index at %s", folder)
+                    self._build(folder, progress)
+                self._load(folder)
+            return folder
+
+    def _load(self, folder: Path) -> None:
+        import faiss
+
+        meta = read_meta(folder)
+        assert meta is not None
+        offsets = np.load(folder / "offsets.npy", mmap_mode="r")
+        index = faiss.read_index(str(folder / "index.faiss"))
+        if index.ntotal != len(offsets) - 1 or index.ntotal != meta["count"]:
+            raise RuntimeError(f"index at {folder} is inconsistent ({index.ntotal} vectors, "
+                               f"{len(offsets) - 1} offsets); delete the folder to rebuild it")
+        self._apply_search_params(index, meta)
+        self._store = PassageStore(self.corpus_path, offsets)
+        self._meta = meta
+        self._index = index
+
+    def _apply_search_params(self, index: Any, meta: dict[str, Any]) -> None:
+        import faiss
+
+        if self.index_type == "hnsw":
+            index.hnsw.efSearch = int(self.hnsw_ef_search)
+        elif self.index_type == "ivfpq":
+            ivf = faiss.extract_index_ivf(index)
+            nlist = int(meta["index_params"]["nlist"])
+            ivf.nprobe = int(min(nlist, self.nprobe if self.nprobe is not None else 64))
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Contents of meta.json of the loaded index (loads it)."""
+        self.load()
+        assert self._meta is not None
+        return self._meta
+
+    def __len__(self) -> int:
+        self.load()
+        return int(self._index.ntotal)
+
+    def __bool__(self) -> bool:
+        # Without this, ``if retriever:`` would call __len__ and build the index as a side effect.
+        return True
+
+    # ------------------------------------------------------------------------------------------------ building
+
+    def _encode_passages(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of one shard of passages (a separate method so tests can observe or interrupt builds)."""
+        model = load_encoder(self.encoder, self.device)
+        return encode(model, texts, prefix=self.encoder.passage_prefix, normalize=self.encoder.normalize,
+                      batch_size=self.batch_size)
+
+    def _build(self, folder: Path, progress: bool) -> None:
+        t0 = time.perf_counter()
+        # meta.json goes first so that a crash from here on leaves a folder that reads as unfinished.
+        (folder / "meta.json").unlink(missing_ok=True)
+
+        offsets = scan_offsets(self.corpus_path, progress=progress)
+        n = len(offsets) - 1
+        if n == 0:
+            raise ValueError(f"corpus {self.corpus_path} has no passages")
+        atomic_save_npy(folder / "offsets.npy", offsets)
+        store = PassageStore(self.corpus_path, offsets)
+        model = load_encoder(self.encoder, self.device)
+        dim = embedding_dim(model)
+
+        shard_dir = folder / "shards"
+        manifest = {"corpus_fingerprint": self.fingerprint, "encoder": self.encoder.passage_identity(),
+                    "shard_size": self.shard_size, "count": n, "dim": dim}
+        if _read_json_file(shard_dir / "manifest.json") != manifest:
+            shutil.rmtree(shard_dir, ignore_errors=True)
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(shard_dir / "manifest.json", _dumps(manifest))
+
+        n_shards = math.ceil(n / self.shard_size)
+        shard_paths = [shard_dir / f"{s:06d}.npy" for s in range(n_shards)]
+        todo = []
+        for s, path in enumerate(shard_paths):
+            rows = min(n, (s + 1) * self.shard_size) - s * self.shard_size
+            if not _shard_ok(path, rows, dim):
+                todo.append(s)
+        done = n - sum(min(n, (s + 1) * self.shard_size) - s * self.shard_size for s in todo)
+        t_enc = time.perf_counter()
+        bar = _progress(total=n, initial=done, desc=f"encoding {self.corpus_path.name}", unit="psg",
+                        disable=not progress)
+        for s in todo:
+            a, b = s * self.shard_size, min(n, (s + 1) * self.shard_size)
+            emb = self._encode_passages(store.contents_range(a, b))
+            if emb.shape != (b - a, dim):
+                raise RuntimeError(f"encoder returned shape {emb.shape} for shard {s}, expected {(b - a, dim)}")
+            atomic_save_npy(shard_paths[s], np.ascontiguousarray(emb, dtype=np.float32))
+            bar.update(b - a)
+        bar.close()
+        encode_seconds = time.perf_counter() - t_enc
+        store.close()
+
+        t_idx = time.perf_counter()
+        index, params = self._make_index(shard_paths, n, dim, progress)
+        import faiss
+
+        with atomic_output(folder / "index.faiss") as tmp:
+            faiss.write_index(index, str(tmp))
+        index_seconds = time.perf_counter() - t_idx
+
+        meta = {
+            "format": META_FORMAT,
+            "kind": "dense",
+            "corpus_path": str(self.corpus_path.resolve()),
+            "corpus_fingerprint": self.fingerprint,
+            "count": n,
+            "dim": dim,
+            "encoder": {
+                "name": self.encoder.name_or_path,
+                "query_prefix": self.encoder.query_prefix,
+                "passage_prefix": self.encoder.passage_prefix,
+                "normalize": self.encoder.normalize,
+                "max_seq_length": self.encoder.max_seq_length,
+                "pooling_note": self.encoder.pooling_note,
+                "identity": self.encoder.passage_identity(),
+            },
+            "index_type": self.index_type,
+            "index_params": params,
+            "requested_params": self._requested_params(),
+            "metric": "inner_product",
+            "shard_size": self.shard_size,
+            "versions": library_versions(),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "timings_s": {"encode": round(encode_seconds, 3), "index": round(index_seconds, 3),
+                          "total": round(time.perf_counter() - t0, 3)},
+            "encoded_passages": n - done,
+        }
+        atomic_write_text(folder / "meta.json", _dumps(meta))
+        if not self.keep_shards:
+            shutil.rmtree(shard_dir, ignore_errors=True)
+        self.builds += 1
+
+    def _make_index(self, shard_paths: list[Path], n: int, dim: int, progress: bool) -> tuple[Any, dict[str, Any]]:
+        import faiss
+
+        def shards():
+            for p in shard_paths:
+                yield np.load(p)
+
+        if self.index_type == "flat":
+            index = faiss.IndexFlatIP(dim)
+            for x in shards():
+                index.add(x)
+            return index, {}
+
+        if self.index_type == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, int(self.hnsw_m), faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = int(self.hnsw_ef_construction)
+            with faiss_threads(1 if n <= HNSW_DETERMINISTIC_MAX else None):
+                bar = _progress(total=n, desc="hnsw graph", unit="psg", disable=not progress)
+                for x in shards():
+                    index.add(x)
+                    bar.update(len(x))
+                bar.close()
+            return index, {"M": int(self.hnsw_m), "ef_construction": int(self.hnsw_ef_construction)}
+
+        params = ivfpq_params(n, dim, self.nlist, self.pq_m, self.pq_nbits)
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["m"], params["nbits"],
+                                 faiss.METRIC_INNER_PRODUCT)
+        # A deterministic sample (fixed seed, sorted rows) keeps training reproducible; FAISS k-means is seeded too.
+        rows = np.sort(np.random.default_rng(0).choice(n, size=params["n_train"], replace=False))
+        small = params["n_train"] * max(params["nlist"], 1 << params["nbits"]) <= 2_000_000
+        with faiss_threads(1 if small else None):
+            index.train(_gather_rows(shard_paths, rows, self.shard_size, dim))
+        bar = _progress(total=n, desc="ivfpq add", unit="psg", disable=not progress)
+        for x in shards():
+            index.add(x)
+            bar.update(len(x))
+        bar.close()
+        return index, params
+
+    # ------------------------------------------------------------------------------------------------ searching
+
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Query embeddings (prefixed, character-capped), float32 of shape (len(queries), dim). Loads the model only."""
+        model = load_encoder(self.encoder, self.device)
+        return encode(model, list(queries), prefix=self.encoder.query_prefix, normalize=self.encoder.normalize,
+                      batch_size=self.batch_size)
+
+    def search_embeddings(self, emb: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """Raw FAISS search: ``(scores, ids)`` arrays of shape (len(emb), k); id -1 marks a missing result."""
+        self.load()
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        if emb.ndim == 1:
+            emb = emb[None, :]
+        k = max(1, min(int(k), int(self._index.ntotal)))
+        with faiss_threads(self.search_threads):
+            return self._index.search(emb, k)
+
+    def search(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]:
+        """Top-``k`` passages per query, best first; an empty or whitespace query gets []."""
+        kept, positions = clean_queries(queries)
+        n_queries = 1 if isinstance(queries, str) else len(queries)
+        results: list[list[Hit]] = [[] for _ in range(n_queries)]
+        if not kept or k <= 0:
+            return results
+        self.load()
+        scores, ids = self.search_embeddings(self.encode_queries(kept), k)
+        assert self._store is not None
+        for pos, row_scores, row_ids in zip(positions, scores, ids):
+            hits = []
+            for score, i in zip(row_scores, row_ids):
+                if i < 0:
+                    continue
+                doc_id, contents = self._store.get(int(i))
+                hits.append(Hit(doc_id, contents, float(score)))
+            results[pos] = hits
+        return results
+
+    def doc(self, i: int) -> tuple[str, str]:
+        """``(doc_id, contents)`` of the passage stored at index position ``i``."""
+        self.load()
+        assert self._store is not None
+        return self._store.get(int(i))
+
+
+def _read_json_file(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _dumps(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, sort_keys=True)
+
+
+def _shard_ok(path: Path, rows: int, dim: int) -> bool:
+    """A shard file exists and has the expected shape (a half-written file cannot exist: writes are atomic)."""
+    if not path.is_file():
+        return False
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return arr.shape == (rows, dim) and arr.dtype == np.float32
+
+
+def _gather_rows(shard_paths: list[Path], rows: np.ndarray, shard_size: int, dim: int) -> np.ndarray:
+    """Rows ``rows`` (sorted global positions) of the sharded embedding matrix, without loading every shard."""
+    out = np.empty((len(rows), dim), dtype=np.float32)
+    shard_of = rows // shard_size
+    start = 0
+    for s in np.unique(shard_of):
+        sel = rows[shard_of == s] - s * shard_size
+        out[start:start + len(sel)] = np.load(shard_paths[int(s)], mmap_mode="r")[sel]
+        start += len(sel)
+    return out

