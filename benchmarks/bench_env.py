@@ -7,7 +7,8 @@ For the same queries (the embedded QA questions), the same encoder and the same 
 per batch of ``--batch`` queries, interleaving the three so drift hits them equally, and reports queries/s,
 steps/s and the env's overhead over raw. Target: <= 10 % at batch 32.
 
-    python benchmarks/bench_env.py --batch 32 --queries 512 --retriever dense
+    python benchmarks/bench_env.py --batch 32 --queries 512
+    python benchmarks/bench_env.py --batch 1 --queries 64      # one env stepped alone
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="queries per batch = sub-environments")
     parser.add_argument("--queries", type=int, default=512, help="queries per repeat")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats; medians are reported")
-    parser.add_argument("--retriever", default="dense", choices=["dense", "bm25"], help="retriever family")
     parser.add_argument("--index-type", default="flat", help="dense index type")
     parser.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: all cores)")
     parser.add_argument("--json", default=None, help="write the results to this file")
@@ -45,7 +45,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    config = RetrieverConfig(kind=args.retriever, index_type=args.index_type)
+    config = RetrieverConfig(kind="dense", index_type=args.index_type)
     retriever = get_retriever(config)
     venv = SearchVectorEnv(num_envs=args.batch, dataset="wiki_qa", split="test", retriever=config)
     questions = venv.envs[0].questions
@@ -64,12 +64,8 @@ def main() -> None:
     retriever.search(query_batches[0], k=3)  # warm-up: load the index and the encoder
 
     def run_raw():
-        if args.retriever == "dense":
-            for qs in query_batches:
-                retriever.search_embeddings(retriever.encode_queries(qs), k=3)
-        else:
-            for qs in query_batches:
-                retriever.search(qs, k=3)
+        for qs in query_batches:
+            retriever.search_embeddings(retriever.encode_queries(qs), k=3)
 
     def run_search():
         for qs in query_batches:
@@ -99,7 +95,7 @@ def main() -> None:
         ("SearchVectorEnv.step", med["env"], n_queries / med["env"], 100 * (med["env"] / med["raw"] - 1)),
     ]
     header = f"| path | s per {n_queries} queries | queries (steps)/s | overhead vs raw |"
-    print(f"\nretriever={args.retriever} index={args.index_type} batch={args.batch} threads={torch.get_num_threads()} "
+    print(f"\nMiniLM + FAISS index={args.index_type} batch={args.batch} threads={torch.get_num_threads()} "
           f"cpu={platform.processor() or platform.machine()} repeats={args.repeats} (medians)\n")
     print(header)
     print("|---|---:|---:|---:|")
@@ -107,7 +103,7 @@ def main() -> None:
         print(f"| {name} | {seconds:.3f} | {qps:.1f} | {overhead:+.1f}% |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "times": times, "queries": n_queries}, f, indent=1)
+            json.dump({"args": vars(args), "times": times, "queries": n_queries, "medians": med}, f, indent=1)
 
 
 if __name__ == "__main__":
