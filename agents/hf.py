@@ -1,0 +1,508 @@
+"""HFAgent: any transformers causal LM as a search agent, with token ids, logprobs, hidden states and steering.
+
+The agent renders ``tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)`` and
+appends the observation's ``prefill``; the completion continues that text (the prefill is never repeated in
+``AgentStep.text``). Generation stops at ``</search>`` / ``</answer>`` (anything a final token carries past the stop
+string is cut from the text) or at the tokenizer's end-of-sequence token.
+
+- ``logprobs``: log-softmax of the model's raw logits (temperature 1, before temperature / top-p warping) at each
+  chosen token: the policy's own log-probabilities, which RL trainers recompute. With ``min_new_tokens`` the EOS
+  token is masked out first, as generation does.
+- ``hidden``: captured by forward hooks during generation (see :mod:`search_gym.agents.hidden` for layers,
+  positions and the HF off-by-one). Nothing is hooked when ``layers`` is empty (the default).
+- Sampling: ``temperature=0`` is greedy; otherwise seeded multinomial sampling with ``temperature`` and
+  ``top_p``. Only the sampling settings given here apply (a checkpoint's ``generation_config`` defaults such as
+  top-k or repetition penalty are overridden), so runs are comparable across models.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import weakref
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+from search_gym.agents.base import AgentStep, BaseAgent
+from search_gym.agents.hidden import (
+    GenerationCapture,
+    assemble,
+    decoder_layers,
+    locate_positions,
+    normalize_layers,
+    normalize_positions,
+    prompt_positions,
+    steering,
+)
+
+from search_gym.envs.protocol import PROMPT_TEMPLATES, STOP_STRINGS
+
+BUNDLED_MODEL = "smollm2"
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+# Worked Search-R1 exchanges shown as earlier chat turns. Small instruct models (SmolLM2-135M) never emit the
+# protocol tags zero-shot; a couple of complete examples make them search and answer in the expected format.
+FEW_SHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
+    (
+        "Which river flows through Vienna?",
+        "<think> I need to find which river flows through Vienna. </think>\n<search> river Vienna </search>\n\n"
+        '<information>Doc 1(Title: "Danube") The Danube is Europe\'s second-longest river. It flows through '
+        'Vienna, Bratislava, Budapest and Belgrade.\nDoc 2(Title: "Vienna") Vienna is the capital of Austria and '
+        "lies on the Danube.</information>\n\n<think> The documents say the Danube flows through Vienna. </think>\n"
+        "<answer> Danube </answer>",
+    ),
+    (
+        "Who wrote the novel Nineteen Eighty-Four?",
+        "<think> I need the author of Nineteen Eighty-Four. </think>\n<search> Nineteen Eighty-Four author "
+        '</search>\n\n<information>Doc 1(Title: "Nineteen Eighty-Four") Nineteen Eighty-Four is a dystopian '
+        'novel by the English writer George Orwell, published in 1949.\nDoc 2(Title: "George Orwell") Eric Arthur '
+        "Blair, known as George Orwell, was an English novelist and essayist.</information>\n\n<think> The author "
+        "is George Orwell. </think>\n<answer> George Orwell </answer>",
+    ),
+    (
+        "In which year did Apollo 11 land on the Moon?",
+        "<think> I need the year of the Apollo 11 Moon landing. </think>\n<search> Apollo 11 Moon landing year "
+        '</search>\n\n<information>Doc 1(Title: "Apollo 11") Apollo 11 was the American spaceflight that first '
+        'landed humans on the Moon, on July 20, 1969.\nDoc 2(Title: "Neil Armstrong") Neil Armstrong was the '
+        "first person to walk on the Moon.</information>\n\n<think> Apollo 11 landed in 1969. </think>\n"
+        "<answer> 1969 </answer>",
+    ),
+)
+DEFAULT_FEW_SHOT = 2
+
+_QUESTION_AT_END = re.compile(r"Question:\s*(.*?)\s*$", re.DOTALL)
+
+_STOP_CRITERIA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    """``"float32"``/``"bf16"``/``"fp16"``/``"auto"`` or a torch dtype."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'") from None
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def few_shot_messages(messages: Sequence[dict], n: int) -> list[dict]:
+    """``messages`` with ``n`` worked examples prepended as user/assistant turns (tags protocol only).
+
+    The examples reuse the observation's own prompt template (its text before ``Question:``), so they show
+    exactly the instructions the real question gets. Tool-call observations are returned unchanged: their
+    protocol is the chat template's tool calling, not tags in text.
+    """
+    messages = [dict(m) for m in messages]
+    if n <= 0 or not messages:
+        return messages
+    if any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+        return messages
+    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+    if first_user is None or "`search` tool" in messages[first_user]["content"]:
+        return messages
+    content = messages[first_user]["content"]
+    match = _QUESTION_AT_END.search(content)
+    if match and "<search>" in content:
+        head, tail = content[: match.start(1)], content[match.end(1) :]
+        make = lambda q: head + q + tail  # noqa: E731
+    else:
+        make = lambda q: PROMPT_TEMPLATES["search_r1"].format(question=q)  # noqa: E731
+    shots: list[dict] = []
+    for question, answer in FEW_SHOT_EXAMPLES[:n]:
+        shots += [{"role": "user", "content": make(question)}, {"role": "assistant", "content": answer}]
+    return messages[:first_user] + shots + messages[first_user:]
+
+
+class _ChosenLogprobs:
+    """Logits processor that records log_softmax(raw logits)[chosen token] for every step, one [B, V] at a time.
+
+    At step t it sees the token chosen at step t-1 (the last column of ``input_ids``), so only the previous step's
+    log-probabilities are held; :meth:`finish` reads the final step's with the last generated tokens.
+    """
+
+    def __init__(self):
+        self.previous: torch.Tensor | None = None
+        self.values: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.previous is not None:
+            self.values.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self.values.append(self.previous.gather(1, last_tokens.reshape(-1, 1)).squeeze(1))
+            self.previous = None
+        if not self.values:
+            return torch.zeros((last_tokens.shape[0], 0))
+        return torch.stack(self.values, dim=1).cpu()
+
+
+class HFAgent(BaseAgent):
+    """A transformers causal LM that plays SearchEnv (see the module docstring for the conventions).
+
+    Args:
+        model: hub id or local folder (``from_pretrained``), ``"smollm2"`` for the bundled SmolLM2-135M-Instruct
+            (converted from its GGUF on first use), or an already loaded ``PreTrainedModel`` (then pass
+            ``tokenizer``).
+        tokenizer: a tokenizer; loaded from ``model`` when it is a name or path.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default cuda when available. A loaded model stays where
+            it is unless a device is given.
+        dtype: ``"float32"`` (default), ``"bf16"``, ``"fp16"`` or ``"auto"``.
+        max_new_tokens / min_new_tokens: generation length bounds per turn (``min_new_tokens`` also blocks EOS).
+        temperature: 0 for greedy decoding, else sampling temperature. top_p: nucleus sampling mass.
+        seed: sampling seed; each call draws from ``(seed, call number)`` in a forked RNG, so the global torch
+            RNG is untouched and a re-seeded agent replays the same samples. None uses the global RNG.
+        layers: decoder blocks to capture (ints, negatives from the end, or ``"all"``); None captures nothing.
+        positions: which positions to keep (default: all of ``POSITIONS`` when layers are given).
+        few_shot: worked protocol examples to prepend (True = 2, an int = that many, up to 3); default on for
+            the bundled model, off otherwise.
+        stop: stop strings (default ``STOP_STRINGS``); ``()`` generates until EOS or the length limit.
+        batch_size: split ``act_batch`` into chunks of this many prompts (None: one batch).
+        model_kwargs: extra ``from_pretrained`` arguments (e.g. ``attn_implementation``).
+    """
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model: str | os.PathLike | Any = BUNDLED_MODEL,
+        tokenizer: Any = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = "float32",
+        max_new_tokens: int = 256,
+        min_new_tokens: int = 0,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = 0,
+        layers: int | Iterable[int] | str | None = None,
+        positions: str | Iterable[str] | None = None,
+        few_shot: bool | int | None = None,
+        stop: Sequence[str] | None = STOP_STRINGS,
+        batch_size: int | None = None,
+        trust_remote_code: bool = False,
+        model_kwargs: dict | None = None,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        bundled = isinstance(model, str) and model == BUNDLED_MODEL
+        if isinstance(model, (str, os.PathLike)):
+            if bundled:
+                from search_gym.agents.gguf import ensure_smollm2
+
+                source: str | os.PathLike = ensure_smollm2()
+            else:
+                source = model
+            model_kwargs = dict(model_kwargs or {})
+            self.model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code, **model_kwargs
+            )
+            if "device_map" not in model_kwargs:  # a device map already placed (maybe sharded) the weights
+                self.model.to(resolve_device(device))
+            self.device = next(self.model.parameters()).device
+            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            self.model_name = str(model)
+        else:
+            if tokenizer is None:
+                raise ValueError("pass the tokenizer along with an already loaded model")
+            self.model, self.tokenizer = model, tokenizer
+            if device is not None:
+                self.model.to(resolve_device(device))
+            self.device = next(self.model.parameters()).device
+            self.model_name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
+        self.model.eval()
+        if max_new_tokens < 1 or not 0 <= min_new_tokens <= max_new_tokens:
+            raise ValueError("need max_new_tokens >= 1 and 0 <= min_new_tokens <= max_new_tokens")
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise ValueError("need temperature >= 0 and 0 < top_p <= 1")
+        self.max_new_tokens, self.min_new_tokens = int(max_new_tokens), int(min_new_tokens)
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.num_layers = len(decoder_layers(self.model))
+        self.layers = normalize_layers(layers, self.num_layers)
+        self.positions = normalize_positions(positions) if self.layers else ()
+        if few_shot is None:
+            few_shot = bundled
+        self.few_shot = DEFAULT_FEW_SHOT if few_shot is True else int(few_shot or 0)
+        if not 0 <= self.few_shot <= len(FEW_SHOT_EXAMPLES):
+            raise ValueError(f"few_shot must be a bool or 0..{len(FEW_SHOT_EXAMPLES)}")
+        self.stop = tuple(stop or ())
+        self.batch_size = batch_size
+        self.eos_token_ids = self._eos_ids()
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
+        self._stop_criteria: dict[tuple[str, ...], Any] = {}
+        self.seed(seed)
+
+    # ------------------------------------------------------------------ configuration helpers
+
+    def _eos_ids(self) -> list[int]:
+        ids: list[int] = []
+        for source in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if source is None:
+                continue
+            for i in [source] if isinstance(source, int) else source:
+                if i not in ids:
+                    ids.append(int(i))
+        if not ids:
+            raise ValueError("the tokenizer and the model define no end-of-sequence token")
+        return ids
+
+    def seed(self, seed: int | None) -> None:
+        self._seed, self._calls = seed, 0
+
+    def _generation_config(self, max_new_tokens: int):
+        from transformers import GenerationConfig
+
+        settings: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=self.min_new_tokens or None,
+            eos_token_id=self.eos_token_ids,
+            pad_token_id=self.pad_token_id,
+            return_dict_in_generate=True,
+            use_cache=True,
+            num_beams=1,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+        )
+        if self.temperature > 0:
+            settings.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0, typical_p=1.0)
+        else:
+            settings.update(do_sample=False)
+        return GenerationConfig(**settings)
+
+    def _stopping(self, stop: tuple[str, ...]):
+        from transformers import StoppingCriteriaList, StopStringCriteria
+
+        if not stop:
+            return None
+        try:  # building the criterion scans the whole vocabulary (~1 s): share it between agents
+            cache = _STOP_CRITERIA.setdefault(self.tokenizer, {})
+        except TypeError:
+            cache = self._stop_criteria
+        if stop not in cache:
+            cache[stop] = StopStringCriteria(self.tokenizer, list(stop))
+        return StoppingCriteriaList([cache[stop]])
+
+    # ------------------------------------------------------------------ prompts
+
+    def render(self, observation: dict) -> str:
+        """The exact text the model continues: chat template (with few-shot turns) + the observation's prefill."""
+        messages = list(observation["messages"])
+        if self.few_shot:
+            messages = few_shot_messages(messages, self.few_shot)
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text + observation.get("prefill", "")
+
+    def encode(self, text: str) -> list[int]:
+        # The chat template already wrote any BOS / special tokens as text.
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # ------------------------------------------------------------------ acting
+
+    def act_batch(self, observations: Sequence[dict]) -> list[AgentStep]:
+        return self.complete([self.render(o) for o in observations])
+
+    def complete(
+        self, prompts: Sequence[str], *, max_new_tokens: int | None = None, stop: Sequence[str] | None = None
+    ) -> list[AgentStep]:
+        """Continue raw prompt texts (already templated). ``max_new_tokens`` / ``stop`` override the agent's."""
+        prompt_ids = [self.encode(p) for p in prompts]
+        return self.generate_ids(prompt_ids, max_new_tokens=max_new_tokens, stop=stop)
+
+    def generate_ids(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> list[AgentStep]:
+        """Continue token-id prompts, in chunks of ``batch_size``."""
+        if any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("every prompt needs at least one token")
+        max_new = int(max_new_tokens or self.max_new_tokens)
+        stops = self.stop if stop is None else tuple(stop)
+        size = self.batch_size or max(1, len(prompt_ids))
+        steps: list[AgentStep] = []
+        for start in range(0, len(prompt_ids), size):
+            steps += self._generate([list(p) for p in prompt_ids[start : start + size]], max_new, stops)
+        return steps
+
+    def _rng(self):
+        if self.temperature <= 0 or self._seed is None:
+            return nullcontext()
+        devices = []
+        if self.device.type == "cuda":
+            devices = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        context = torch.random.fork_rng(devices=devices)
+
+        @contextmanager
+        def seeded():
+            with context:
+                torch.manual_seed(hash((self._seed, self._calls)) & 0x7FFF_FFFF_FFFF_FFFF)
+                yield
+
+        return seeded()
+
+    @torch.no_grad()
+    def _generate(self, prompt_ids: list[list[int]], max_new_tokens: int, stop: tuple[str, ...]) -> list[AgentStep]:
+        batch, width = len(prompt_ids), max(len(p) for p in prompt_ids)
+        pad_lengths = [width - len(p) for p in prompt_ids]
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        for b, ids in enumerate(prompt_ids):
+            input_ids[b, pad_lengths[b] :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[b, pad_lengths[b] :] = 1
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+
+        capture = None
+        if self.layers:
+            before = [prompt_positions(self.tokenizer, ids, self.positions) for ids in prompt_ids]
+            capture = GenerationCapture(
+                self.model,
+                self.layers,
+                [sorted({i for v in p.values() for i in v}) for p in before],
+                pad_lengths,
+                keep_completion=any(p in self.positions for p in ("search", "query_mean", "generated")),
+            )
+        chosen = _ChosenLogprobs()
+        from transformers import LogitsProcessorList
+
+        with self._rng(), capture or nullcontext():
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=self._generation_config(max_new_tokens),
+                logits_processor=LogitsProcessorList([chosen]),
+                stopping_criteria=self._stopping(stop),
+            )
+            self._calls += 1
+            new_tokens = out.sequences[:, width:]
+            logprobs = chosen.finish(new_tokens[:, -1]).tolist()
+            new_rows = new_tokens.tolist()
+            finished = [self._finish(prompt_ids[b], new_rows[b], stop) for b in range(batch)]
+            located = []
+            if capture is not None:
+                located = [
+                    locate_positions(self.tokenizer, prompt_ids[b], finished[b][0], self.positions)
+                    for b in range(batch)
+                ]
+                fed = capture.completion_steps
+                if any(i - len(prompt_ids[b]) >= fed for b, loc in enumerate(located) for v in loc.values() for i in v):
+                    self._feed_last_token(out, attention_mask, new_tokens)
+
+        hidden: list[dict | None] = [None] * batch
+        if capture is not None:
+            rows = capture.gather(
+                [(len(prompt_ids[b]), [i for v in located[b].values() for i in v]) for b in range(batch)]
+            )
+            hidden = [assemble(located[b], rows[b]) for b in range(batch)]
+        steps = []
+        for b in range(batch):
+            completion, text, reason, stop_string = finished[b]
+            steps.append(
+                AgentStep(
+                    text=text,
+                    prompt_ids=list(prompt_ids[b]),
+                    completion_ids=completion,
+                    logprobs=logprobs[b][: len(completion)],
+                    hidden=hidden[b],
+                    finish_reason=reason,
+                    metadata={"stop_string": stop_string} if stop_string else {},
+                )
+            )
+        return steps
+
+    def _feed_last_token(self, out, prompt_mask: torch.Tensor, new_tokens: torch.Tensor) -> None:
+        """One more decoding step over the last generated token, so hooks see its hidden state.
+
+        ``generate`` stops right after sampling the final token, so that token was never fed through the model.
+        Positions follow generate's own rule (cumulative attention mask), the KV cache is the one it returned.
+        """
+        batch, steps = new_tokens.shape
+        mask = torch.cat([prompt_mask, prompt_mask.new_ones((batch, steps))], dim=1)
+        position_ids = (mask.cumsum(-1) - 1)[:, -1:]
+        backbone = getattr(self.model, "base_model", self.model)
+        backbone(
+            input_ids=new_tokens[:, -1:],
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def _continuation(self, prompt_ids: list[int], prompt_text: str, ids: list[int]) -> str:
+        """Text of ``ids`` as a continuation of the prompt (SentencePiece drops a leading space when decoded alone)."""
+        if not ids:
+            return ""
+        full = self._decode(prompt_ids + ids)
+        return full[len(prompt_text) :] if full.startswith(prompt_text) else self._decode(ids)
+
+    def _finish(self, prompt_ids: list[int], row: list[int], stop: tuple[str, ...]):
+        """Cut one generated row: ``(completion_ids, text, finish_reason, stop_string)``.
+
+        The row ends at the first EOS (kept in the ids, not in the text) or at the token that completes a stop
+        string (text cut right after the stop string); padding after a finished row is dropped.
+        """
+        eos_at = next((j for j, t in enumerate(row) if t in self.eos_token_ids), None)
+        body = row[:eos_at] if eos_at is not None else row
+        prompt_text = self._decode(prompt_ids)
+        text = self._continuation(prompt_ids, prompt_text, body)
+        hits = [(text.find(s), s) for s in stop if s in text]
+        if hits:
+            start, string = min(hits)
+            end = start + len(string)
+            # the shortest prefix of tokens whose text already contains this stop string
+            lo, hi = 1, len(body)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if len(self._continuation(prompt_ids, prompt_text, body[:mid])) >= end:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return body[:lo], text[:end], "stop", string
+        if eos_at is not None:
+            return row[: eos_at + 1], text, "eos", None
+        return row, text, "length", None
+
+    # ------------------------------------------------------------------ steering
+
+    @contextmanager
+    def steer(self, direction: Any, layer: int, coeff: float = 1.0):
+        """While active, add ``coeff * direction`` to decoder block ``layer``'s output at every position.
+
+        ``direction`` is a ``[d]`` tensor / array (used as given: normalise it yourself if you want unit norm).
+        The hook is removed on exit, also on exceptions. Contexts nest (their additions sum).
+        """
+        with steering(self.model, direction, layer, coeff):
+            yield self
+
+    def __repr__(self) -> str:
+        return (
+            f"HFAgent(model={self.model_name!r}, device={self.device}, temperature={self.temperature}, "
+            f"layers={list(self.layers)}, positions={list(self.positions)}, few_shot={self.few_shot})"
+        )
