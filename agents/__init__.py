@@ -31,6 +31,10 @@ def __getattr__(name: str):
         from search_gym.agents.vllm_agent import VLLMAgent
 
         return VLLMAgent
+    if name == "ensure_smollm2":
+        from search_gym.agents.gguf import ensure_smollm2
+
+        return ensure_smollm2
     if name == "OpenAIAgent":
         from search_gym.agents.openai_agent import OpenAIAgent
 
