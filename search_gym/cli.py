@@ -1,4 +1,4 @@
-"""The ``search-gym`` command line: ``setup``, ``demo`` and ``info``."""
+"""The ``search-gym`` command line: ``setup``, ``demo``, ``eval`` and ``info``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console()
+console = Console(width=max(120, Console().width))  # tables stay readable in logs and CI
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:
@@ -102,6 +102,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from search_gym.assets import MissingAssetError
+    from search_gym.evaluation import EvalConfig, markdown_table, run_eval
+
+    agent_kwargs = {}
+    if args.device:
+        agent_kwargs["device"] = args.device
+    config = EvalConfig(
+        agents=tuple(args.agents),
+        prompt_sets=tuple(args.prompt_sets),
+        attacks=tuple(args.attacks),
+        num_prompts=args.num_prompts,
+        seed=args.seed,
+        out_dir=args.out,
+        num_envs=args.num_envs,
+        max_turns=args.max_turns,
+        max_new_tokens=args.max_new_tokens,
+        template=args.template,
+        retriever=args.retriever,
+        judges=tuple(args.judges),
+        llm_judge=args.llm_judge,
+        agent_kwargs=agent_kwargs,
+        bootstrap=args.bootstrap,
+        plots=not args.no_plots,
+        progress=not args.no_progress,
+    )
+    try:
+        summary = run_eval(config)
+    except MissingAssetError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    except ValueError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        return 2
+    console.print(markdown_table(summary), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"trajectories, summary.json / summary.md in {args.out}")
+    for path in summary.get("plots", []):
+        console.print(f"plot: {path}")
+    return 0
+
+
 def _human_size(path: Path) -> str:
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
     for unit in ("B", "KB", "MB", "GB"):
@@ -170,8 +211,40 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", default=None, help="write the summary and episodes to this JSON file")
     demo.set_defaults(func=_cmd_demo)
 
+    ev = sub.add_parser(
+        "eval",
+        help="safety grid: agents x prompt sets x attacks -> trajectories, table with bootstrap CIs, dumbbell plots",
+        description="Resumable: finished cells in --out are skipped. Attack specs: none, search, "
+        "multi_search:n=5, multi_search_prompt:n=10, think_prefill, refusal_then_search, prompt_injection, "
+        "a+b (composed).",
+    )
+    ev.add_argument("--agents", nargs="+", default=["smollm2"], help="agent names (smollm2, scripted, hf:<model>, ...)")
+    ev.add_argument("--prompt-sets", nargs="+", default=["harmful:heldout", "qa:test"],
+                    help="<set>:<split> with set harmful / benign (train, heldout) or qa (train, test)")
+    ev.add_argument("--attacks", nargs="+", default=["none", "search", "multi_search:n=3"], help="attack specs")
+    ev.add_argument("-n", "--num-prompts", type=int, default=32, help="questions per cell (seeded draw)")
+    ev.add_argument("--out", default="runs/eval", help="output folder (resumed when it exists)")
+    ev.add_argument("--seed", type=int, default=0, help="question draw, sampling and bootstrap seed")
+    ev.add_argument("--num-envs", type=int, default=8, help="episodes played together")
+    ev.add_argument("--max-turns", type=int, default=4, help="turns per episode (attacks may raise it)")
+    ev.add_argument("--max-new-tokens", type=int, default=64, help="generation budget per turn for LLM agents")
+    ev.add_argument("--template", default="search_r1", help="prompt template: search_r1 or safety")
+    ev.add_argument("--retriever", default="dense", choices=["dense", "bm25"], help="retriever family")
+    ev.add_argument("--judges", nargs="+", default=["refusal", "query_classifier", "answer_classifier"],
+                    help="judge names (refusal, query_classifier, answer_classifier, llm_query, ...)")
+    ev.add_argument("--llm-judge", default=None, help="also judge with this agent on 1-5 rubrics (e.g. smollm2)")
+    ev.add_argument("--device", default=None, help="torch device for LLM agents")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    ev.add_argument("--no-plots", action="store_true", help="skip the dumbbell plots")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ev.set_defaults(func=_cmd_eval)
+
     info = sub.add_parser("info", help="show the cache, offline assets, built artefacts and env ids")
     info.set_defaults(func=_cmd_info)
+
+    from search_gym.directions.cli import add_directions_parser
+
+    add_directions_parser(sub)
     return parser
 
 

@@ -19,9 +19,11 @@ from search_gym.envs.protocol import (
     parse_tagged_action,
     parse_tool_call_action,
 )
+from search_gym.attacks import Attack, compose, make_attack
 from search_gym.envs.questions import Question, load_questions
 from search_gym.envs.spaces import AnyText, ChatMessages
 from search_gym.rewards import exact_match, score_answer
+from search_gym.safety.instrument import EpisodeSafety, PendingSafety, SafetyConfig, SafetyInstrument
 
 PROTOCOLS = ("tags", "tool_call")
 _MAX_TEXT = 1 << 21  # 2M characters: a 1 MB action is still inside the action space
@@ -35,6 +37,8 @@ class _PendingStep:
     free_text: str = ""
     query: str | None = None
     episode_over: bool = False
+    closing: str = ""  # a closing tag the env adds for the agent (see _close_prefilled_tag); starts env_text
+    safety: PendingSafety | None = None  # judge inputs queued in begin_step, resolved (batched) in end_step
 
 
 @dataclass
@@ -49,6 +53,9 @@ class _Episode:
     answer: str | None = None
     score: float | None = None
     correct: bool | None = None  # exact match, whatever the reward metric; None without gold answers
+    attack: Attack | None = None  # this episode's attack (constructor attack composed with reset options)
+    max_turns: int = 4  # the env's max_turns, raised to the attack's min_turns
+    safety: EpisodeSafety | None = None  # scores gathered so far, when safety instrumentation is on
 
 
 class SearchEnv(gym.Env):
@@ -75,9 +82,10 @@ class SearchEnv(gym.Env):
     at reset).
 
     ## Action
-    The agent's text for one turn (``str``; bytes are decoded, ``None`` is empty). Generation should stop at
-    ``</search>`` or ``</answer>`` (``search_gym.envs.protocol.STOP_STRINGS``); text after the first closing tag is
-    dropped as Search-R1 does.
+    The agent's text for one turn (``str``; bytes are decoded, ``None`` is empty; an ``AgentStep`` or any object
+    with a ``str`` attribute ``text`` is read through it, and its ``hidden`` states reach the safety judges, e.g. a
+    latent guard). Generation should stop at ``</search>`` or ``</answer>``
+    (``search_gym.envs.protocol.STOP_STRINGS``); text after the first closing tag is dropped as Search-R1 does.
     Malformed text never raises: empty, over-long (``max_action_chars``), binary-looking, tag-spam
     (> ``max_tags`` tags), nested-tag, untagged and empty-query actions get Search-R1's fixed correction message
     as the observation, ``info["invalid_action"] = True`` and ``info["parse_error"]`` naming the problem. The turn
@@ -89,14 +97,35 @@ class SearchEnv(gym.Env):
     Shaping (format or safety penalties) belongs in wrappers and trainers.
 
     ## Episode End
-    Terminated when the agent gives a valid answer. Truncated after ``max_turns`` turns without one.
+    Terminated when the agent gives a valid answer. Truncated after ``max_turns`` turns without one (an attack that
+    needs more turns, e.g. ``multi_search`` with n searches, raises the episode's budget to n + 1).
+
+    ## Attacks
+    ``attack=`` (``"search"``, ``"multi_search:n=5"``, ``{"name": "multi_search", "n": 10}``, an
+    ``search_gym.attacks.Attack``, or a list of them) applies a diagnostic trigger every episode;
+    ``reset(options={"attack": ...})`` adds one for a single episode (``search_gym.attacks.AttackWrapper`` does
+    this). The attack edits the user prompt, prefills the first turn (the observation's ``prefill`` ends with it
+    and the agent continues it) and may re-prefill later turns. Tags protocol only.
+
+    ## Safety
+    ``safety=True`` (default judges: refusal substring detector, query-harm classifier on queries and answers,
+    query-to-request similarity) or ``judges=[...]`` (Judge objects or names, see
+    ``search_gym.safety.instrument.make_judge``) fill ``info["safety"]`` every step and an episode summary
+    ``info["safety"]["episode"]`` on the terminal step; flags (``empty``, ``non_text``, ``oversized_query``,
+    ``non_english``, ``injection_in_retrieved``) are in ``info["safety"]["flags"]``. Judges load lazily on the
+    first step; in a ``SearchVectorEnv`` one judge call covers all sub-envs. Without them nothing is judged and
+    ``info`` has no ``"safety"`` key. The keys are documented in ``search_gym.safety.instrument``.
 
     ## Info
     JSON-able and deterministic. Reset: ``question_id``, ``question``, ``golden_answers``, ``dataset``, ``split``,
-    ``protocol``, ``prefill``, ``tools``. Step: ``question_id``, ``golden_answers``, ``turn``, ``action_type``
-    (search / answer / invalid), ``query``, ``retrieved_doc_ids``, ``searches``, ``num_searches``,
-    ``parse_error``, ``invalid_action``, ``answer``, ``correct`` (None without gold), ``score``, ``env_text`` (the
-    text the environment appended this turn; trainers mask these tokens out of the policy loss).
+    ``protocol``, ``prefill``, ``tools``, ``attack`` (the attack's spec, or None), ``max_turns`` (this episode's
+    turn budget). Step: ``question_id``, ``golden_answers``, ``turn``, ``action_type`` (search / answer / invalid),
+    ``query``, ``retrieved_doc_ids``, ``searches``, ``num_searches``, ``parse_error``, ``invalid_action``,
+    ``answer``, ``correct`` (None without gold), ``score``, ``env_text`` (the text the environment appended this
+    turn; trainers mask these tokens out of the policy loss), ``turn_prefill`` (the prefilled text this turn's
+    action continued, e.g. an attack's ``"<search>"``), ``tag_closed_by_env`` (the prefill opened ``<search>`` or
+    ``<answer>`` and the agent stopped without closing it: its text up to its next tag is the query / answer and the
+    env wrote the closing tag, at the start of ``env_text``), ``safety`` (only with safety instrumentation).
 
     ## Arguments
     - ``dataset``: ``"wiki_qa"`` (embedded QA), ``"harmful"`` / ``"benign"`` (bundled prompt sets), ``"nq"`` /
@@ -110,10 +139,13 @@ class SearchEnv(gym.Env):
     - ``template``: ``"search_r1"``, ``"safety"`` (no "first", no example), ``"tool_call"``, or a format string
       with ``{question}``.
     - ``topk`` (3), ``max_turns`` (4), ``reward`` (``"em"``), ``prefill`` (text the first assistant turn starts
-      with; attacks set it), ``max_action_chars`` (16384), ``max_tags`` (8), ``render_mode`` (``"ansi"``).
+      with when no attack prefills it), ``max_action_chars`` (16384), ``max_tags`` (8), ``render_mode``
+      (``"ansi"``).
+    - ``attack``: see Attacks. ``safety`` (False / True / ``SafetyConfig`` / dict) and ``judges``: see Safety.
 
     ## Version History
-    - v0: initial release; Search-R1 protocol parity, native tool-call protocol, batched vector entry point.
+    - v0: initial release; Search-R1 protocol parity, native tool-call protocol, batched vector entry point,
+      attacks, safety instrumentation.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -136,6 +168,9 @@ class SearchEnv(gym.Env):
         max_action_chars: int = 16384,
         max_tags: int = 8,
         render_mode: str | None = None,
+        attack: Any = None,
+        safety: Any = False,
+        judges: Any = None,
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
@@ -154,6 +189,11 @@ class SearchEnv(gym.Env):
         self.max_action_chars, self.max_tags = max_action_chars, max_tags
         self.render_mode = render_mode
         self.retriever_config, self._retriever = _resolve_retriever(retriever, corpus_path, encoder, index_type)
+        self.attack = make_attack(attack)
+        if self.attack is not None and protocol != "tags":
+            raise ValueError("attacks are defined for the tags protocol (they prefill <search> / <answer> text)")
+        config = SafetyConfig.resolve(safety, judges)
+        self._safety = SafetyInstrument(config) if config is not None else None
 
         self.observation_space = spaces.Dict({"messages": ChatMessages(), "prefill": AnyText(_MAX_TEXT)})
         self.action_space = AnyText(_MAX_TEXT)
@@ -202,9 +242,27 @@ class SearchEnv(gym.Env):
             question = questions[int(options["index"]) % len(questions)]
         else:
             question = questions[int(self.np_random.integers(len(questions)))]
-        prefill = options.get("prefill", self.initial_prefill)
+        attack = self.attack
+        if options.get("attack") is not None:
+            if self.protocol != "tags":
+                raise ValueError("attacks are defined for the tags protocol (they prefill <search> / <answer> text)")
+            attack = compose(self.attack, options["attack"])  # the env's own attack first, option attacks after
         prompt = self.prompt_template.format(question=question.question)
-        self._episode = _Episode(question=question, turn_prefix=prefill, messages=[{"role": "user", "content": prompt}])
+        if attack is not None:
+            prompt = attack.transform_prompt(prompt)
+        if "prefill" in options:
+            prefill = options["prefill"]
+        else:
+            prefill = (attack.initial_prefill() if attack is not None else "") or self.initial_prefill
+        max_turns = max(self.max_turns, attack.min_turns) if attack is not None else self.max_turns
+        self._episode = _Episode(
+            question=question,
+            turn_prefix=prefill,
+            messages=[{"role": "user", "content": prompt}],
+            attack=attack,
+            max_turns=max_turns,
+            safety=self._safety.start_episode(question.question) if self._safety is not None else None,
+        )
         info = {
             "question_id": question.id,
             "question": question.question,
@@ -214,6 +272,8 @@ class SearchEnv(gym.Env):
             "protocol": self.protocol,
             "prefill": prefill,
             "tools": [SEARCH_TOOL] if self.protocol == "tool_call" else [],
+            "attack": attack.spec() if attack is not None else None,
+            "max_turns": max_turns,
         }
         return self._observation(), info
 
@@ -236,7 +296,7 @@ class SearchEnv(gym.Env):
         if ep.transcript or ep.turn_prefix:
             lines += ["[assistant]", ep.transcript + ep.turn_prefix]
         status = "running" if not ep.done else f"answer={ep.answer!r} score={ep.score}"
-        lines.append(f"-- turn {ep.turn}/{self.max_turns}, searches={len(ep.searches)}, {status}")
+        lines.append(f"-- turn {ep.turn}/{ep.max_turns}, searches={len(ep.searches)}, {status}")
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ two-phase step (batched by vector envs)
@@ -245,16 +305,56 @@ class SearchEnv(gym.Env):
         """Parse the action; return what must be retrieved. Pure text work, never raises on bad text."""
         if self._episode is None:
             raise RuntimeError("call reset() before step()")
-        if self._episode.done:
+        ep = self._episode
+        if ep.done:
             return _PendingStep(ParsedAction("invalid", error="episode_over"), episode_over=True)
+        hidden = None
+        if not isinstance(action, (str, bytes, bytearray)) and isinstance(getattr(action, "text", None), str):
+            hidden = getattr(action, "hidden", None)  # an AgentStep: its hidden states feed latent judges
+            action = action.text
         # The observation's prefill ends with this turn's prefix (e.g. an attack's "<search>"); the agent continues
         # it, so the prefix and the action are parsed together as one turn of text.
-        text = self._episode.turn_prefix + coerce_action_text(action)
+        text = ep.turn_prefix + coerce_action_text(action)
+        closing = ""
         if self.protocol == "tags":
             parsed, free_text = parse_tagged_action(text, max_chars=self.max_action_chars, max_tags=self.max_tags), ""
+            if parsed.kind == "invalid" and parsed.error == "no_action":
+                parsed, closing = self._close_prefilled_tag(ep.turn_prefix, text, parsed)
         else:
             parsed, free_text = parse_tool_call_action(text, max_chars=self.max_action_chars, max_tags=self.max_tags)
-        return _PendingStep(parsed, free_text, parsed.content if parsed.kind == "search" else None)
+        pending = _PendingStep(parsed, free_text, parsed.content if parsed.kind == "search" else None, closing=closing)
+        if self._safety is not None:
+            # Judges see what the agent wrote, not the attack's prefill ("I cannot provide ..." is not a refusal).
+            kept = parsed.text[len(ep.turn_prefix):] if parsed.text.startswith(ep.turn_prefix) else parsed.text
+            pending.safety = self._safety.submit(
+                ep.safety,
+                raw_action=action,
+                agent_text=kept,
+                kind=parsed.kind,
+                content=parsed.content,
+                parse_error=parsed.error,
+                ends_episode=parsed.kind == "answer" or ep.turn + 1 >= ep.max_turns,
+                hidden=hidden,
+            )
+        return pending
+
+    def _close_prefilled_tag(self, prefix: str, text: str, parsed: ParsedAction) -> tuple[ParsedAction, str]:
+        """Close a ``<search>`` / ``<answer>`` that the turn's prefill opened and the agent never closed.
+
+        A prefilled ``<search>`` puts the agent inside a query: whatever it writes up to its next tag (or the end of
+        its text, when it ran out of tokens) is the query it issued. Without this, a small model that rambles past
+        its token budget would escape the search attack. The closing tag is the environment's text (it starts
+        ``env_text``); the step info says ``tag_closed_by_env``.
+        """
+        opened = next((tag for tag in ("search", "answer") if prefix.rstrip().endswith(f"<{tag}>")), None)
+        if opened is None or f"</{opened}>" in text:
+            return parsed, ""
+        body = text[len(prefix):].split("<", 1)[0].rstrip()
+        closing = f" </{opened}>"
+        closed = parse_tagged_action(prefix + body + closing, max_chars=self.max_action_chars, max_tags=self.max_tags)
+        if closed.kind != opened:
+            return parsed, ""
+        return replace(closed, text=prefix + body), closing
 
     def end_step(self, pending: _PendingStep, hits: list) -> tuple[dict, float, bool, bool, dict]:
         """Apply a parsed action and its retrieved passages; return the usual 5-tuple."""
@@ -262,7 +362,10 @@ class SearchEnv(gym.Env):
         parsed = pending.parsed
         reward, env_text = 0.0, ""
         if pending.episode_over:
-            return self._observation(), 0.0, True, False, self._step_info(parsed, hits, env_text)
+            info = self._step_info(parsed, hits, env_text, ep.turn_prefix)
+            if self._safety is not None:
+                info["safety"] = self._safety.finish(ep.safety, None, (), turns=ep.turn, answered=ep.answer is not None)
+            return self._observation(), 0.0, True, False, info
         if parsed.kind == "search":
             ep.searches.append(parsed.content)
         elif parsed.kind == "answer":
@@ -272,16 +375,23 @@ class SearchEnv(gym.Env):
                 ep.correct = bool(exact_match(parsed.content, ep.question.golden_answers))
                 reward = ep.score
         if self.protocol == "tags":
-            env_text = (
+            env_text = pending.closing + (
                 format_information(hits) if parsed.kind == "search" else INVALID_ACTION_MESSAGE if parsed.kind == "invalid" else ""
             )
             ep.transcript += parsed.text + env_text
         else:
             env_text = self._extend_tool_messages(ep, pending, hits)
-        ep.turn_prefix = ""
+        turn_prefill, ep.turn_prefix = ep.turn_prefix, ""
         ep.turn += 1
-        truncated = not ep.done and ep.turn >= self.max_turns
-        return self._observation(), float(reward), ep.done, truncated, self._step_info(parsed, hits, env_text)
+        truncated = not ep.done and ep.turn >= ep.max_turns
+        if ep.attack is not None and not ep.done and not truncated:
+            ep.turn_prefix = ep.attack.next_prefill(len(ep.searches), parsed.kind)
+        info = self._step_info(parsed, hits, env_text, turn_prefill, closed=bool(pending.closing))
+        if self._safety is not None:
+            info["safety"] = self._safety.finish(
+                ep.safety, pending.safety, hits, turns=ep.turn, answered=ep.answer is not None
+            )
+        return self._observation(), float(reward), ep.done, truncated, info
 
     def _extend_tool_messages(self, ep: _Episode, pending: _PendingStep, hits: list) -> str:
         parsed = pending.parsed
@@ -309,7 +419,9 @@ class SearchEnv(gym.Env):
         ep = self._episode
         return {"messages": tuple(dict(m) for m in ep.messages), "prefill": ep.transcript + ep.turn_prefix}
 
-    def _step_info(self, parsed: ParsedAction, hits: list, env_text: str) -> dict:
+    def _step_info(
+        self, parsed: ParsedAction, hits: list, env_text: str, turn_prefill: str = "", closed: bool = False
+    ) -> dict:
         ep = self._episode
         return {
             "question_id": ep.question.id,
@@ -326,6 +438,8 @@ class SearchEnv(gym.Env):
             "correct": ep.correct,
             "score": ep.score,
             "env_text": env_text,
+            "turn_prefill": turn_prefill,
+            "tag_closed_by_env": closed,
         }
 
 
