@@ -31,6 +31,9 @@ def _cmd_setup(args: argparse.Namespace) -> int:
         retriever = get_retriever(RetrieverConfig(kind=kind))
         folder = retriever.build(progress=True, force=args.force)
         console.print(f"{kind} index ready in {folder}")
+    from search_gym.safety.classifier import ensure_query_classifier
+
+    console.print(f"query-harm classifier ready: {ensure_query_classifier()}")
     if args.model:
         from search_gym.agents.gguf import ensure_smollm2
 
