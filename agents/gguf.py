@@ -36,7 +36,7 @@ def is_converted(folder: Path) -> bool:
 def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, *, progress: bool = True) -> Path:
     """Convert ``gguf_file`` into a float32 Hugging Face folder at ``out_dir`` (skipped if already there).
 
-    Returns ``out_dir``. Raises ImportError naming ``pip install search-gym[gguf]`` when the ``gguf`` package
+    Returns ``out_dir``. Raises ImportError naming ``pip install gguf accelerate`` when the ``gguf`` package
     (which transformers needs to read GGUF files) is missing.
     """
     gguf_file, out_dir = Path(gguf_file), Path(out_dir)
@@ -45,7 +45,7 @@ def convert_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike, *, pr
     try:
         import gguf  # noqa: F401  (transformers imports it lazily; fail early with the install hint)
     except ImportError as exc:
-        raise ImportError("reading GGUF files needs the gguf package: pip install search-gym[gguf]") from exc
+        raise ImportError("reading GGUF files needs the gguf and accelerate packages: pip install gguf accelerate") from exc
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
