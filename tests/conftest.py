@@ -90,3 +90,22 @@ class WordOverlapRetriever:
 @pytest.fixture()
 def overlap_retriever(tiny_corpus_path) -> WordOverlapRetriever:
     return WordOverlapRetriever(tiny_corpus_path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(request) -> Path:
+    """The bundled SmolLM2-135M as a plain HF folder, converted once per machine (~21 s).
+
+    Reuses a copy already converted in this session's cache; otherwise converts into pytest's own cache directory,
+    which outlives the session, so later runs skip the conversion.
+    """
+    from search_gym.agents.gguf import SMOLLM2_NAME, convert_gguf, ensure_smollm2, is_converted, smollm2_dir
+    from search_gym.assets import MissingAssetError, asset_path
+
+    try:
+        gguf = asset_path("smollm2")
+    except MissingAssetError as exc:
+        pytest.skip(str(exc))
+    if is_converted(smollm2_dir()) or request.config.cache is None:
+        return ensure_smollm2(progress=False)
+    return convert_gguf(gguf, Path(request.config.cache.mkdir("search_gym_models")) / SMOLLM2_NAME, progress=False)

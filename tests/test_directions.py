@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +22,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from search_gym.agents.hidden import steering
 
-from search_gym.assets import MissingAssetError, asset_path
 from search_gym.directions import (
     ActivationConfig,
     ActivationSet,
@@ -58,21 +56,6 @@ N_LAYERS, WIDTH, PLANT = 6, 64, 3
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None  # optional: plots are checked when present
 
 
-def converted_smollm2(request) -> Path:
-    """The bundled model's HF folder (for its tokenizer): the session cache if converted, else pytest's cache."""
-    from search_gym.agents.gguf import SMOLLM2_NAME, convert_gguf, is_converted, smollm2_dir
-
-    try:
-        gguf = asset_path("smollm2")
-    except MissingAssetError as exc:
-        pytest.skip(str(exc))
-    if is_converted(smollm2_dir()) or request.config.cache is None:
-        from search_gym.agents.gguf import ensure_smollm2
-
-        return ensure_smollm2(progress=False)
-    return convert_gguf(gguf, Path(request.config.cache.mkdir("search_gym_models")) / SMOLLM2_NAME, progress=False)
-
-
 def neutral_prompts(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     adjectives = ["old", "famous", "small", "northern", "quiet", "ancient", "modern", "largest"]
@@ -92,10 +75,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tokenizer(request):
+def tokenizer(smollm2_folder):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(converted_smollm2(request))
+    return AutoTokenizer.from_pretrained(smollm2_folder)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ One model load per module (converted once from the bundled GGUF into pytest's ca
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,33 +16,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from search_gym.agents.hf import FEW_SHOT_EXAMPLES, HFAgent, few_shot_messages
 from search_gym.agents.hidden import POSITIONS, decoder_layers, locate_positions
 
-from search_gym.assets import MissingAssetError, asset_path
 from search_gym.envs.protocol import PROMPT_TEMPLATES, parse_tagged_action
 
 WIDTH, N_LAYERS = 576, 30
 LAYERS = (0, 8, 15, N_LAYERS - 1)  # the last block checks the final-norm off-by-one
 
 
-def converted_smollm2(request) -> Path:
-    """The bundled model as an HF folder: the session cache if already converted there, else pytest's cache."""
-    from search_gym.agents.gguf import SMOLLM2_NAME, convert_gguf, is_converted, smollm2_dir
-
-    try:
-        gguf = asset_path("smollm2")
-    except MissingAssetError as exc:
-        pytest.skip(str(exc))
-    if is_converted(smollm2_dir()) or request.config.cache is None:
-        from search_gym.agents.gguf import ensure_smollm2
-
-        return ensure_smollm2(progress=False)
-    return convert_gguf(gguf, Path(request.config.cache.mkdir("search_gym_models")) / SMOLLM2_NAME, progress=False)
-
-
 @pytest.fixture(scope="module")
-def smollm2(request):
+def smollm2(smollm2_folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = converted_smollm2(request)
+    folder = smollm2_folder
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     return folder, model, AutoTokenizer.from_pretrained(folder)
 

@@ -20,7 +20,6 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,31 +29,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from search_gym.agents.hf import HFAgent
 from search_gym.agents.openai_agent import OpenAIAgent, OpenAIServerError, restore_stop_string
 
-from search_gym.assets import MissingAssetError, asset_path
+from search_gym.assets import asset_path
 from search_gym.envs.protocol import PROMPT_TEMPLATES, STOP_STRINGS
 
 SERVED_NAME = "smollm2-loopback"
 MAX_TOKENS = 24
 
 
-def converted_smollm2(request) -> Path:
-    """The bundled model as an HF folder: the session cache if already converted there, else pytest's cache."""
-    from search_gym.agents.gguf import SMOLLM2_NAME, convert_gguf, ensure_smollm2, is_converted, smollm2_dir
-
-    try:
-        gguf = asset_path("smollm2")
-    except MissingAssetError as exc:
-        pytest.skip(str(exc))
-    if is_converted(smollm2_dir()) or request.config.cache is None:
-        return ensure_smollm2(progress=False)
-    return convert_gguf(gguf, Path(request.config.cache.mkdir("search_gym_models")) / SMOLLM2_NAME, progress=False)
-
-
 @pytest.fixture(scope="module")
-def smollm2(request):
+def smollm2(smollm2_folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = converted_smollm2(request)
+    folder = smollm2_folder
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     return folder, model, AutoTokenizer.from_pretrained(folder)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -27,31 +26,17 @@ from search_gym.agents.hidden import (
 )
 from search_gym.agents.vllm_agent import VLLM_INSTALL_HINT, SamplingSpec, VLLMAgent
 
-from search_gym.assets import MissingAssetError, asset_path
 from search_gym.envs.protocol import PROMPT_TEMPLATES
 
 LAYERS = (0, 8, 15)
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
-def converted_smollm2(request) -> Path:
-    """The bundled model as an HF folder: the session cache if already converted there, else pytest's cache."""
-    from search_gym.agents.gguf import SMOLLM2_NAME, convert_gguf, ensure_smollm2, is_converted, smollm2_dir
-
-    try:
-        gguf = asset_path("smollm2")
-    except MissingAssetError as exc:
-        pytest.skip(str(exc))
-    if is_converted(smollm2_dir()) or request.config.cache is None:
-        return ensure_smollm2(progress=False)
-    return convert_gguf(gguf, Path(request.config.cache.mkdir("search_gym_models")) / SMOLLM2_NAME, progress=False)
-
-
 @pytest.fixture(scope="module")
-def smollm2(request):
+def smollm2(smollm2_folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = converted_smollm2(request)
+    folder = smollm2_folder
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     return folder, model, AutoTokenizer.from_pretrained(folder)
 
