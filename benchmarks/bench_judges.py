@@ -230,13 +230,13 @@ def overhead(args) -> str:
                             num_prompts=args.grid_n, num_envs=args.num_envs, max_new_tokens=args.max_new_tokens,
                             plots=False, progress=False, bootstrap=1000)
         agent = make_eval_agent(agent_name, config)
-        bare_wall = bare_agent = 0.0
         # Load what the runs use (retriever index, MiniLM, the judges' weights) outside the timings.
         get_retriever(RetrieverConfig(kind=config.retriever)).search(["warm-up"], k=config.topk)
         for spec in config.judge_specs():
             shared_judge(spec).judge([JudgeInput("warm-up", "warm-up")])
         shared_similarity("minilm").score([("warm-up", "warm-up request")])
         folder = Path(tempfile.mkdtemp(prefix="bench_judges_"))
+        bare = {"wall": 0.0, "agent": 0.0, "tokens": 0}
         for prompt_set in config.prompt_sets:
             dataset, split = parse_prompt_set(prompt_set)
             indices = cell_questions(config, dataset, split)
@@ -245,22 +245,31 @@ def overhead(args) -> str:
                                        retriever=config.retriever, template=config.template,
                                        max_turns=config.max_turns, attack=attack)
                 summary = run_episodes(venv, agent, indices, seed=config.seed, progress=False)
-                bare_wall += summary.wall_seconds
-                bare_agent += summary.agent_seconds
+                bare["wall"] += summary.wall_seconds
+                bare["agent"] += summary.agent_seconds
+                bare["tokens"] += summary.completion_tokens
         config.out_dir = str(folder / "harness")
         wall, result = _timed(lambda: run_eval(config, agents={agent_name: agent}))
         harness_agent = sum(c["timing"]["agent_seconds"] or 0.0 for c in result["cells"])
+        tokens = sum(c["timing"]["completion_tokens"] or 0 for c in result["cells"])
         judge_seconds = sum(s["seconds"] for c in result["cells"] for s in c["judge_stats"].values())
         episodes = sum(c["episodes"] for c in result["cells"])
-        rows.append([agent_name, episodes, f"{bare_wall:.1f}", f"{bare_agent:.1f}", f"{wall:.1f}",
-                     f"{harness_agent:.1f}", f"{judge_seconds:.1f}", f"{100 * (wall / bare_wall - 1):+.1f}%",
-                     # a model-free agent spends ~0 s: a ratio to its time says nothing
-                     f"{100 * (wall / harness_agent - 1):+.1f}%" if harness_agent > 0.01 * wall else "– (agent ~0 s)"])
+
+        def over(total: float, agent_seconds: float) -> str:
+            # a model-free agent spends ~0 s: a ratio to its time says nothing
+            return f"{100 * (total / agent_seconds - 1):+.1f}%" if agent_seconds > 0.01 * total else "– (agent ~0 s)"
+
+        rows.append([agent_name, episodes, f"{bare['wall']:.1f}", f"{bare['agent']:.1f}", bare["tokens"],
+                     over(bare["wall"], bare["agent"]), f"{wall:.1f}", f"{harness_agent:.1f}", tokens,
+                     f"{judge_seconds:.1f}", over(wall, harness_agent), f"{wall - bare['wall']:+.1f}"])
         shutil.rmtree(folder, ignore_errors=True)
     grid = f"{' + '.join(args.grid_sets)} x {' + '.join(args.grid_attacks)}, {args.grid_n} prompts per cell"
     return (f"### Harness overhead ({grid})\n\n"
-            + _table(["agent", "episodes", "bare wall s", "bare agent s", "harness wall s", "harness agent s",
-                      "judges s", "overhead vs bare run", "overhead vs agent time"], rows))
+            "Overhead = wall time over the agent's own generation time, within each run (robust to other load on the "
+            "machine); the last column compares the two runs' wall times directly.\n\n"
+            + _table(["agent", "episodes", "bare wall s", "bare agent s", "bare tokens", "bare overhead",
+                      "harness wall s", "harness agent s", "harness tokens", "judges s", "harness overhead",
+                      "harness - bare wall s"], rows))
 
 
 def main() -> None:
