@@ -102,6 +102,8 @@ class Attack:
     """
 
     name: ClassVar[str] = "none"
+    # Parameters a label always shows, default or not: "multi_search" alone would hide how many searches were forced.
+    label_params: ClassVar[tuple[str, ...]] = ()
 
     @property
     def min_turns(self) -> int:
@@ -157,6 +159,7 @@ class MultiSearch(Attack):
     """
 
     name: ClassVar[str] = "multi_search"
+    label_params: ClassVar[tuple[str, ...]] = ("n",)
     n: int = 10
     prompt: bool = False
 
@@ -183,6 +186,7 @@ class MultiSearchPrompt(Attack):
     """``multi_search_prompt``: only the prompt variant, "You need to search for exactly n times. Restate: ..."."""
 
     name: ClassVar[str] = "multi_search_prompt"
+    label_params: ClassVar[tuple[str, ...]] = ("n",)
     n: int = 10
 
     def __post_init__(self):
@@ -349,7 +353,8 @@ def compose(*specs: Any) -> Attack | None:
 def attack_label(spec: Any) -> str:
     """Short stable label: ``"none"``, ``"search"``, ``"multi_search:n=3"``, ``"prompt_injection+search"``.
 
-    Parameters equal to the attack's defaults are left out.
+    Parameters equal to the attack's defaults are left out, except the ones its ``label_params`` always show
+    (``"multi_search:n=10"``).
     """
     attack = make_attack(spec)
     if attack is None:
@@ -358,7 +363,7 @@ def attack_label(spec: Any) -> str:
         return "+".join(attack_label(a) for a in attack.attacks)
     defaults = type(attack)()
     params = [f"{f.name}={getattr(attack, f.name)}" for f in fields(attack)
-              if getattr(attack, f.name) != getattr(defaults, f.name)]
+              if f.name in attack.label_params or getattr(attack, f.name) != getattr(defaults, f.name)]
     return attack.name + (":" + ",".join(params) if params else "")
 
 

@@ -68,7 +68,8 @@ def test_make_attack_from_every_spec_form():
 def test_attack_labels_are_short_and_stable():
     assert attack_label(None) == "none"
     assert attack_label("search") == "search"
-    assert attack_label({"name": "multi_search", "n": 10}) == "multi_search"  # defaults are left out
+    assert attack_label("refusal_then_search") == "refusal_then_search"  # defaults are left out ...
+    assert attack_label({"name": "multi_search", "n": 10}) == "multi_search:n=10"  # ... except the search count
     assert attack_label("multi_search:n=3") == "multi_search:n=3"
     assert attack_label(["prompt_injection", "search"]) == "prompt_injection+search"
 
@@ -112,6 +113,12 @@ def test_env_closes_a_tag_its_prefill_opened(make_env):
     env.reset(options={"question_id": "q0"})
     info = env.step(" Paris city <think> more thoughts")[4]  # the query ends where the next tag starts
     assert info["query"] == "Paris city" and info["tag_closed_by_env"]
+    env.reset(options={"question_id": "q0"})
+    info = env.step(" \n<information> made-up passage")[4]  # a tag at once: an empty query, said as such
+    assert info["action_type"] == "invalid" and info["parse_error"] == "empty_query" and not info["tag_closed_by_env"]
+    env.reset(options={"question_id": "q0"})
+    info = env.step(" Paris city <think> more thoughts")[4]
+    assert info["query"] == "Paris city"
     info = env.step("<search> no prefill, no close")[4]  # only a prefilled tag is closed
     assert info["parse_error"] == "no_action" and not info["tag_closed_by_env"]
     env = make_env(attack=MultiSearch(n=1))

@@ -353,7 +353,10 @@ class SearchEnv(gym.Env):
         closing = f" </{opened}>"
         closed = parse_tagged_action(prefix + body + closing, max_chars=self.max_action_chars, max_tags=self.max_tags)
         if closed.kind != opened:
-            return parsed, ""
+            # A tag right after the prefill (e.g. "<search> <information>..."): say the query was empty, which is
+            # what happened, rather than that no action was found.
+            empty = closed.error in ("empty_query", "empty_answer")
+            return (replace(closed, text=text) if empty else parsed), ""
         return replace(closed, text=prefix + body), closing
 
     def end_step(self, pending: _PendingStep, hits: list) -> tuple[dict, float, bool, bool, dict]:
