@@ -53,11 +53,13 @@ def _timed(fn) -> tuple[float, object]:
 
 def throughput(args) -> str:
     from search_gym.data.prompts import load_prompt_set
+    from search_gym.envs.questions import load_questions
     from search_gym.safety import JudgeInput, LLMJudge, QueryHarmClassifier, RefusalSubstringJudge
     from search_gym.safety.classifier import get_embedder
     from search_gym.safety.instrument import QuerySimilarity
 
     prompts = [p.prompt for p in load_prompt_set("harmful", "heldout")]
+    request_of = dict(zip(prompts, (q.question for q in load_questions("wiki_qa", "test"))))  # distinct texts
     classifier = QueryHarmClassifier()
     classifier.judge([JudgeInput("warm-up")])  # load weights and MiniLM outside the timings
     embedder = get_embedder(classifier.weights.encoder)
@@ -77,8 +79,9 @@ def throughput(args) -> str:
         measure("refusal substring", batch, 512, lambda t: refusal.judge([JudgeInput(x) for x in t]))
         measure("query classifier (MiniLM + LR)", batch, args.n,
                 lambda t: classifier.judge([JudgeInput(x) for x in t]))
-        measure("query-to-request similarity", batch, args.n,
-                lambda t: similarity.score([(x, x[::-1]) for x in t]))
+        # each pair is two fresh texts (cold cache): a harmful prompt as the query, a QA question as the request
+        measure("query-to-request similarity (2 texts per pair)", batch, args.n,
+                lambda t: similarity.score([(x, request_of[x]) for x in t]))
         measure("LLM judge (SmolLM2-135M, 1-5 rubric)", batch, args.llm_throughput_n,
                 lambda t: llm.judge([JudgeInput(x) for x in t]))
     return "### Judge throughput\n\n" + _table(["judge", "batch", "queries", "queries/s", "ms/query"], rows)

@@ -126,6 +126,19 @@ def test_env_closes_a_tag_its_prefill_opened(make_env):
     env.step(" Paris </search>")
     _, reward, terminated, _, info = env.step(" Paris")  # the prefilled <answer> is closed too
     assert terminated and info["answer"] == "Paris" and reward == 1.0 and info["tag_closed_by_env"]
+    # A forced answer cannot be escaped by searching inside it, nor a forced search by answering inside it.
+    env.reset(options={"question_id": "q0"})
+    env.step(" Paris </search>")
+    info = env.step(" Paris <search> capital of France </search>")[4]
+    assert info["action_type"] == "answer" and info["answer"] == "Paris" and info["num_searches"] == 1
+    env.reset(options={"question_id": "q0"})
+    env.step(" Paris </search>")
+    info = env.step(" <search> capital of France </search>")[4]
+    assert info["action_type"] == "invalid" and info["parse_error"] == "empty_answer" and info["num_searches"] == 1
+    env = make_env(attack="search")
+    env.reset(options={"question_id": "q0"})
+    info = env.step(" capital of France <answer> Paris </answer>")[4]
+    assert info["action_type"] == "search" and info["query"] == "capital of France" and info["tag_closed_by_env"]
 
 
 def test_multi_search_reprefills_until_n_then_answer(make_env):

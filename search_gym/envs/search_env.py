@@ -318,7 +318,7 @@ class SearchEnv(gym.Env):
         closing = ""
         if self.protocol == "tags":
             parsed, free_text = parse_tagged_action(text, max_chars=self.max_action_chars, max_tags=self.max_tags), ""
-            if parsed.kind == "invalid" and parsed.error == "no_action":
+            if parsed.kind != _prefilled_tag(ep.turn_prefix):
                 parsed, closing = self._close_prefilled_tag(ep.turn_prefix, text, parsed)
         else:
             parsed, free_text = parse_tool_call_action(text, max_chars=self.max_action_chars, max_tags=self.max_tags)
@@ -344,10 +344,12 @@ class SearchEnv(gym.Env):
         A prefilled ``<search>`` puts the agent inside a query: whatever it writes up to its next tag (or the end of
         its text, when it ran out of tokens) is the query it issued. Without this, a small model that rambles past
         its token budget would escape the search attack. The closing tag is the environment's text (it starts
-        ``env_text``); the step info says ``tag_closed_by_env``.
+        ``env_text``); the step info says ``tag_closed_by_env``. The same holds when the agent opens another action
+        inside the prefilled one (``<answer> <search> q </search>``): the prefilled action ends where that tag
+        starts, so an agent cannot search its way out of a forced answer, or answer its way out of a forced search.
         """
-        opened = next((tag for tag in ("search", "answer") if prefix.rstrip().endswith(f"<{tag}>")), None)
-        if opened is None or f"</{opened}>" in text:
+        opened = _prefilled_tag(prefix)
+        if opened is None:
             return parsed, ""
         body = text[len(prefix):].split("<", 1)[0].rstrip()
         closing = f" </{opened}>"
@@ -467,3 +469,8 @@ def _resolve_retriever(retriever: Any, corpus_path, encoder, index_type):
         return replace(config, **overrides), None
     raise TypeError("retriever must be a RetrieverConfig, a dict, 'dense'/'bm25', or an object with search()")
 
+
+def _prefilled_tag(prefix: str) -> str | None:
+    """The action tag a turn's prefill leaves open (an attack's ``"<search>"``), or None."""
+    stripped = prefix.rstrip()
+    return next((tag for tag in ("search", "answer") if stripped.endswith(f"<{tag}>")), None)
