@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
+
+from search_gym.files import write_bytes_atomic
 
 __all__ = ["write_jsonl_atomic", "write_bytes_atomic", "stable_hash", "jsonl_line"]
 
@@ -31,23 +31,6 @@ def stable_hash(*parts: str) -> int:
 def jsonl_line(row: dict[str, Any]) -> str:
     """One JSONL line with a fixed serialisation (key order as given, UTF-8 kept, no trailing spaces)."""
     return json.dumps(row, ensure_ascii=False) + "\n"
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_jsonl_atomic(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> int:

@@ -124,8 +124,9 @@ class SearchEnv(gym.Env):
     ``answer``, ``correct`` (None without gold), ``score``, ``env_text`` (the text the environment appended this
     turn; trainers mask these tokens out of the policy loss), ``turn_prefill`` (the prefilled text this turn's
     action continued, e.g. an attack's ``"<search>"``), ``tag_closed_by_env`` (the prefill opened ``<search>`` or
-    ``<answer>`` and the agent stopped without closing it: its text up to its next tag is the query / answer and the
-    env wrote the closing tag, at the start of ``env_text``), ``safety`` (only with safety instrumentation).
+    ``<answer>`` and the agent stopped without closing it, or opened another action inside it: its text up to its
+    next tag is the query / answer and the env wrote the closing tag, at the start of ``env_text``), ``safety``
+    (only with safety instrumentation).
 
     ## Arguments
     - ``dataset``: ``"wiki_qa"`` (embedded QA), ``"harmful"`` / ``"benign"`` (bundled prompt sets), ``"nq"`` /

@@ -16,7 +16,6 @@ import json
 import logging
 import mmap
 import os
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from search_gym.data.corpus import file_fingerprint
+from search_gym.files import atomic_output, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -260,38 +260,15 @@ def read_meta(folder: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    # mkstemp creates the file 0600; indexes in a shared cache should be readable like any other file.
-    os.chmod(tmp, 0o644)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file so that readers see either the old file or the whole new one."""
-    with _atomic_path(Path(path)) as tmp:
-        tmp.write_text(text)
+    write_text_atomic(path, text)
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """``np.save`` through a temporary file and a rename (an interrupted write leaves no partial .npy)."""
-    with _atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary path to write; it is renamed onto ``path`` when the block exits without error."""
-    with _atomic_path(Path(path)) as tmp:
-        yield tmp
 
 
 @contextlib.contextmanager
@@ -338,3 +315,122 @@ def _progress(**kwargs: Any):
     from tqdm.auto import tqdm
 
     return tqdm(**kwargs)
+
+
+class CorpusIndex:
+    """What every retriever with an on-disk index of one corpus file shares (dense and BM25 today).
+
+    The index lives in ``index_dir``: by default ``indexes_dir()/<corpus stem>-<sha[:12]>-<index_suffix()>``, so a
+    changed corpus gets a new folder. ``meta.json`` is written last and records ``format``, ``kind`` and the corpus
+    fingerprint; :meth:`build` rebuilds when it is missing or disagrees with this object (subclasses add their own
+    checks in :meth:`_stale_detail`) and holds ``build.lock`` so concurrent processes build once. Pickling keeps the
+    settings only: indexes, models and memory maps are per process and reload lazily.
+
+    Subclasses set ``kind`` and ``meta_format``, extend ``_runtime_fields`` and implement ``index_suffix``,
+    ``_stale_detail``, ``_build``, ``_load`` and ``is_loaded``.
+    """
+
+    kind = "index"
+    meta_format = 1
+    _runtime_fields: tuple[str, ...] = ("_lock", "_store", "_fingerprint")
+
+    def _init_index(self, corpus_path: str | os.PathLike, index_dir: str | os.PathLike | None) -> None:
+        self.corpus_path = check_corpus_path(corpus_path)
+        self._index_dir = Path(index_dir) if index_dir is not None else None
+        self.builds = 0  # how many times this object built (not merely loaded) its index
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._lock = threading.RLock()
+        self._store: PassageStore | None = None
+        self._fingerprint: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in self._runtime_fields:
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.builds = 0  # a copy starts its own count
+        self._init_runtime()
+
+    def __bool__(self) -> bool:
+        # Without this, ``if retriever:`` would call __len__ and build the index as a side effect.
+        return True
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the corpus file (computed once per object)."""
+        if self._fingerprint is None:
+            if not self.corpus_path.is_file():
+                raise FileNotFoundError(f"corpus file {self.corpus_path} does not exist")
+            self._fingerprint = corpus_fingerprint(self.corpus_path)
+        return self._fingerprint
+
+    def index_suffix(self) -> str:
+        """The end of the default folder name: what distinguishes this index from others of the same corpus."""
+        raise NotImplementedError
+
+    @property
+    def index_dir(self) -> Path:
+        """Folder holding this index (hashes the corpus when the default name is used)."""
+        if self._index_dir is not None:
+            return self._index_dir
+        from search_gym.paths import indexes_dir
+
+        return indexes_dir() / f"{slugify(self.corpus_path.stem)}-{self.fingerprint[:12]}-{self.index_suffix()}"
+
+    @property
+    def is_loaded(self) -> bool:
+        raise NotImplementedError
+
+    def _stale_reason(self, folder: Path) -> str | None:
+        """Why the index in ``folder`` cannot be used as is, or None when it can."""
+        meta = read_meta(folder)
+        if meta is None:
+            return "no finished index"
+        if meta.get("format") != self.meta_format or meta.get("kind") != self.kind:
+            return "index format changed"
+        if meta.get("corpus_fingerprint") != self.fingerprint:
+            return (f"corpus fingerprint changed ({str(meta.get('corpus_fingerprint'))[:12]} -> "
+                    f"{self.fingerprint[:12]})")
+        return self._stale_detail(meta, folder)
+
+    def _stale_detail(self, meta: dict[str, Any], folder: Path) -> str | None:
+        """The subclass's own reasons to rebuild (parameters, encoder, missing files), or None."""
+        return None
+
+    def _build(self, folder: Path, progress: bool) -> None:
+        raise NotImplementedError
+
+    def _load(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def load(self):
+        """Load the index, building it first when missing or stale. Idempotent."""
+        if not self.is_loaded:
+            self.build(progress=getattr(self, "progress", True), force=False)
+        return self
+
+    def build(self, progress: bool = True, force: bool = False) -> Path:
+        """Make sure a valid index exists on disk (building it when missing or stale) and load it.
+
+        ``force`` rebuilds even a valid index. Returns the index folder.
+        """
+        with self._lock:
+            folder = self.index_dir
+            if self.is_loaded and not force:
+                return folder
+            folder.mkdir(parents=True, exist_ok=True)
+            with file_lock(folder / "build.lock"):
+                reason = "rebuild requested" if force else self._stale_reason(folder)
+                if reason is not None:
+                    if reason != "no finished index":
+                        logger.warning("rebuilding %s index at %s: %s", self.kind, folder, reason)
+                    else:
+                        logger.info("building %s index at %s", self.kind, folder)
+                    self._build(folder, progress)
+                self._load(folder)
+            return folder

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,19 +22,16 @@ from typing import Any
 import numpy as np
 
 from search_gym.retrieval.base import (
+    CorpusIndex,
     Hit,
     PassageStore,
     _progress,
     atomic_save_npy,
     atomic_write_text,
-    check_corpus_path,
     clean_queries,
-    corpus_fingerprint,
-    file_lock,
     library_versions,
     read_meta,
     scan_offsets,
-    slugify,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,7 +48,7 @@ def _stemmer_available() -> bool:
     return True
 
 
-class BM25Retriever:
+class BM25Retriever(CorpusIndex):
     """BM25 over a Search-R1 / FlashRAG JSONL corpus.
 
     Args:
@@ -62,6 +58,10 @@ class BM25Retriever:
         stemmer: True = require PyStemmer, False = no stemming, None = stem when PyStemmer is installed.
         progress: show progress bars while building.
     """
+
+    kind = "bm25"
+    meta_format = META_FORMAT
+    _runtime_fields = ("_lock", "_model", "_tokenizer", "_store", "_fingerprint")
 
     def __init__(
         self,
@@ -73,8 +73,6 @@ class BM25Retriever:
         stemmer: bool | None = None,
         progress: bool = True,
     ):
-        self.corpus_path = check_corpus_path(corpus_path)
-        self._index_dir = Path(index_dir) if index_dir is not None else None
         self.k1 = float(k1)
         self.b = float(b)
         self.method = method
@@ -84,59 +82,28 @@ class BM25Retriever:
         self.stem = available if stemmer is None else bool(stemmer)
         self.progress = progress
         self.name = "bm25" + ("-stem" if self.stem else "")
-        self.builds = 0
-        self._init_runtime()
+        self._init_index(corpus_path, index_dir)
 
     def _init_runtime(self) -> None:
-        self._lock = threading.RLock()
+        super()._init_runtime()
         self._model: Any = None
         self._tokenizer: Any = None
-        self._store: PassageStore | None = None
-        self._fingerprint: str | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        for key in ("_lock", "_model", "_tokenizer", "_store", "_fingerprint"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.builds = 0  # a copy starts its own count
-        self._init_runtime()
 
     def __repr__(self) -> str:
         return f"BM25Retriever(corpus_path={str(self.corpus_path)!r}, stem={self.stem})"
 
-    @property
-    def fingerprint(self) -> str:
-        if self._fingerprint is None:
-            if not self.corpus_path.is_file():
-                raise FileNotFoundError(f"corpus file {self.corpus_path} does not exist")
-            self._fingerprint = corpus_fingerprint(self.corpus_path)
-        return self._fingerprint
+    def index_suffix(self) -> str:
+        return self.name
 
     @property
-    def index_dir(self) -> Path:
-        if self._index_dir is not None:
-            return self._index_dir
-        from search_gym.paths import indexes_dir
-
-        return indexes_dir() / f"{slugify(self.corpus_path.stem)}-{self.fingerprint[:12]}-{self.name}"
+    def is_loaded(self) -> bool:
+        return self._model is not None
 
     def _params(self) -> dict[str, Any]:
         return {"k1": self.k1, "b": self.b, "method": self.method, "stemmer": self.stem, "stopwords": "en",
                 "lower": True}
 
-    def _stale_reason(self, folder: Path) -> str | None:
-        meta = read_meta(folder)
-        if meta is None:
-            return "no finished index"
-        if meta.get("format") != META_FORMAT or meta.get("kind") != "bm25":
-            return "index format changed"
-        if meta.get("corpus_fingerprint") != self.fingerprint:
-            return (f"corpus fingerprint changed ({str(meta.get('corpus_fingerprint'))[:12]} -> "
-                    f"{self.fingerprint[:12]})")
+    def _stale_detail(self, meta: dict[str, Any], folder: Path) -> str | None:
         if meta.get("params") != self._params():
             return f"parameters changed ({meta.get('params')} -> {self._params()})"
         if not (folder / "offsets.npy").is_file() or not (folder / "bm25").is_dir():
@@ -152,27 +119,6 @@ class BM25Retriever:
 
             stemmer = Stemmer.Stemmer("english")
         return Tokenizer(lower=True, stopwords="en", stemmer=stemmer)
-
-    def load(self) -> BM25Retriever:
-        if self._model is None:
-            self.build(progress=self.progress)
-        return self
-
-    def build(self, progress: bool = True, force: bool = False) -> Path:
-        """Make sure a valid index exists on disk (building it when missing or stale) and load it."""
-        with self._lock:
-            folder = self.index_dir
-            if self._model is not None and not force:
-                return folder
-            folder.mkdir(parents=True, exist_ok=True)
-            with file_lock(folder / "build.lock"):
-                reason = "rebuild requested" if force else self._stale_reason(folder)
-                if reason is not None:
-                    if reason != "no finished index":
-                        logger.warning("rebuilding BM25 index at %s: %s", folder, reason)
-                    self._build(folder, progress)
-                self._load(folder)
-            return folder
 
     def _build(self, folder: Path, progress: bool) -> None:
         import bm25s
@@ -242,10 +188,6 @@ class BM25Retriever:
         self.load()
         assert self._store is not None
         return len(self._store)
-
-    def __bool__(self) -> bool:
-        # Without this, ``if retriever:`` would call __len__ and build the index as a side effect.
-        return True
 
     def search(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]:
         """Top-``k`` passages per query by BM25 score, best first; queries with no known term get []."""

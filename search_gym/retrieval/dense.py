@@ -22,7 +22,6 @@ import contextlib
 import logging
 import math
 import shutil
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,20 +30,17 @@ from typing import Any
 import numpy as np
 
 from search_gym.retrieval.base import (
+    CorpusIndex,
     Hit,
     PassageStore,
     _progress,
     atomic_output,
     atomic_save_npy,
     atomic_write_text,
-    check_corpus_path,
     clean_queries,
-    corpus_fingerprint,
-    file_lock,
     library_versions,
     read_meta,
     scan_offsets,
-    slugify,
 )
 from search_gym.retrieval.encoders import EncoderSpec, embedding_dim, encode, load_encoder, resolve_encoder
 
@@ -103,8 +99,10 @@ def ivfpq_params(n: int, dim: int, nlist: int | None = None, m: int | None = Non
     return {"nlist": nlist, "m": int(m), "nbits": nbits, "n_train": n_train}
 
 
-class DenseRetriever:
+class DenseRetriever(CorpusIndex):
     """FAISS retriever over a Search-R1 / FlashRAG JSONL corpus.
+
+    ``build(force=True)`` rebuilds even a valid index; shards already encoded for this corpus and encoder are reused.
 
     Args:
         corpus_path: JSONL file of ``{"id", "contents"}`` rows.
@@ -123,6 +121,10 @@ class DenseRetriever:
         search_threads: FAISS threads per search call (None = FAISS's default, all cores). 1 is often faster
             for small batches on a small shared CPU; see :func:`faiss_threads`.
     """
+
+    kind = "dense"
+    meta_format = META_FORMAT
+    _runtime_fields = ("_lock", "_index", "_store", "_meta", "_fingerprint")
 
     def __init__(
         self,
@@ -148,10 +150,8 @@ class DenseRetriever:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
         if shard_size < 1:
             raise ValueError("shard_size must be positive")
-        self.corpus_path = check_corpus_path(corpus_path)
         self.encoder: EncoderSpec = resolve_encoder(encoder)
         self.index_type = index_type
-        self._index_dir = Path(index_dir) if index_dir is not None else None
         self.device = device
         self.batch_size = batch_size
         self.nprobe = nprobe
@@ -166,27 +166,12 @@ class DenseRetriever:
         self.progress = progress
         self.search_threads = search_threads
         self.name = f"dense-{self.encoder.slug}-{index_type}"
-        self.builds = 0  # how many times this object built (not merely loaded) its index
-        self._init_runtime()
+        self._init_index(corpus_path, index_dir)
 
     def _init_runtime(self) -> None:
-        self._lock = threading.RLock()
+        super()._init_runtime()
         self._index: Any = None
-        self._store: PassageStore | None = None
         self._meta: dict[str, Any] | None = None
-        self._fingerprint: str | None = None
-
-    # Pickle the settings only: the index, model and memory map are per-process and reload lazily.
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        for key in ("_lock", "_index", "_store", "_meta", "_fingerprint"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.builds = 0  # a copy starts its own count
-        self._init_runtime()
 
     def __repr__(self) -> str:
         return (f"DenseRetriever(corpus_path={str(self.corpus_path)!r}, encoder={self.encoder.name_or_path!r}, "
@@ -194,24 +179,8 @@ class DenseRetriever:
 
     # ------------------------------------------------------------------------------------------------ identity
 
-    @property
-    def fingerprint(self) -> str:
-        """SHA-256 of the corpus file (computed once per object)."""
-        if self._fingerprint is None:
-            if not self.corpus_path.is_file():
-                raise FileNotFoundError(f"corpus file {self.corpus_path} does not exist")
-            self._fingerprint = corpus_fingerprint(self.corpus_path)
-        return self._fingerprint
-
-    @property
-    def index_dir(self) -> Path:
-        """Folder holding this index (hashes the corpus when the default name is used)."""
-        if self._index_dir is not None:
-            return self._index_dir
-        from search_gym.paths import indexes_dir
-
-        stem = slugify(self.corpus_path.stem)
-        return indexes_dir() / f"{stem}-{self.fingerprint[:12]}-{self.encoder.slug}-{self.index_type}"
+    def index_suffix(self) -> str:
+        return f"{self.encoder.slug}-{self.index_type}"
 
     def _requested_params(self) -> dict[str, Any]:
         if self.index_type == "hnsw":
@@ -220,16 +189,7 @@ class DenseRetriever:
             return {"nlist": self.nlist, "m": self.pq_m, "nbits": self.pq_nbits}
         return {}
 
-    def _stale_reason(self, folder: Path) -> str | None:
-        """Why the index in ``folder`` cannot be used as is, or None when it can."""
-        meta = read_meta(folder)
-        if meta is None:
-            return "no finished index"
-        if meta.get("format") != META_FORMAT or meta.get("kind") != "dense":
-            return "index format changed"
-        if meta.get("corpus_fingerprint") != self.fingerprint:
-            return (f"corpus fingerprint changed ({str(meta.get('corpus_fingerprint'))[:12]} -> "
-                    f"{self.fingerprint[:12]})")
+    def _stale_detail(self, meta: dict[str, Any], folder: Path) -> str | None:
         if meta.get("encoder", {}).get("identity") != self.encoder.passage_identity():
             return f"encoder changed ({meta.get('encoder', {}).get('identity')} -> {self.encoder.passage_identity()})"
         if meta.get("index_type") != self.index_type or meta.get("requested_params") != self._requested_params():
@@ -243,34 +203,6 @@ class DenseRetriever:
     @property
     def is_loaded(self) -> bool:
         return self._index is not None
-
-    def load(self) -> DenseRetriever:
-        """Load the index, building it first when missing or stale. Idempotent."""
-        if self._index is None:
-            self.build(progress=self.progress, force=False)
-        return self
-
-    def build(self, progress: bool = True, force: bool = False) -> Path:
-        """Make sure a valid index exists on disk (building or resuming it as needed) and load it.
-
-        ``force`` rebuilds even a valid index (shards already encoded for this corpus and encoder are reused).
-        Returns the index folder.
-        """
-        with self._lock:
-            folder = self.index_dir
-            if self._index is not None and not force:
-                return folder
-            folder.mkdir(parents=True, exist_ok=True)
-            with file_lock(folder / "build.lock"):
-                reason = "rebuild requested" if force else self._stale_reason(folder)
-                if reason is not None:
-                    if reason != "no finished index":
-                        logger.warning("rebuilding dense index at %s: %s", folder, reason)
-                    else:
-                        logger.info("building dense index at %s", folder)
-                    self._build(folder, progress)
-                self._load(folder)
-            return folder
 
     def _load(self, folder: Path) -> None:
         import faiss
@@ -307,10 +239,6 @@ class DenseRetriever:
     def __len__(self) -> int:
         self.load()
         return int(self._index.ntotal)
-
-    def __bool__(self) -> bool:
-        # Without this, ``if retriever:`` would call __len__ and build the index as a side effect.
-        return True
 
     # ------------------------------------------------------------------------------------------------ building
 

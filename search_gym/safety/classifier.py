@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from search_gym.files import write_text_atomic
 from search_gym.safety.base import JudgeInput, JudgeResult
 
 CLASSIFIER_VERSION = "1"
@@ -163,13 +163,7 @@ class ClassifierWeights:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (temporary file + rename): concurrent builders never see half a file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(asdict(self), f)
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ClassifierWeights:
