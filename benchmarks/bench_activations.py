@@ -9,8 +9,8 @@ and repeated so that drift and other load hit every setting alike:
 - ``output_hidden_states + gather``: the naive collector (every layer's full ``[B, S, d]`` kept, then indexed);
 - ``collect_from_ids``: search-gym's collector (hooks keep one row per prompt per layer, no LM head), giving
   ``[B, L, d]`` float32 on the CPU;
-- ``agents.hidden.forward_hidden``: the agents' general helper on the same rows (it copies every block's rows
-  to the host inside the hook), for comparison;
+- ``agents.hidden.forward_hidden``: the agents' general helper (any positions per sequence) on the same rows, for
+  comparison;
 - ``collect_activations (text in)``: the whole pipeline from prompt strings (chat template, tokenisation,
   locating the ``<search>`` token) - the CPU-side preparation is also reported on its own.
 
