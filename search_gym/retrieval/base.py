@@ -17,6 +17,7 @@ import logging
 import mmap
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -404,6 +405,30 @@ class CorpusIndex:
 
     def _build(self, folder: Path, progress: bool) -> None:
         raise NotImplementedError
+
+    def _begin_build(self, folder: Path, progress: bool) -> PassageStore:
+        """First steps of every build: mark the folder unfinished, scan and save the passage offsets."""
+        # meta.json goes first so that a crash from here on leaves a folder that reads as unfinished.
+        (folder / "meta.json").unlink(missing_ok=True)
+        offsets = scan_offsets(self.corpus_path, progress=progress)
+        if len(offsets) - 1 == 0:
+            raise ValueError(f"corpus {self.corpus_path} has no passages")
+        atomic_save_npy(folder / "offsets.npy", offsets)
+        return PassageStore(self.corpus_path, offsets)
+
+    def _finish_build(self, folder: Path, **fields: Any) -> None:
+        """Last step of every build: write meta.json (the common fields plus ``fields``), which marks it finished."""
+        meta = {
+            "format": self.meta_format,
+            "kind": self.kind,
+            "corpus_path": str(self.corpus_path.resolve()),
+            "corpus_fingerprint": self.fingerprint,
+            "versions": library_versions(),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **fields,
+        }
+        atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True))
+        self.builds += 1
 
     def _load(self, folder: Path) -> None:
         raise NotImplementedError

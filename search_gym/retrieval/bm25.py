@@ -26,12 +26,8 @@ from search_gym.retrieval.base import (
     Hit,
     PassageStore,
     _progress,
-    atomic_save_npy,
-    atomic_write_text,
     clean_queries,
-    library_versions,
     read_meta,
-    scan_offsets,
 )
 
 logger = logging.getLogger(__name__)
@@ -125,13 +121,8 @@ class BM25Retriever(CorpusIndex):
         from bm25s.tokenization import Tokenized
 
         t0 = time.perf_counter()
-        (folder / "meta.json").unlink(missing_ok=True)
-        offsets = scan_offsets(self.corpus_path, progress=progress)
-        n = len(offsets) - 1
-        if n == 0:
-            raise ValueError(f"corpus {self.corpus_path} has no passages")
-        atomic_save_npy(folder / "offsets.npy", offsets)
-        store = PassageStore(self.corpus_path, offsets)
+        store = self._begin_build(folder, progress)
+        n = len(store)
         tokenizer = self._make_tokenizer()
         ids: list[list[int]] = []
         bar = _progress(total=n, desc=f"tokenising {self.corpus_path.name}", unit="psg", disable=not progress)
@@ -152,22 +143,8 @@ class BM25Retriever(CorpusIndex):
         shutil.rmtree(folder / "bm25", ignore_errors=True)
         tmp.rename(folder / "bm25")
 
-        import json
-
-        meta = {
-            "format": META_FORMAT,
-            "kind": "bm25",
-            "corpus_path": str(self.corpus_path.resolve()),
-            "corpus_fingerprint": self.fingerprint,
-            "count": n,
-            "params": self._params(),
-            "vocab_size": len(tokenizer.get_vocab_dict()),
-            "versions": library_versions(),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "timings_s": {"total": round(time.perf_counter() - t0, 3)},
-        }
-        atomic_write_text(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True))
-        self.builds += 1
+        self._finish_build(folder, count=n, params=self._params(), vocab_size=len(tokenizer.get_vocab_dict()),
+                           timings_s={"total": round(time.perf_counter() - t0, 3)})
 
     def _load(self, folder: Path) -> None:
         import bm25s

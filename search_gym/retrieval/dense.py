@@ -34,13 +34,12 @@ from search_gym.retrieval.base import (
     Hit,
     PassageStore,
     _progress,
+    _read_json,
     atomic_output,
     atomic_save_npy,
     atomic_write_text,
     clean_queries,
-    library_versions,
     read_meta,
-    scan_offsets,
 )
 from search_gym.retrieval.encoders import EncoderSpec, embedding_dim, encode, load_encoder, resolve_encoder
 
@@ -250,22 +249,15 @@ class DenseRetriever(CorpusIndex):
 
     def _build(self, folder: Path, progress: bool) -> None:
         t0 = time.perf_counter()
-        # meta.json goes first so that a crash from here on leaves a folder that reads as unfinished.
-        (folder / "meta.json").unlink(missing_ok=True)
-
-        offsets = scan_offsets(self.corpus_path, progress=progress)
-        n = len(offsets) - 1
-        if n == 0:
-            raise ValueError(f"corpus {self.corpus_path} has no passages")
-        atomic_save_npy(folder / "offsets.npy", offsets)
-        store = PassageStore(self.corpus_path, offsets)
+        store = self._begin_build(folder, progress)
+        n = len(store)
         model = load_encoder(self.encoder, self.device)
         dim = embedding_dim(model)
 
         shard_dir = folder / "shards"
         manifest = {"corpus_fingerprint": self.fingerprint, "encoder": self.encoder.passage_identity(),
                     "shard_size": self.shard_size, "count": n, "dim": dim}
-        if _read_json_file(shard_dir / "manifest.json") != manifest:
+        if _read_json(shard_dir / "manifest.json") != manifest:
             shutil.rmtree(shard_dir, ignore_errors=True)
         shard_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(shard_dir / "manifest.json", _dumps(manifest))
@@ -300,14 +292,11 @@ class DenseRetriever(CorpusIndex):
             faiss.write_index(index, str(tmp))
         index_seconds = time.perf_counter() - t_idx
 
-        meta = {
-            "format": META_FORMAT,
-            "kind": "dense",
-            "corpus_path": str(self.corpus_path.resolve()),
-            "corpus_fingerprint": self.fingerprint,
-            "count": n,
-            "dim": dim,
-            "encoder": {
+        self._finish_build(
+            folder,
+            count=n,
+            dim=dim,
+            encoder={
                 "name": self.encoder.name_or_path,
                 "query_prefix": self.encoder.query_prefix,
                 "passage_prefix": self.encoder.passage_prefix,
@@ -316,21 +305,17 @@ class DenseRetriever(CorpusIndex):
                 "pooling_note": self.encoder.pooling_note,
                 "identity": self.encoder.passage_identity(),
             },
-            "index_type": self.index_type,
-            "index_params": params,
-            "requested_params": self._requested_params(),
-            "metric": "inner_product",
-            "shard_size": self.shard_size,
-            "versions": library_versions(),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "timings_s": {"encode": round(encode_seconds, 3), "index": round(index_seconds, 3),
-                          "total": round(time.perf_counter() - t0, 3)},
-            "encoded_passages": n - done,
-        }
-        atomic_write_text(folder / "meta.json", _dumps(meta))
+            index_type=self.index_type,
+            index_params=params,
+            requested_params=self._requested_params(),
+            metric="inner_product",
+            shard_size=self.shard_size,
+            timings_s={"encode": round(encode_seconds, 3), "index": round(index_seconds, 3),
+                       "total": round(time.perf_counter() - t0, 3)},
+            encoded_passages=n - done,
+        )
         if not self.keep_shards:
             shutil.rmtree(shard_dir, ignore_errors=True)
-        self.builds += 1
 
     def _make_index(self, shard_paths: list[Path], n: int, dim: int, progress: bool) -> tuple[Any, dict[str, Any]]:
         import faiss
@@ -415,15 +400,6 @@ class DenseRetriever(CorpusIndex):
         self.load()
         assert self._store is not None
         return self._store.get(int(i))
-
-
-def _read_json_file(path: Path) -> Any:
-    import json
-
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _dumps(obj: Any) -> str:
