@@ -133,6 +133,14 @@ def few_shot_messages(messages: Sequence[dict], n: int) -> list[dict]:
     return messages[:first_user] + shots + messages[first_user:]
 
 
+def render_prompt(tokenizer: Any, messages: Sequence[dict], prefill: str = "", few_shot: int = 0) -> str:
+    """The exact text a model continues: ``few_shot`` worked examples, the chat template with the generation prompt,
+    then the prefill. Every backend (HF, vLLM, the direction collector) renders through this one function."""
+    if few_shot:
+        messages = few_shot_messages(messages, few_shot)
+    return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False) + prefill
+
+
 class _ChosenLogprobs:
     """Logits processor that records log_softmax(raw logits)[chosen token] for every step, one [B, V] at a time.
 
@@ -309,11 +317,7 @@ class HFAgent(BaseAgent):
 
     def render(self, observation: dict) -> str:
         """The exact text the model continues: chat template (with few-shot turns) + the observation's prefill."""
-        messages = list(observation["messages"])
-        if self.few_shot:
-            messages = few_shot_messages(messages, self.few_shot)
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text + observation.get("prefill", "")
+        return render_prompt(self.tokenizer, observation["messages"], observation.get("prefill", ""), self.few_shot)
 
     def encode(self, text: str) -> list[int]:
         # The chat template already wrote any BOS / special tokens as text.

@@ -24,8 +24,8 @@ from search_gym.agents.hf import (
     BUNDLED_MODEL,
     DEFAULT_FEW_SHOT,
     FEW_SHOT_EXAMPLES,
-    few_shot_messages,
     resolve_device,
+    render_prompt,
     resolve_dtype,
 )
 from search_gym.agents.hidden import hidden_for_completions, normalize_layers, normalize_positions
@@ -189,11 +189,7 @@ class VLLMAgent(BaseAgent):
 
     def render(self, observation: dict) -> str:
         """Chat template (with few-shot turns) + prefill: the same text HFAgent continues."""
-        messages = list(observation["messages"])
-        if self.few_shot:
-            messages = few_shot_messages(messages, self.few_shot)
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return text + observation.get("prefill", "")
+        return render_prompt(self.tokenizer, observation["messages"], observation.get("prefill", ""), self.few_shot)
 
     def act_batch(self, observations: Sequence[dict]) -> list[AgentStep]:
         prompt_ids = [list(self.tokenizer(self.render(o), add_special_tokens=False)["input_ids"]) for o in observations]

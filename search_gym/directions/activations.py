@@ -169,16 +169,10 @@ def render_prompts(tokenizer, prompts: Sequence[str], *, template: str = "search
                    few_shot: int = 0) -> list[str]:
     """The texts the model reads: template as user turn (+ few-shot turns), chat template, generation prompt,
     prefill. Identical to what :class:`~search_gym.agents.hf.HFAgent` renders for the same observation."""
-    from search_gym.agents.hf import few_shot_messages
+    from search_gym.agents.hf import render_prompt
 
-    texts = []
-    for prompt in prompts:
-        messages = [{"role": "user", "content": _user_content(prompt, template)}]
-        if few_shot:
-            messages = few_shot_messages(messages, few_shot)
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        texts.append(text + prefill)
-    return texts
+    return [render_prompt(tokenizer, [{"role": "user", "content": _user_content(prompt, template)}], prefill, few_shot)
+            for prompt in prompts]
 
 
 # ---------------------------------------------------------------------------------------------- the stored set
