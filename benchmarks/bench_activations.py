@@ -23,7 +23,7 @@ Examples::
     python benchmarks/bench_activations.py                                     # bundled SmolLM2-135M, CPU
     python benchmarks/bench_activations.py --random-config qwen2.5-1.5b --device cuda --dtype bf16 --batch 64
 
-``--random-config`` builds a randomly initialised model from a config embedded below (no hub access needed);
+``--random-config`` builds a randomly initialised model from a config embedded in ``_models.py`` (no hub access needed);
 prompts are tokenised with the bundled SmolLM2 tokenizer (``--tokenizer`` to override), whose ids are all valid
 in the larger vocabularies.
 """
@@ -34,12 +34,11 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-from search_gym.agents.hf import resolve_dtype
+from _models import RANDOM_CONFIG_HELP, load_model
 from search_gym.agents.hidden import forward_hidden
 
 from search_gym.directions.activations import (
@@ -49,21 +48,6 @@ from search_gym.directions.activations import (
     render_prompts,
     tokenize,
 )
-
-# Public config.json shapes, embedded so that the benchmark runs on a machine with no hub access.
-_QWEN25 = {
-    "model_type": "qwen2", "vocab_size": 151936, "rope_theta": 1_000_000.0, "max_position_embeddings": 32768,
-    "rms_norm_eps": 1e-6, "hidden_act": "silu", "attention_dropout": 0.0, "use_sliding_window": False,
-    "bos_token_id": 151643, "eos_token_id": 151645,
-}
-RANDOM_CONFIGS: dict[str, dict] = {
-    "qwen2.5-0.5b": dict(_QWEN25, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, intermediate_size=4864, tie_word_embeddings=True),
-    "qwen2.5-1.5b": dict(_QWEN25, hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, intermediate_size=8960, tie_word_embeddings=True),
-    "qwen2.5-7b": dict(_QWEN25, hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, intermediate_size=18944, tie_word_embeddings=False),
-}
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -81,28 +65,6 @@ QUESTIONS = [
 ]
 
 
-def load(args):
-    """(model, tokenizer, description) for --model or --random-config."""
-    from search_gym.agents.gguf import ensure_smollm2
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    device, dtype = torch.device(args.device), resolve_dtype(args.dtype)
-    if args.random_config:
-        key = args.random_config.lower().removeprefix("qwen/")
-        if key not in RANDOM_CONFIGS:
-            sys.exit(f"--random-config must be one of {sorted(RANDOM_CONFIGS)}")
-        spec = dict(RANDOM_CONFIGS[key])
-        config = AutoConfig.for_model(spec.pop("model_type"), **spec)
-        torch.manual_seed(0)
-        with device:  # initialise the weights on the target device (fast on a GPU)
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype if dtype != "auto" else torch.bfloat16)
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or ensure_smollm2(progress=True))
-        return model.eval(), tokenizer, f"random {key}"
-    source = ensure_smollm2(progress=True) if args.model == "smollm2" else args.model
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(args.tokenizer or source), str(args.model)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -111,7 +73,7 @@ def _sync(device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="hub id or folder; default: the bundled SmolLM2-135M")
-    parser.add_argument("--random-config", default=None, help=f"random weights in a known shape: {sorted(RANDOM_CONFIGS)}")
+    parser.add_argument("--random-config", default=None, help=RANDOM_CONFIG_HELP)
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's / bundled SmolLM2)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", help="float32, bf16 or fp16")
@@ -125,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, tokenizer, description = load(args)
+    model, tokenizer, description = load_model(args)
     device = next(model.parameters()).device
     n_layers = model.config.get_text_config().num_hidden_layers
     layers = tuple(range(n_layers))

@@ -13,7 +13,7 @@ Examples::
     python benchmarks/bench_hidden_states.py --random-config Qwen/Qwen2.5-1.5B --device cuda --dtype bf16 \\
         --batch 16 --new-tokens 256 --out bench_hidden.json
 
-``--random-config`` builds a randomly initialised model from a config embedded below (no hub access needed);
+``--random-config`` builds a randomly initialised model from a config embedded in ``_models.py`` (no hub access needed);
 prompts are tokenised with the bundled SmolLM2 tokenizer, whose ids are all valid in the larger vocabularies.
 """
 
@@ -24,66 +24,14 @@ import gc
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
-from search_gym.agents.hf import HFAgent, resolve_dtype
+from _models import RANDOM_CONFIG_HELP, load_model
+from search_gym.agents.hf import HFAgent
 
 from search_gym.envs.protocol import PROMPT_TEMPLATES
-
-# Qwen2.5 shapes (from the public config.json files), so the benchmark runs on a GPU box with no hub access.
-_QWEN25_COMMON = dict(
-    model_type="qwen2",
-    vocab_size=151936,
-    rope_theta=1_000_000.0,
-    max_position_embeddings=32768,
-    rms_norm_eps=1e-6,
-    hidden_act="silu",
-    attention_dropout=0.0,
-    use_sliding_window=False,
-    bos_token_id=151643,
-    eos_token_id=151645,
-)
-RANDOM_CONFIGS: dict[str, dict] = {
-    "Qwen/Qwen2.5-0.5B": dict(
-        _QWEN25_COMMON,
-        hidden_size=896,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        intermediate_size=4864,
-        tie_word_embeddings=True,
-    ),
-    "Qwen/Qwen2.5-1.5B": dict(
-        _QWEN25_COMMON,
-        hidden_size=1536,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        intermediate_size=8960,
-        tie_word_embeddings=True,
-    ),
-    "Qwen/Qwen2.5-3B": dict(
-        _QWEN25_COMMON,
-        hidden_size=2048,
-        num_hidden_layers=36,
-        num_attention_heads=16,
-        num_key_value_heads=2,
-        intermediate_size=11008,
-        tie_word_embeddings=True,
-    ),
-    "Qwen/Qwen2.5-7B": dict(
-        _QWEN25_COMMON,
-        hidden_size=3584,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        intermediate_size=18944,
-        tie_word_embeddings=False,
-    ),
-}
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -95,27 +43,6 @@ QUESTIONS = [
     "In which year did the Berlin Wall fall?",
     "What process do plants use to make sugar from sunlight?",
 ]
-
-
-def load(args):
-    """(model, tokenizer, description) for --model or --random-config."""
-    from search_gym.agents.gguf import ensure_smollm2
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    device, dtype = torch.device(args.device), resolve_dtype(args.dtype)
-    if args.random_config:
-        if args.random_config not in RANDOM_CONFIGS:
-            sys.exit(f"--random-config must be one of {sorted(RANDOM_CONFIGS)}")
-        spec = dict(RANDOM_CONFIGS[args.random_config])
-        config = AutoConfig.for_model(spec.pop("model_type"), **spec)
-        torch.manual_seed(0)
-        with device:  # initialise the weights on the target device (fast on a GPU)
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype if dtype != "auto" else torch.bfloat16)
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or ensure_smollm2(progress=True))
-        return model.eval(), tokenizer, f"random {args.random_config}"
-    source = ensure_smollm2(progress=True) if args.model == "smollm2" else args.model
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(source), str(args.model)
 
 
 def observations(batch: int) -> list[dict]:
@@ -148,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="hub id or folder; default: the bundled SmolLM2-135M")
     parser.add_argument(
-        "--random-config", default=None, help=f"random weights in a known shape: {sorted(RANDOM_CONFIGS)}"
+        "--random-config", default=None, help=RANDOM_CONFIG_HELP
     )
     parser.add_argument(
         "--tokenizer",
@@ -166,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, tokenizer, description = load(args)
+    model, tokenizer, description = load_model(args)
     device = next(model.parameters()).device
     n_layers = model.config.get_text_config().num_hidden_layers
     layers = sorted({n_layers // 4, n_layers // 2, (3 * n_layers) // 4})
