@@ -109,3 +109,39 @@ def smollm2_folder(request) -> Path:
     if is_converted(smollm2_dir()) or request.config.cache is None:
         return ensure_smollm2(progress=False)
     return convert_gguf(gguf, Path(request.config.cache.mkdir("search_gym_models")) / SMOLLM2_NAME, progress=False)
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_folder):
+    """(folder, fp32 model in eval mode, tokenizer) of the bundled SmolLM2-135M, loaded once per test module."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_folder, dtype=torch.float32).eval()
+    return smollm2_folder, model, AutoTokenizer.from_pretrained(smollm2_folder)
+
+
+def observation(question: str, prefill: str = "") -> dict:
+    """An env observation for ``question`` in the search_r1 template, optionally with a prefill."""
+    from search_gym.envs.protocol import PROMPT_TEMPLATES
+
+    return {
+        "messages": ({"role": "user", "content": PROMPT_TEMPLATES["search_r1"].format(question=question)},),
+        "prefill": prefill,
+    }
+
+
+def hash_embed(texts):
+    """Deterministic bag-of-words embedding standing in for MiniLM where the encoder itself is not under test."""
+    import hashlib
+
+    import numpy as np
+
+    rows = []
+    for text in texts:
+        v = np.zeros(64)
+        for word in str(text).lower().replace("?", " ").split():
+            v[int(hashlib.md5(word.encode()).hexdigest(), 16) % 64] += 1.0
+        norm = np.linalg.norm(v)
+        rows.append(v / norm if norm else v)
+    return np.asarray(rows)

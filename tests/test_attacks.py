@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pickle
-from pathlib import Path
 
 import gymnasium as gym
 import pytest
@@ -261,23 +260,10 @@ def test_vector_env_with_multi_search_batches_every_turn(tiny_qa_path, overlap_r
 
 
 @pytest.fixture(scope="module")
-def smollm2_agent(request):
-    from search_gym.agents.gguf import SMOLLM2_NAME, convert_gguf, is_converted, smollm2_dir
+def smollm2_agent(smollm2_folder):
     from search_gym.agents.hf import HFAgent
-    from search_gym.assets import MissingAssetError, asset_path
 
-    try:
-        gguf = asset_path("smollm2")
-    except MissingAssetError as exc:
-        pytest.skip(str(exc))
-    if is_converted(smollm2_dir()) or request.config.cache is None:
-        from search_gym.agents.gguf import ensure_smollm2
-
-        folder = ensure_smollm2(progress=False)
-    else:  # the same folder tests/test_hf_agent.py converts into, so the ~20 s conversion happens once
-        folder = convert_gguf(gguf, Path(request.config.cache.mkdir("search_gym_models")) / SMOLLM2_NAME,
-                              progress=False)
-    return HFAgent(str(folder), device="cpu", few_shot=True, max_new_tokens=24)
+    return HFAgent(str(smollm2_folder), device="cpu", few_shot=True, max_new_tokens=24)
 
 
 def test_search_attack_first_action_always_issues_a_query_llm(smollm2_agent, tmp_path, overlap_retriever):

@@ -13,6 +13,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from conftest import observation
+
 from search_gym.agents.hf import FEW_SHOT_EXAMPLES, HFAgent, few_shot_messages
 from search_gym.agents.hidden import POSITIONS, decoder_layers, locate_positions
 
@@ -22,20 +24,6 @@ WIDTH, N_LAYERS = 576, 30
 LAYERS = (0, 8, 15, N_LAYERS - 1)  # the last block checks the final-norm off-by-one
 
 
-@pytest.fixture(scope="module")
-def smollm2(smollm2_folder):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = smollm2_folder
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    return folder, model, AutoTokenizer.from_pretrained(folder)
-
-
-def observation(question: str, prefill: str = "") -> dict:
-    return {
-        "messages": ({"role": "user", "content": PROMPT_TEMPLATES["search_r1"].format(question=question)},),
-        "prefill": prefill,
-    }
 
 
 FRANCE = observation("What is the capital of France?")

@@ -22,34 +22,21 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from conftest import observation
 
 from search_gym.agents.hf import HFAgent
 from search_gym.agents.openai_agent import OpenAIAgent, OpenAIServerError, restore_stop_string
 
 from search_gym.assets import asset_path
-from search_gym.envs.protocol import PROMPT_TEMPLATES, STOP_STRINGS
+from search_gym.envs.protocol import STOP_STRINGS
 
 SERVED_NAME = "smollm2-loopback"
 MAX_TOKENS = 24
 
 
-@pytest.fixture(scope="module")
-def smollm2(smollm2_folder):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = smollm2_folder
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    return folder, model, AutoTokenizer.from_pretrained(folder)
-
-
-def observation(question: str, prefill: str = "") -> dict:
-    return {
-        "messages": ({"role": "user", "content": PROMPT_TEMPLATES["search_r1"].format(question=question)},),
-        "prefill": prefill,
-    }
 
 
 # The <search> prefill (the search attack): the server must continue the prefill, the agent restore the stop string.

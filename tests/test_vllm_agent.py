@@ -16,6 +16,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from conftest import observation
+
 from search_gym.agents.hf import HFAgent
 from search_gym.agents.hidden import (
     POSITIONS,
@@ -26,26 +28,11 @@ from search_gym.agents.hidden import (
 )
 from search_gym.agents.vllm_agent import VLLM_INSTALL_HINT, SamplingSpec, VLLMAgent
 
-from search_gym.envs.protocol import PROMPT_TEMPLATES
 
 LAYERS = (0, 8, 15)
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
-@pytest.fixture(scope="module")
-def smollm2(smollm2_folder):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = smollm2_folder
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    return folder, model, AutoTokenizer.from_pretrained(folder)
-
-
-def observation(question: str, prefill: str = "") -> dict:
-    return {
-        "messages": ({"role": "user", "content": PROMPT_TEMPLATES["search_r1"].format(question=question)},),
-        "prefill": prefill,
-    }
 
 
 OBSERVATIONS = [
