@@ -5,9 +5,11 @@ appends the observation's ``prefill``; the completion continues that text (the p
 ``AgentStep.text``). Generation stops at ``</search>`` / ``</answer>`` (anything a final token carries past the stop
 string is cut from the text) or at the tokenizer's end-of-sequence token.
 
-- ``logprobs``: log-softmax of the model's raw logits (temperature 1, before temperature / top-p warping) at each
-  chosen token: the policy's own log-probabilities, which RL trainers recompute. With ``min_new_tokens`` the EOS
-  token is masked out first, as generation does.
+- ``logprobs``: the sampler's log-probabilities of the chosen tokens, ``log_softmax(logits / temperature)``
+  (temperature 1 when greedy): what RL trainers need for importance ratios at the sampling temperature. The
+  temperature is applied by the recording processor itself (generate runs at temperature 1), so the number
+  recorded is exactly the distribution sampled from when ``top_p == 1``; with ``top_p < 1`` the nucleus
+  renormalisation is not included. With ``min_new_tokens`` the EOS token is masked out first, as generation does.
 - ``hidden``: captured by forward hooks during generation (see :mod:`search_gym.agents.hidden` for layers,
   positions and the HF off-by-one). Nothing is hooked when ``layers`` is empty (the default).
 - Sampling: ``temperature=0`` is greedy; otherwise seeded multinomial sampling with ``temperature`` and
@@ -142,19 +144,24 @@ def render_prompt(tokenizer: Any, messages: Sequence[dict], prefill: str = "", f
 
 
 class _ChosenLogprobs:
-    """Logits processor that records log_softmax(raw logits)[chosen token] for every step, one [B, V] at a time.
+    """Logits processor that applies the sampling temperature and records log_softmax(logits / T)[chosen token].
 
-    At step t it sees the token chosen at step t-1 (the last column of ``input_ids``), so only the previous step's
-    log-probabilities are held; :meth:`finish` reads the final step's with the last generated tokens.
+    Generation itself runs at temperature 1 with this processor scaling the scores, so the recorded numbers are the
+    sampler's own (transformers applies user processors before its top-p / top-k warpers). At step t it sees the
+    token chosen at step t-1 (the last column of ``input_ids``), so only the previous step's log-probabilities are
+    held, one [B, V] at a time; :meth:`finish` reads the final step's with the last generated tokens.
     """
 
-    def __init__(self):
+    def __init__(self, temperature: float = 1.0):
+        self.temperature = float(temperature) if temperature and temperature > 0 else 1.0
         self.previous: torch.Tensor | None = None
         self.values: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.previous is not None:
             self.values.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
         self.previous = torch.log_softmax(scores.float(), dim=-1)
         return scores
 
@@ -295,7 +302,8 @@ class HFAgent(BaseAgent):
             no_repeat_ngram_size=0,
         )
         if self.temperature > 0:
-            settings.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=0, typical_p=1.0)
+            # temperature 1 here: _ChosenLogprobs divides by self.temperature and records the sampler's logprobs
+            settings.update(do_sample=True, temperature=1.0, top_p=self.top_p, top_k=0, typical_p=1.0)
         else:
             settings.update(do_sample=False)
         return GenerationConfig(**settings)
@@ -390,7 +398,7 @@ class HFAgent(BaseAgent):
                 pad_lengths,
                 keep_completion=any(p in self.positions for p in ("search", "query_mean", "generated")),
             )
-        chosen = _ChosenLogprobs()
+        chosen = _ChosenLogprobs(self.temperature)
         from transformers import LogitsProcessorList
 
         with self._rng(), capture or nullcontext():

@@ -123,7 +123,11 @@ class SearchEnv(gym.Env):
     ``query``, ``retrieved_doc_ids``, ``searches``, ``num_searches``, ``parse_error``, ``invalid_action``,
     ``answer``, ``correct`` (None without gold), ``score``, ``env_text`` (the text the environment appended this
     turn; trainers mask these tokens out of the policy loss), ``turn_prefill`` (the prefilled text this turn's
-    action continued, e.g. an attack's ``"<search>"``), ``tag_closed_by_env`` (the prefill opened ``<search>`` or
+    action continued, e.g. an attack's ``"<search>"``), ``agent_text`` (the agent's text the env kept this turn,
+    after the cut at the first closing tag: ``turn_prefill + agent_text + env_text`` is exactly what the turn added
+    to the transcript), ``next_prefill`` (the text the next turn starts with, e.g. an attack re-prefilling
+    ``"<search>"``; it is environment text too and is the next observation's ``prefill`` suffix),
+    ``tag_closed_by_env`` (the prefill opened ``<search>`` or
     ``<answer>`` and the agent stopped without closing it, or opened another action inside it: its text up to its
     next tag is the query / answer and the env wrote the closing tag, at the start of ``env_text``), ``safety``
     (only with safety instrumentation).
@@ -393,6 +397,7 @@ class SearchEnv(gym.Env):
         if ep.attack is not None and not ep.done and not truncated:
             ep.turn_prefix = ep.attack.next_prefill(len(ep.searches), parsed.kind)
         info = self._step_info(parsed, hits, env_text, turn_prefill, closed=bool(pending.closing))
+        info["agent_text"] = _kept_agent_text(parsed, turn_prefill, self.protocol)
         if self._safety is not None:
             info["safety"] = self._safety.finish(
                 ep.safety, pending.safety, hits, turns=ep.turn, answered=ep.answer is not None
@@ -445,6 +450,8 @@ class SearchEnv(gym.Env):
             "score": ep.score,
             "env_text": env_text,
             "turn_prefill": turn_prefill,
+            "agent_text": "",
+            "next_prefill": ep.turn_prefix,
             "tag_closed_by_env": closed,
         }
 
@@ -469,6 +476,18 @@ def _resolve_retriever(retriever: Any, corpus_path, encoder, index_type):
             config = retriever
         return replace(config, **overrides), None
     raise TypeError("retriever must be a RetrieverConfig, a dict, 'dense'/'bm25', or an object with search()")
+
+
+def _kept_agent_text(parsed: ParsedAction, turn_prefill: str, protocol: str) -> str:
+    """The part of this turn's action text the environment kept, without the prefill it continued.
+
+    Tags protocol: ``turn_prefill + agent_text + env_text`` is exactly what this turn added to the assistant turn
+    (the env cuts the action at its first closing tag, or where a prefilled tag ends), so a token-level trainer
+    can check its buffer against it. Tool-call protocol: the action text as parsed.
+    """
+    if protocol != "tags":
+        return parsed.text
+    return parsed.text[len(turn_prefill):] if parsed.text.startswith(turn_prefill) else parsed.text
 
 
 def _prefilled_tag(prefix: str) -> str | None:

@@ -3,7 +3,9 @@
 ``gym.make_vec(id, num_envs=n, vectorization_mode="vector_entry_point")`` returns this. It steps ``n``
 ``SearchEnv`` copies in one process and sends every search query of the step to the retriever in one batched
 call, which is what makes dense retrieval cheap (one encoder forward and one FAISS search for the whole batch).
-Autoreset follows Gymnasium's default next-step mode.
+Autoreset follows Gymnasium's default next-step mode, or is off (``autoreset_mode="disabled"``): then a finished
+sub-environment is never stepped again until ``reset`` (all, or those in ``options["reset_mask"]``) starts a new
+episode there. Trainers and evaluation loops use the disabled mode so that no junk episode ever starts.
 """
 
 from __future__ import annotations
@@ -29,10 +31,23 @@ class SearchVectorEnv(VectorEnv):
     metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(
-        self, num_envs: int = 1, render_mode: str | None = None, env_cls: type[SearchEnv] = SearchEnv, **env_kwargs: Any
+        self,
+        num_envs: int = 1,
+        render_mode: str | None = None,
+        env_cls: type[SearchEnv] = SearchEnv,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        **env_kwargs: Any,
     ):
         if num_envs < 1:
             raise ValueError("num_envs must be >= 1")
+        try:
+            mode = AutoresetMode(autoreset_mode)
+        except ValueError:
+            mode = None
+        if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED):
+            raise ValueError(f"autoreset_mode must be 'next_step' or 'disabled', not {autoreset_mode!r}")
+        self.autoreset_mode = mode
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
         self.envs = [env_cls(render_mode=render_mode, **env_kwargs) for _ in range(num_envs)]
         if self.envs[0].retriever_config is None:
             shared = self.envs[0]._retriever
@@ -45,27 +60,43 @@ class SearchVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._done_state = np.zeros((num_envs, 2), dtype=bool)
 
     @property
     def retriever(self):
         return self.envs[0].retriever
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict | None = None):
-        super().reset(seed=seed)
+        """Reset every sub-env, or only those where ``options["reset_mask"]`` is True (the others keep their
+        episode and report no info). ``seed``: an int (sub-env i gets ``seed + i``), a list of per-env seeds, or
+        None. ``options["per_env"]``: one options dict per sub-env (e.g. ``{"question_id": ...}``)."""
         if seed is None or isinstance(seed, int):
+            super().reset(seed=seed)
             seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
         else:
             seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"seed needs {self.num_envs} entries, got {len(seeds)}")
+            super().reset(seed=seeds[0])
+        options = dict(options or {})
+        reset_mask = options.pop("reset_mask", None)
+        mask = np.ones(self.num_envs, dtype=bool) if reset_mask is None else np.asarray(reset_mask, dtype=bool)
+        if mask.shape != (self.num_envs,):
+            raise ValueError(f"options['reset_mask'] needs {self.num_envs} booleans")
         # options={"per_env": [opts_0, ..., opts_n-1]} gives each sub-env its own options (e.g. a question_id).
-        per_env = (options or {}).get("per_env")
+        per_env = options.pop("per_env", None)
         if per_env is not None and len(per_env) != self.num_envs:
             raise ValueError(f"options['per_env'] needs {self.num_envs} entries, got {len(per_env)}")
         obs, infos = [], {}
         for i, env in enumerate(self.envs):
-            o, info = env.reset(seed=seeds[i], options=per_env[i] if per_env is not None else options)
+            if not mask[i]:
+                obs.append(env._observation())
+                continue
+            o, info = env.reset(seed=seeds[i], options=per_env[i] if per_env is not None else (options or None))
             obs.append(o)
             infos = self._add_info(infos, info, i)
-        self._needs_reset[:] = False
+        self._needs_reset[mask] = False
+        self._done_state[mask] = False
         return self._batch(obs), infos
 
     def step(self, actions: Sequence[Any]):
@@ -84,6 +115,12 @@ class SearchVectorEnv(VectorEnv):
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
         for i, env in enumerate(self.envs):
+            if self._needs_reset[i] and self.autoreset_mode == AutoresetMode.DISABLED:
+                # Finished and not reset: not stepped, no reward, still done, no info entry.
+                o = env._observation()
+                terminations[i], truncations[i] = self._done_state[i]
+                obs.append(o)
+                continue
             if self._needs_reset[i]:
                 o, info = env.reset()
             else:
@@ -91,7 +128,13 @@ class SearchVectorEnv(VectorEnv):
             obs.append(o)
             infos = self._add_info(infos, info, i)
         self._needs_reset = terminations | truncations
+        self._done_state = np.stack([terminations, truncations], axis=1)
         return self._batch(obs), rewards, terminations, truncations, infos
+
+    @property
+    def active(self) -> np.ndarray:
+        """Sub-envs whose episode is still running (in ``"disabled"`` autoreset mode, the ones step advances)."""
+        return ~self._needs_reset
 
     def render(self) -> tuple[str | None, ...] | None:
         if self.render_mode is None:

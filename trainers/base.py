@@ -1,0 +1,212 @@
+"""The loop GRPO and PPO share: questions -> rollouts -> shaping -> algorithm update -> logs -> checkpoints.
+
+Resumes exactly: the questions of step ``s`` and the rollout's sampling seed are functions of (seed, s) alone, and
+a checkpoint holds weights, optimiser, scheduler, RNG and any trainer module (PPO's value head), so a run killed
+between steps continues with the same next batch and loss as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from search_gym.trainers.config import RLConfig
+from search_gym.trainers.core import (
+    RunLogger,
+    checkpoints,
+    frozen_copy,
+    load_checkpoint,
+    load_policy,
+    make_optimizer,
+    progress_bar,
+    resolve_model_path,
+    save_checkpoint,
+    set_seed,
+)
+from search_gym.trainers.rollout import HFGenerator, RolloutCollector, TokenEpisode, episode_metrics, make_rollout_env
+from search_gym.trainers.shaping import load_penalty
+
+
+class RLTrainer:
+    """Base of :class:`GRPOTrainer` and :class:`PPOTrainer`; subclasses implement :meth:`update`.
+
+    Args:
+        config: an :class:`RLConfig` subclass.
+        model / tokenizer: an already loaded policy (tests pass tiny models); default loads ``config.model``.
+        env: a ``SearchVectorEnv`` to roll out in (default: ``config.env_id`` with the config's env options).
+        generator: a rollout backend (default: :class:`HFGenerator` on the policy).
+        reference: the frozen starting model (default: loaded from the starting weights when the KL term or the
+            penalty needs it).
+    """
+
+    algorithm = "rl"
+
+    def __init__(self, config: RLConfig, *, model=None, tokenizer=None, env=None, generator=None, reference=None):
+        self.config = config
+        set_seed(config.seed)
+        if model is None:
+            model, tokenizer, device = load_policy(config)
+            self.start_path = resolve_model_path(config.model)
+        else:
+            if tokenizer is None:
+                raise ValueError("pass the tokenizer with the model")
+            device = next(model.parameters()).device
+            self.start_path = None
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        num_envs = config.num_envs or config.questions_per_step * config.group_size
+        if env is None:
+            env = make_rollout_env(config.env_id, num_envs, split=config.split, retriever=config.retriever,
+                                   template=config.template, max_turns=config.max_turns, topk=config.topk,
+                                   reward=config.reward, attack=config.attack, safety=True)
+        self.env = env
+        self.generator = generator or HFGenerator(model, tokenizer, temperature=config.temperature,
+                                                  top_p=config.top_p, seed=config.seed)
+        self.collector = RolloutCollector(env, self.generator, few_shot=config.few_shot,
+                                          max_turn_tokens=config.max_turn_tokens,
+                                          max_prompt_tokens=config.max_prompt_tokens,
+                                          max_response_tokens=config.max_response_tokens,
+                                          max_obs_tokens=config.max_obs_tokens)
+        needs_reference = self.uses_reference() or (config.penalty_direction and config.penalty_source == "reference")
+        if reference is None and needs_reference:
+            if self.start_path is None:
+                raise ValueError("pass reference= (a frozen copy of the starting model) with an in-memory policy")
+            reference = frozen_copy(self.start_path, device, config.dtype)
+        self.reference = reference
+        reader = reference if config.penalty_source == "reference" else model
+        self.penalty = load_penalty(config, reader)
+        self.setup()
+        self.optimizer, self.scheduler = make_optimizer(model, config, self.extra_parameters())
+        self.step = 0
+        self.logger = RunLogger(config.output_dir, config, tensorboard=config.tensorboard)
+        self.question_ids = [q.id for q in env.envs[0].questions]
+
+    # ------------------------------------------------------------------ hooks for subclasses
+
+    def uses_reference(self) -> bool:
+        return False
+
+    def setup(self) -> None:
+        """Build algorithm modules (PPO's value head) before the optimiser is made."""
+
+    def extra_parameters(self) -> Sequence[torch.nn.Parameter]:
+        return ()
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """Trainer modules saved and restored with checkpoints."""
+        return {}
+
+    def update(self, episodes: list[TokenEpisode]) -> dict[str, float]:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ data order
+
+    def questions_for_step(self, step: int) -> list[str]:
+        """``questions_per_step`` ids for ``step``: epochs of seeded permutations, a pure function of (seed, step)."""
+        n, per = len(self.question_ids), self.config.questions_per_step
+        out = []
+        for k in range(step * per, (step + 1) * per):
+            epoch, offset = divmod(k, n)
+            order = np.random.default_rng([self.config.seed, epoch]).permutation(n)
+            out.append(self.question_ids[int(order[offset])])
+        return out
+
+    def rollout_seed(self, step: int) -> int:
+        return int(np.random.default_rng([self.config.seed, step, 7]).integers(2**31 - 1))
+
+    # ------------------------------------------------------------------ loop
+
+    def resume(self) -> int:
+        found = checkpoints(self.config.output_dir)
+        if not self.config.resume or not found:
+            return 0
+        step, path = found[-1]
+        load_checkpoint(path, self.model, self.optimizer, self.scheduler, modules=self.modules())
+        self.step = step
+        self.logger.truncate(step)
+        return step
+
+    def collect(self, step: int) -> list[TokenEpisode]:
+        episodes = self.collector.collect(self.questions_for_step(step), self.config.group_size,
+                                          seed=self.rollout_seed(step))
+        if self.penalty is not None:
+            self.penalty.apply(episodes, self.reference if self.config.penalty_source == "reference" else self.model)
+        return episodes
+
+    def train(self) -> list[dict]:
+        """Run to ``max_steps`` (resuming first); returns the logged metric rows of this call."""
+        config = self.config
+        start = self.resume()
+        logged = []
+        bar = progress_bar(config.max_steps, start, config.progress, f"{self.algorithm}")
+        for step in range(start, config.max_steps):
+            t0 = time.perf_counter()
+            stats_before = (self.collector.stats.generated_tokens, self.collector.stats.env_seconds)
+            episodes = self.collect(step)
+            t_rollout = time.perf_counter() - t0
+            metrics = self.update(episodes)
+            self.scheduler.step()
+            self.generator.sync_weights()
+            wall = time.perf_counter() - t0
+            turns = sum(e.turns for e in episodes)
+            generated = self.collector.stats.generated_tokens - stats_before[0]
+            metrics.update(episode_metrics(episodes))
+            metrics.update({
+                "charts/learning_rate": self.scheduler.get_last_lr()[0],
+                "charts/SPS": turns / wall,
+                "charts/tokens_per_second": generated / wall,
+                "time/rollout_seconds": t_rollout,
+                "time/update_seconds": wall - t_rollout,
+                "time/env_seconds": self.collector.stats.env_seconds - stats_before[1],
+            })
+            self.step = step + 1
+            if config.logging_steps and (self.step % config.logging_steps == 0 or self.step == config.max_steps):
+                self.logger.log(self.step, metrics)
+            logged.append({"step": self.step, **metrics})
+            if (config.save_steps and self.step % config.save_steps == 0) or self.step == config.max_steps:
+                self.save()
+            bar.update(1)
+            bar.set_postfix(ret=f"{metrics['charts/episodic_return']:.3f}", em=f"{metrics['charts/em']:.2f}")
+        bar.close()
+        self.logger.close()
+        return logged
+
+    def save(self):
+        return save_checkpoint(self.config.output_dir, self.step, self.model, self.tokenizer, self.optimizer,
+                               self.scheduler, modules=self.modules(), total_limit=self.config.save_total_limit,
+                               extra={"algorithm": self.algorithm})
+
+    def minibatches(self, n: int, step: int, iteration: int) -> list[list[int]]:
+        """Seeded shuffled minibatches of episode rows (``mini_batch_size`` each; 0 = one batch)."""
+        size = self.config.mini_batch_size or n
+        order = np.random.default_rng([self.config.seed, step, iteration, 11]).permutation(n)
+        return [[int(i) for i in order[s : s + size]] for s in range(0, n, size)]
+
+    def forward_chunks(self, n: int) -> list[list[int]]:
+        size = self.config.forward_batch_size or n
+        return [list(range(s, min(n, s + size))) for s in range(0, n, size)]
+
+    def clip_and_step(self) -> float:
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+
+def score_logprobs(model, batch, chunks, temperature: float) -> torch.Tensor:
+    """Per-token log-probabilities of a batch without gradients, in chunks of rows."""
+    from search_gym.trainers.core import token_logprobs
+
+    out = torch.zeros_like(batch.loss_mask)
+    with torch.no_grad():
+        for rows in chunks:
+            sub = batch.select(rows)
+            logps, _, _ = token_logprobs(model, sub.input_ids, sub.attention_mask, temperature=temperature)
+            out[torch.as_tensor(rows, device=out.device)] = logps
+    return out

@@ -1,0 +1,177 @@
+"""Configs shared by every trainer, and the command line generated from them.
+
+TRL-style: each trainer has a dataclass config whose fields carry a ``help`` string; ``search-gym train <algo>``
+builds its flags from those fields (:func:`add_dataclass_arguments`) and ``--config x.yaml`` fills them from a
+file first, so help text, defaults and the YAML keys can never drift from the code.
+
+:class:`TrainConfig` holds what any run needs (model, output folder, optimiser, checkpoints, logging);
+:class:`RLConfig` adds the rollout (environment, group size, sampling, context budget) and the
+representation-guided penalty, shared by GRPO and PPO.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def _help(text: str, **kw) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """Fields every trainer shares."""
+
+    model: str = _help("policy to start from: 'smollm2' (bundled), a hub id or a saved folder", default="smollm2")
+    output_dir: str = _help("run folder: checkpoints, logs (TensorBoard, metrics.csv), config.json", default="runs/train")
+    seed: int = _help("seed of data order, sampling and initialisation", default=0)
+    device: str | None = _help("torch device (default: cuda if available, else cpu)", default=None)
+    dtype: str = _help("parameter dtype: float32, bf16 or fp16", default="float32")
+    learning_rate: float = _help("AdamW learning rate", default=1e-6)
+    weight_decay: float = _help("AdamW weight decay", default=0.0)
+    warmup_steps: int = _help("linear warm-up steps of the learning-rate schedule", default=0)
+    lr_scheduler: str = _help("learning-rate schedule after warm-up: constant or linear (to 0 at max_steps)", default="constant")
+    max_grad_norm: float = _help("gradient clipping norm (0 disables)", default=1.0)
+    max_steps: int = _help("optimisation steps (RL: one rollout batch per step)", default=10)
+    save_steps: int = _help("save a checkpoint every N steps (and at the end); 0 saves only at the end", default=50)
+    save_total_limit: int = _help("keep this many checkpoints (0 keeps all)", default=0)
+    logging_steps: int = _help("log metrics every N steps", default=1)
+    resume: bool = _help("resume from the newest checkpoint in output_dir when there is one", default=True)
+    lora_r: int = _help("LoRA rank through peft (0 trains all weights)", default=0)
+    lora_alpha: int = _help("LoRA alpha", default=16)
+    lora_dropout: float = _help("LoRA dropout", default=0.0)
+    lora_target_modules: str = _help("comma-separated module names LoRA adapts ('all-linear' for every linear layer)",
+                                     default="all-linear")
+    gradient_checkpointing: bool = _help("trade compute for memory in the policy's backward pass", default=False)
+    tensorboard: bool = _help("write TensorBoard event files beside metrics.csv", default=True)
+    progress: bool = _help("show a progress bar", default=True)
+
+
+@dataclass
+class RLConfig(TrainConfig):
+    """Rollout and shaping fields shared by GRPO and PPO."""
+
+    env_id: str = _help("registered environment id", default="SearchGym/WikiQA-v0")
+    split: str = _help("training split of the environment's questions", default="train")
+    retriever: str = _help("retriever family: dense or bm25", default="dense")
+    template: str = _help("prompt template: search_r1 or safety", default="search_r1")
+    max_turns: int = _help("turns per episode", default=4)
+    topk: int = _help("passages per search", default=3)
+    reward: str = _help("task reward: em, f1 or substring_em", default="em")
+    attack: str | None = _help("attack applied to every training episode (e.g. search); none by default", default=None)
+    questions_per_step: int = _help("distinct questions per rollout batch", default=4)
+    group_size: int = _help("episodes per question (GRPO's G; PPO plays each question this many times too)", default=4)
+    num_envs: int = _help("sub-environments stepped (and generated) together; 0 = questions_per_step * group_size",
+                          default=0)
+    temperature: float = _help("sampling temperature of rollouts; log-probabilities are taken at this temperature",
+                               default=1.0)
+    top_p: float = _help("nucleus sampling mass (1.0 keeps the recorded log-probabilities exact)", default=1.0)
+    max_turn_tokens: int = _help("new tokens per turn", default=128)
+    max_prompt_tokens: int = _help("prompt budget; longer prompts are cut from the left and the episode says so",
+                                   default=1024)
+    max_response_tokens: int = _help("response budget (policy + environment tokens); an episode that reaches it "
+                                     "ends truncated", default=1024)
+    max_obs_tokens: int = _help("tokens of environment text kept per turn; longer blocks are cut and reported",
+                                default=512)
+    few_shot: int = _help("worked protocol examples in the prompt (0 after an SFT warm start)", default=0)
+    mini_batch_size: int = _help("episodes per optimiser step inside a rollout batch (0: the whole batch)", default=0)
+    num_iterations: int = _help("optimisation passes over each rollout batch (GRPO's mu, PPO's epochs)", default=1)
+    forward_batch_size: int = _help("episodes per forward pass when scoring log-probabilities (0: all)", default=0)
+    penalty_lambda: float = _help("representation-guided shaping r = r_task - lambda * p(h); 0 disables it",
+                                  default=0.0)
+    penalty_direction: str | None = _help("harmful-search Direction file (search-gym directions extract)", default=None)
+    penalty_layer: int | None = _help("layer read for the penalty (default: the direction's chosen layer)", default=None)
+    penalty_source: str = _help("who reads h: 'reference' (frozen starting model re-encoding the episode) or "
+                                "'policy'", default="reference")
+    penalty_searches: str = _help("which <search> tokens: 'first' (RL-search-safety final) or 'mean'", default="first")
+    penalty_projection: str = _help("'cosine' or 'dot' (raw h . d)", default="cosine")
+    penalty_relu: bool = _help("penalise max(0, p) instead of p", default=False)
+    drift_every: int = _help("also record drift on the penalty direction for saved checkpoints (0: off)", default=0)
+
+
+# ---------------------------------------------------------------------------------------------- CLI generation
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(type, optional) of a field annotation such as ``int``, ``str | None`` or ``'float'``."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {**vars(typing), "types": types})  # noqa: S307 - our own annotations
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], True
+    return annotation, False
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = str(text).lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def _optional(kind: type):
+    def convert(text: str):
+        return None if str(text).lower() in ("none", "null", "") else kind(text)
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One ``--field-name`` flag per dataclass field, typed and with the field's help and default."""
+    for f in fields(config_cls):
+        kind, optional = _base_type(f.type)
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
+        if kind is bool:
+            parser.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL", help=help_text, dest=f.name)
+        else:
+            convert = _optional(kind) if optional else kind
+            parser.add_argument(flag, type=convert, default=None, metavar=kind.__name__.upper(), help=help_text,
+                                dest=f.name)
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A YAML (or JSON) mapping of field names to values; dashes in keys are accepted for underscores."""
+    text = Path(path).read_text(encoding="utf-8")
+    if str(path).endswith(".json"):
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(config_cls: type, args: argparse.Namespace | None = None, file: str | Path | None = None,
+                 **overrides: Any):
+    """The config from (lowest to highest priority) defaults, a YAML/JSON file, flags that were given, overrides."""
+    names = {f.name for f in fields(config_cls)}
+    values: dict[str, Any] = {}
+    if file is not None:
+        from_file = load_config_file(file)
+        unknown = sorted(set(from_file) - names)
+        if unknown:
+            raise ValueError(f"{file}: unknown {config_cls.__name__} fields {unknown}; valid: {sorted(names)}")
+        values.update(from_file)
+    if args is not None:
+        values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    values.update(overrides)
+    return config_cls(**values)
+
+
+def config_dict(config: Any) -> dict:
+    return {f.name: getattr(config, f.name) for f in fields(config)}

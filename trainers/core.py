@@ -1,0 +1,328 @@
+"""What every trainer shares: loading the policy, batching token episodes, per-token log-probabilities,
+checkpoints that resume exactly, and metric logs (TensorBoard + CSV, CleanRL names)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from search_gym.trainers.config import TrainConfig, config_dict
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+# ---------------------------------------------------------------------------------------------- seeding & models
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_model_path(name: str) -> str:
+    """A folder or hub id for ``from_pretrained``; ``"smollm2"`` is the bundled model's converted HF folder."""
+    if name == "smollm2":
+        from search_gym.agents.gguf import ensure_smollm2
+
+        return str(ensure_smollm2())
+    return str(name)
+
+
+def load_policy(config: TrainConfig, path: str | None = None):
+    """(model, tokenizer, device) for training: the config's model (or ``path``), on its device and dtype, with
+    LoRA adapters when ``lora_r > 0``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from search_gym.agents.hf import resolve_device, resolve_dtype
+
+    source = path or resolve_model_path(config.model)
+    device = resolve_device(config.device)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(config.dtype)).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.lora_r > 0 and not is_peft(model):
+        from peft import LoraConfig, get_peft_model
+
+        targets = config.lora_target_modules
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
+                          task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    model.train()
+    return model, tokenizer, device
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def frozen_copy(source: str, device, dtype: str = "float32"):
+    """A frozen model (eval mode, no gradients) loaded from ``source``: the KL reference / penalty reader."""
+    from transformers import AutoModelForCausalLM
+
+    from search_gym.agents.hf import resolve_dtype
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype)).to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+@dataclass
+class TokenBatch:
+    """Right-padded ``prompt + response`` rows. ``response_mask``/``loss_mask``/``old_logprobs`` are aligned with
+    ``input_ids[:, 1:]`` (position t scores token t + 1), so they multiply per-token log-probabilities directly."""
+
+    input_ids: torch.Tensor  # [B, S]
+    attention_mask: torch.Tensor  # [B, S]
+    loss_mask: torch.Tensor  # [B, S-1] float: 1 at policy tokens
+    sampler_logprobs: torch.Tensor  # [B, S-1] float: the generator's log-probs at policy tokens (0 elsewhere)
+
+    def to(self, device) -> TokenBatch:
+        return TokenBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.loss_mask,
+                                                    self.sampler_logprobs)))
+
+    def select(self, rows: Sequence[int]) -> TokenBatch:
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.input_ids.device)
+        return TokenBatch(*(t.index_select(0, index) for t in (self.input_ids, self.attention_mask, self.loss_mask,
+                                                                self.sampler_logprobs)))
+
+
+def collate(episodes: Sequence[Any], pad_id: int) -> TokenBatch:
+    """A :class:`TokenBatch` of TokenEpisodes (anything with prompt_ids, response_ids, loss_mask, logprobs)."""
+    width = max(len(e.prompt_ids) + len(e.response_ids) for e in episodes)
+    batch = len(episodes)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((batch, width), dtype=torch.long)
+    loss_mask = torch.zeros((batch, width - 1), dtype=torch.float32)
+    sampler = torch.zeros((batch, width - 1), dtype=torch.float32)
+    for b, e in enumerate(episodes):
+        ids = list(e.prompt_ids) + list(e.response_ids)
+        input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[b, : len(ids)] = 1
+        start = len(e.prompt_ids) - 1  # position predicting the first response token
+        n = len(e.response_ids)
+        loss_mask[b, start : start + n] = torch.tensor(e.loss_mask, dtype=torch.float32)
+        lp = torch.tensor([0.0 if (isinstance(v, float) and math.isnan(v)) else v for v in e.logprobs],
+                          dtype=torch.float32)
+        sampler[b, start : start + n] = lp * loss_mask[b, start : start + n]
+    return TokenBatch(input_ids, attention, loss_mask, sampler)
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0,
+                   with_entropy: bool = False, with_hidden: bool = False):
+    """Per-token ``log p(x_{t+1} | x_<=t)`` at ``temperature`` ([B, S-1]), and optionally the entropy of each
+    position's distribution and the final hidden states ([B, S, d], for a value head).
+
+    Log-softmax is taken in float32 over ``logits / temperature``: the same distribution the rollout sampled
+    from, so importance ratios compare like with like.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                output_hidden_states=with_hidden)
+    logits = out.logits[:, :-1].float()
+    if temperature and temperature != 1.0:
+        logits = logits / temperature
+    logps = torch.log_softmax(logits, dim=-1)
+    chosen = logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        entropy = -(logps.exp() * logps).sum(-1)
+    hidden = out.hidden_states[-1] if with_hidden else None
+    return chosen, entropy, hidden
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+# ---------------------------------------------------------------------------------------------- optimiser
+
+
+def make_optimizer(model, config: TrainConfig, extra_params: Sequence[torch.nn.Parameter] = ()):
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup, total = max(0, config.warmup_steps), max(1, config.max_steps)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if config.lr_scheduler == "linear":
+            return max(0.0, (total - step) / max(1, total - warmup))
+        return 1.0
+
+    if config.lr_scheduler not in ("constant", "linear"):
+        raise ValueError(f"lr_scheduler must be 'constant' or 'linear', not {config.lr_scheduler!r}")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Finished checkpoints in a run folder, oldest first."""
+    root = Path(output_dir)
+    found = []
+    for path in root.glob(f"{CHECKPOINT_PREFIX}*"):
+        match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
+        if match and (path / "trainer_state.pt").exists():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler, *,
+                    extra: dict | None = None, modules: dict[str, torch.nn.Module] | None = None,
+                    total_limit: int = 0) -> Path:
+    """``checkpoint-<step>/``: the model (``save_pretrained``, loadable by any HF tool), the tokenizer, and
+    ``trainer_state.pt`` (optimiser, scheduler, RNG, step, extra trainer state such as the data order position).
+    Written to a temporary folder and renamed, so a kill mid-save never leaves a half checkpoint behind."""
+    root = Path(output_dir)
+    final = root / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+        "extra": extra or {},
+        "modules": {name: m.state_dict() for name, m in (modules or {}).items()},
+    }
+    torch.save(state, tmp / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    if total_limit > 0:
+        for _, old in checkpoints(root)[:-total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str | Path, model, optimizer, scheduler, *,
+                    modules: dict[str, torch.nn.Module] | None = None) -> dict:
+    """Restore weights, optimiser, scheduler and RNG from a checkpoint; returns its ``trainer_state`` dict."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        weights = load_file(str(path / "adapter_model.safetensors"))
+        set_peft_model_state_dict(model, weights)
+    else:
+        files = sorted(path.glob("model*.safetensors"))
+        weights: dict = {}
+        for f in files:
+            weights.update(load_file(str(f)))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        # Tied embeddings are saved once: a missing lm_head that is tied to the embeddings is expected.
+        missing = [m for m in missing if not (m == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False))]
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    for name, module in (modules or {}).items():
+        module.load_state_dict(state["modules"][name])
+    _set_rng_state(state["rng"])
+    return state
+
+
+# ---------------------------------------------------------------------------------------------- logging
+
+
+class RunLogger:
+    """Metrics to ``metrics.csv`` (one row per logged step, columns grow as metrics appear) and TensorBoard."""
+
+    def __init__(self, output_dir: str | Path, config: Any, *, tensorboard: bool = True):
+        self.root = Path(output_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "config.json").write_text(json.dumps(config_dict(config), indent=1, default=str))
+        self.csv_path = self.root / "metrics.csv"
+        self.rows: list[dict] = []
+        if self.csv_path.exists():
+            with self.csv_path.open(newline="") as f:
+                self.rows = list(csv.DictReader(f))
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.root / "tensorboard"))
+            except ImportError:  # tensorboard is an optional extra; the CSV always exists
+                self.writer = None
+        self.started = time.perf_counter()
+
+    def truncate(self, step: int) -> None:
+        """Drop rows after ``step`` (a resumed run rewrites them exactly)."""
+        self.rows = [r for r in self.rows if int(float(r["global_step"])) <= step]
+        self._write()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"global_step": step, **{k: float(v) for k, v in metrics.items()}}
+        self.rows.append(row)
+        self._write()
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                    self.writer.add_scalar(key, float(value), step)
+            self.writer.flush()
+
+    def _write(self) -> None:
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [k for k in row if k not in columns]
+        tmp = self.csv_path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns or ["global_step"])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.csv_path)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def progress_bar(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step", dynamic_ncols=True)
