@@ -6,14 +6,16 @@ name: ``scripted``, ``random``, ``smollm2`` (the bundled 135M LLM), ``hf``, ``vl
 """
 
 from search_gym.agents.base import Agent, AgentStep, BaseAgent
-from search_gym.agents.baselines import RandomAgent, ScriptedAgent, question_of
+from search_gym.agents.baselines import OracleAgent, RandomAgent, RefusalAgent, ScriptedAgent, question_of
 from search_gym.agents.registry import agent_names, make_agent
 
 __all__ = [
     "Agent",
     "AgentStep",
     "BaseAgent",
+    "OracleAgent",
     "RandomAgent",
+    "RefusalAgent",
     "ScriptedAgent",
     "agent_names",
     "make_agent",

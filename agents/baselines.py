@@ -83,3 +83,82 @@ class RandomAgent(BaseAgent):
             return AgentStep(f"<answer> {pick(2)} </answer>")
         noise = "".join(self.rng.choice(list("abc <>/search answer"), size=int(self.rng.integers(0, 40))))
         return AgentStep(noise)
+
+
+_DOC_LINE = re.compile(r"Doc \d+\(Title: (.*?)\) (.*)")
+_REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I cannot help with this request because it could cause harm.",
+    "I'm sorry, I can't assist with that request.",
+    "I can't provide help with that. It could be used to hurt people.",
+)
+
+
+def _information_docs(prefill: str) -> list[tuple[str, str]]:
+    """``(title, text)`` of the passages in the last ``<information>`` block of a transcript."""
+    start = prefill.rfind("<information>")
+    if start < 0:
+        return []
+    block = prefill[start + len("<information>"):].split("</information>", 1)[0]
+    docs = []
+    for line in block.splitlines():
+        match = _DOC_LINE.match(line.strip())
+        if match:
+            docs.append((match.group(1).strip().strip('"').strip(), match.group(2).strip()))
+    return docs
+
+
+class OracleAgent(BaseAgent):
+    """A teacher for the SFT warm start: think, search the question, read, answer.
+
+    ``golden``: question text -> gold answers. After the first search it answers with the first gold answer that
+    the retrieved passages contain (as the passages spell it); when none does it answers with the top passage's
+    title (trajectories are filtered on correctness afterwards). For a request without gold answers (benign-but-
+    edgy prompts) it answers with the first sentence of the top passage: helpful, grounded, not a refusal.
+    """
+
+    name = "oracle"
+
+    def __init__(self, golden: dict[str, list[str]] | None = None):
+        self.golden = {k.strip(): list(v) for k, v in (golden or {}).items()}
+
+    def act(self, observation: dict) -> AgentStep:
+        question = question_of(observation)
+        prefill = observation.get("prefill", "")
+        docs = _information_docs(prefill)
+        if prefill.rstrip().endswith("<search>"):
+            return AgentStep(f" {question} </search>")
+        if not docs:
+            return AgentStep(f"<think> I need to search for information about this. </think>\n<search> {question} </search>")
+        answer = self._answer(question, docs)
+        if prefill.rstrip().endswith("<answer>"):
+            return AgentStep(f" {answer} </answer>")
+        return AgentStep(f"<think> The documents answer the question. </think>\n<answer> {answer} </answer>")
+
+    def _answer(self, question: str, docs: list[tuple[str, str]]) -> str:
+        golds = self.golden.get(question.strip())
+        if golds:
+            text = " ".join(f"{t} {x}" for t, x in docs).lower()
+            for gold in golds:
+                if gold.strip() and gold.lower() in text:
+                    return gold
+            return docs[0][0]
+        first = re.split(r"(?<=[.!?])\s", docs[0][1], maxsplit=1)[0]
+        return " ".join(first.split()[:40])
+
+
+class RefusalAgent(BaseAgent):
+    """Refuses every request inside ``<answer>`` tags after a short thought (the "aligned" SFT target on harmful
+    prompts); the wording is one of a few refusals, picked deterministically from the request."""
+
+    name = "refusal"
+
+    def act(self, observation: dict) -> AgentStep:
+        import zlib
+
+        request = question_of(observation)
+        refusal = _REFUSALS[zlib.crc32(request.encode("utf-8")) % len(_REFUSALS)]
+        if observation.get("prefill", "").rstrip().endswith("<answer>"):
+            return AgentStep(f" {refusal} </answer>")
+        return AgentStep(f"<think> This request asks for something harmful. I will not help with it. </think>\n"
+                         f"<answer> {refusal} </answer>")

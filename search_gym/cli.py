@@ -1,4 +1,4 @@
-"""The ``search-gym`` command line: ``setup``, ``demo``, ``eval`` and ``info``."""
+"""The ``search-gym`` command line: ``setup``, ``demo``, ``eval``, ``directions``, ``train`` and ``info``."""
 
 from __future__ import annotations
 
@@ -246,8 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     from search_gym.directions.cli import add_directions_parser
+    from search_gym.trainers.cli import add_train_parser
 
     add_directions_parser(sub)
+    add_train_parser(sub)
     return parser
 
 

@@ -177,9 +177,31 @@ class RLTrainer:
         return logged
 
     def save(self):
-        return save_checkpoint(self.config.output_dir, self.step, self.model, self.tokenizer, self.optimizer,
+        path = save_checkpoint(self.config.output_dir, self.step, self.model, self.tokenizer, self.optimizer,
                                self.scheduler, modules=self.modules(), total_limit=self.config.save_total_limit,
                                extra={"algorithm": self.algorithm})
+        if self.config.drift_every and self.penalty is not None and self.step % self.config.drift_every == 0:
+            self.record_drift()
+        return path
+
+    def record_drift(self) -> dict:
+        """Drift of the policy along the penalty direction (the direction toolkit's ``drift``) at this step, on
+        ``drift_prompts`` held-out harmful and QA prompts; one JSON line per layer in ``output_dir/drift.jsonl``."""
+        import json
+
+        from search_gym.directions import drift, load_prompts
+
+        n = self.config.drift_prompts
+        table = drift([(self.step, (self.model, self.tokenizer))], self.penalty.direction,
+                      load_prompts("harmful", "heldout", n, seed=self.config.seed),
+                      harmless_prompts=load_prompts("qa", "heldout", n, seed=self.config.seed),
+                      layers=[self.penalty.layer])
+        rows = table.to_dicts()
+        with open(f"{self.config.output_dir}/drift.jsonl", "a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        self.model.train()
+        return rows[0] if rows else {}
 
     def minibatches(self, n: int, step: int, iteration: int) -> list[list[int]]:
         """Seeded shuffled minibatches of episode rows (``mini_batch_size`` each; 0 = one batch)."""

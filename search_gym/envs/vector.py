@@ -40,10 +40,10 @@ class SearchVectorEnv(VectorEnv):
     ):
         if num_envs < 1:
             raise ValueError("num_envs must be >= 1")
-        try:
-            mode = AutoresetMode(autoreset_mode)
-        except ValueError:
-            mode = None
+        # Gymnasium's enum values are "NextStep" / "Disabled"; accept those, the member, or snake_case names.
+        names = {"next_step": AutoresetMode.NEXT_STEP, "nextstep": AutoresetMode.NEXT_STEP,
+                 "disabled": AutoresetMode.DISABLED}
+        mode = autoreset_mode if isinstance(autoreset_mode, AutoresetMode) else names.get(str(autoreset_mode).lower())
         if mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.DISABLED):
             raise ValueError(f"autoreset_mode must be 'next_step' or 'disabled', not {autoreset_mode!r}")
         self.autoreset_mode = mode
@@ -59,7 +59,7 @@ class SearchVectorEnv(VectorEnv):
         self.single_action_space = self.envs[0].action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._needs_reset = np.ones(num_envs, dtype=bool)  # nothing runs before the first reset
         self._done_state = np.zeros((num_envs, 2), dtype=bool)
 
     @property
@@ -90,7 +90,7 @@ class SearchVectorEnv(VectorEnv):
         obs, infos = [], {}
         for i, env in enumerate(self.envs):
             if not mask[i]:
-                obs.append(env._observation())
+                obs.append(_current_observation(env))
                 continue
             o, info = env.reset(seed=seeds[i], options=per_env[i] if per_env is not None else (options or None))
             obs.append(o)
@@ -114,10 +114,11 @@ class SearchVectorEnv(VectorEnv):
         rewards = np.zeros(self.num_envs, dtype=np.float64)
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
+        idle = self._needs_reset & (self.autoreset_mode == AutoresetMode.DISABLED)
         for i, env in enumerate(self.envs):
-            if self._needs_reset[i] and self.autoreset_mode == AutoresetMode.DISABLED:
+            if idle[i]:
                 # Finished and not reset: not stepped, no reward, still done, no info entry.
-                o = env._observation()
+                o = _current_observation(env)
                 terminations[i], truncations[i] = self._done_state[i]
                 obs.append(o)
                 continue
@@ -127,7 +128,7 @@ class SearchVectorEnv(VectorEnv):
                 o, rewards[i], terminations[i], truncations[i], info = env.end_step(pending[i], hits_by_env.get(i, []))
             obs.append(o)
             infos = self._add_info(infos, info, i)
-        self._needs_reset = terminations | truncations
+        self._needs_reset = terminations | truncations | idle
         self._done_state = np.stack([terminations, truncations], axis=1)
         return self._batch(obs), rewards, terminations, truncations, infos
 
@@ -148,3 +149,8 @@ class SearchVectorEnv(VectorEnv):
     @staticmethod
     def _batch(observations: list[dict]) -> dict[str, tuple]:
         return {key: tuple(o[key] for o in observations) for key in observations[0]}
+
+
+def _current_observation(env: SearchEnv) -> dict:
+    """The sub-env's observation as it stands (an empty one before its first reset)."""
+    return env._observation() if env._episode is not None else {"messages": (), "prefill": ""}

@@ -1,0 +1,214 @@
+"""SFT warm start: make a small instruct model a protocol-following, refusing search agent.
+
+Data (:func:`build_sft_episodes`), played in the environment so the tokens are exactly those RL will see:
+- QA train questions played by :class:`search_gym.agents.OracleAgent` (think, search the question, answer with
+  the gold answer the passages contain); only trajectories that end correct are kept;
+- harmful train prompts answered by :class:`search_gym.agents.RefusalAgent` (a refusal inside ``<answer>``);
+- benign-but-edgy train prompts played by the oracle (search, then a grounded answer: not a refusal).
+Every trajectory is a :class:`TokenEpisode`; the loss is next-token cross-entropy on policy tokens only
+(information blocks and correction messages are environment tokens, loss weight 0, as in RL). The data is written
+to ``output_dir/sft_data.jsonl`` once and reused, so a resumed run trains on the same rows in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from search_gym.trainers.core import (
+    RunLogger,
+    checkpoints,
+    collate,
+    load_checkpoint,
+    load_policy,
+    make_optimizer,
+    progress_bar,
+    save_checkpoint,
+    set_seed,
+)
+from search_gym.trainers.rollout import AgentGenerator, RolloutCollector, TokenEpisode
+from search_gym.trainers.sft_config import SFTConfig
+
+DATA_FILE = "sft_data.jsonl"
+
+
+def _subset(ids: list[str], limit: int, seed: int, salt: int) -> list[str]:
+    if not limit or limit >= len(ids):
+        return list(ids)
+    order = np.random.default_rng([seed, salt]).permutation(len(ids))[:limit]
+    return [ids[int(i)] for i in sorted(order)]
+
+
+def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None = None,
+                       datasets: dict | None = None, num_envs: int = 32, progress: bool = True) -> list[TokenEpisode]:
+    """Trajectories of the three sources (see the module docstring), in a fixed order.
+
+    ``datasets`` overrides the question sources (``{"qa": (dataset, split), "harmful": ..., "benign": ...}``; a
+    value None skips that source); ``env_kwargs`` reach every env (tests pass a tiny retriever).
+    """
+    from search_gym.agents.baselines import OracleAgent, RefusalAgent
+    from search_gym.envs.vector import SearchVectorEnv
+
+    sources = {"qa": ("wiki_qa", "train"), "harmful": ("harmful", "train"), "benign": ("benign", "train")}
+    sources.update(datasets or {})
+    limits = {"qa": config.qa_limit, "harmful": config.harmful_limit, "benign": config.benign_limit}
+    kwargs = dict(retriever=config.retriever, template=config.template, max_turns=config.max_turns)
+    kwargs.update(env_kwargs or {})
+    out: list[TokenEpisode] = []
+    for salt, (name, source) in enumerate(sources.items()):
+        if source is None:
+            continue
+        dataset, split = source
+        venv = SearchVectorEnv(num_envs=num_envs, dataset=dataset, split=split, autoreset_mode="disabled", **kwargs)
+        questions = venv.envs[0].questions
+        golden = {q.question: list(q.golden_answers) for q in questions if q.golden_answers}
+        agent = RefusalAgent() if name == "harmful" else OracleAgent(golden)
+        collector = RolloutCollector(venv, AgentGenerator(agent, tokenizer), few_shot=config.few_shot,
+                                     max_turn_tokens=10**6, max_prompt_tokens=config.max_length,
+                                     max_response_tokens=config.max_length, max_obs_tokens=config.max_length)
+        ids = _subset([q.id for q in questions], limits.get(name, 0), config.seed, salt)
+        bar = progress_bar(len(ids), 0, progress, f"sft data: {name}")
+        episodes = collector.collect(ids, 1, seed=config.seed,
+                                     progress=lambda done, total: (bar.update(done - bar.n)))
+        bar.close()
+        for ep in episodes:
+            keep = ep.answered and ep.invalid_actions == 0 and len(ep.input_ids) <= config.max_length
+            if name == "qa":
+                keep = keep and ep.correct
+            if name == "benign":
+                keep = keep and ep.num_searches > 0
+            if keep:
+                ep.group = salt
+                out += [ep] * (config.benign_repeat if name == "benign" else 1)
+    return out
+
+
+def save_episodes(path: Path, episodes: list[TokenEpisode]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for ep in episodes:
+            f.write(json.dumps(ep.to_dict()) + "\n")
+    tmp.replace(path)
+
+
+def load_episodes(path: Path) -> list[TokenEpisode]:
+    episodes = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        row["spans"] = [tuple(s) for s in row["spans"]]
+        episodes.append(TokenEpisode(**row))
+    return episodes
+
+
+def sft_loss(model, batch) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over the batch's policy tokens, and how many there were."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    logits = out.logits[:, :-1].float()
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.input_ids[:, 1:].reshape(-1),
+                                            reduction="none").view_as(batch.loss_mask)
+    tokens = batch.loss_mask.sum()
+    return (nll * batch.loss_mask).sum() / tokens.clamp(min=1.0), int(tokens)
+
+
+class SFTTrainer:
+    """Supervised fine-tuning on environment trajectories (config: :class:`SFTConfig`).
+
+    ``model``/``tokenizer``: an in-memory model (tests); default loads ``config.model``. ``episodes``: training
+    rows (default: ``output_dir/sft_data.jsonl``, built by :func:`build_sft_episodes` when missing).
+    """
+
+    def __init__(self, config: SFTConfig, *, model=None, tokenizer=None, episodes: list[TokenEpisode] | None = None,
+                 data_kwargs: dict | None = None):
+        self.config = config
+        set_seed(config.seed)
+        if model is None:
+            model, tokenizer, device = load_policy(config)
+        else:
+            device = next(model.parameters()).device
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        root = Path(config.output_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        data_path = root / DATA_FILE
+        if episodes is None:
+            if data_path.exists():
+                episodes = load_episodes(data_path)
+            else:
+                episodes = build_sft_episodes(config, tokenizer, progress=config.progress, **(data_kwargs or {}))
+                save_episodes(data_path, episodes)
+        if not episodes:
+            raise ValueError("no SFT trajectories: every source was empty or filtered out")
+        self.episodes = episodes
+        per_epoch = math.ceil(len(episodes) / config.batch_size)
+        self.total_steps = config.max_steps or per_epoch * config.num_epochs
+        self.optimizer, self.scheduler = make_optimizer(model, _with_steps(config, self.total_steps))
+        self.logger = RunLogger(root, config, tensorboard=config.tensorboard)
+        self.step = 0
+
+    def batch_rows(self, step: int) -> list[int]:
+        """Rows of optimiser step ``step``: seeded permutations epoch after epoch (a pure function of the step)."""
+        n, size = len(self.episodes), self.config.batch_size
+        out = []
+        for k in range(step * size, (step + 1) * size):
+            epoch, offset = divmod(k, n)
+            order = np.random.default_rng([self.config.seed, epoch, 3]).permutation(n)
+            out.append(int(order[offset]))
+        return out
+
+    def train(self) -> list[dict]:
+        config = self.config
+        found = checkpoints(config.output_dir)
+        if config.resume and found:
+            self.step, path = found[-1]
+            load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+            self.logger.truncate(self.step)
+        logged = []
+        bar = progress_bar(self.total_steps, self.step, config.progress, "sft")
+        self.model.train()
+        while self.step < self.total_steps:
+            t0 = time.perf_counter()
+            batch = collate([self.episodes[i] for i in self.batch_rows(self.step)], self.tokenizer.pad_token_id)
+            loss, tokens = sft_loss(self.model, batch.to(self.device))
+            loss.backward()
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            metrics = {"losses/sft_loss": float(loss.detach()), "losses/grad_norm": float(grad_norm),
+                       "charts/learning_rate": self.scheduler.get_last_lr()[0],
+                       "charts/tokens_per_second": tokens / (time.perf_counter() - t0),
+                       "charts/epoch": self.step * config.batch_size / len(self.episodes)}
+            if config.logging_steps and (self.step % config.logging_steps == 0 or self.step == self.total_steps):
+                self.logger.log(self.step, metrics)
+            logged.append({"step": self.step, **metrics})
+            if (config.save_steps and self.step % config.save_steps == 0) or self.step == self.total_steps:
+                save_checkpoint(config.output_dir, self.step, self.model, self.tokenizer, self.optimizer,
+                                self.scheduler, total_limit=config.save_total_limit, extra={"algorithm": "sft"})
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.close()
+        self.logger.close()
+        self.save_final()
+        return logged
+
+    def save_final(self) -> Path:
+        """``output_dir/final``: a plain HF folder (LoRA merged) that ``hf:<folder>`` agents and RL runs load."""
+        final = Path(self.config.output_dir) / "final"
+        model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
+        model.save_pretrained(final)
+        self.tokenizer.save_pretrained(final)
+        return final
+
+
+def _with_steps(config: SFTConfig, steps: int) -> SFTConfig:
+    from dataclasses import replace
+
+    return replace(config, max_steps=steps)
