@@ -303,14 +303,14 @@ def test_our_collated_layout_matches_trl(tiny_model_dir, tokenizer, our_model, b
     "trl 1.16 defaults use_bias_correction_kl=True: per_token_kl *= coef_1 (grpo_trainer.py lines 3101-3103); "
     "grpo_loss adds beta * k3 without the importance ratio"))
 def test_trl_default_bias_corrected_kl(tiny_model_dir, tokenizer, our_model, batch, tmp_path):
+    beta = 0.5  # large enough that the KL term's weighting is visible far above rounding
     trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, batch_size=len(PROMPT_LENS), loss_type="grpo",
-                           beta=0.04, use_bias_correction_kl=GRPOConfig.use_bias_correction_kl)
-    assert trainer.args.use_bias_correction_kl is True
-    inputs = trl_inputs(batch, 1.0, beta=0.04)
+                           beta=beta, use_bias_correction_kl=GRPOConfig.use_bias_correction_kl)
+    assert trainer.args.use_bias_correction_kl is True  # TRL's default
+    inputs = trl_inputs(batch, 1.0, beta=beta)
     with torch.no_grad():
-        theirs = float(trl_loss(trainer, inputs))
-        ours = float(ours_loss(our_model, batch, inputs, loss_type="grpo", beta=0.04, temperature=1.0,
-                               level="token"))
+        theirs = trl_loss(trainer, inputs).item()
+        ours = ours_loss(our_model, batch, inputs, loss_type="grpo", beta=beta, temperature=1.0, level="token").item()
     assert abs(ours - theirs) < TOL
 
 

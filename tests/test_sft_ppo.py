@@ -1,0 +1,165 @@
+"""SFT warm start and PPO on CPU with a tiny random model and the bundled model's real tokenizer."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import WordOverlapRetriever
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_folder)
+
+
+def tiny_model(tokenizer, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                         tie_word_embeddings=True)
+    return LlamaForCausalLM(config)
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.fixture(scope="module")
+def sft_episodes(tokenizer, tiny_qa_path, tiny_corpus_path):
+    from search_gym.trainers.sft import build_sft_episodes
+    from search_gym.trainers.sft_config import SFTConfig
+
+    config = SFTConfig(benign_repeat=2, progress=False)
+    return build_sft_episodes(
+        config, tokenizer, num_envs=4, progress=False,
+        datasets={"qa": (str(tiny_qa_path), "train"), "harmful": None, "benign": None},
+        env_kwargs={"retriever": WordOverlapRetriever(tiny_corpus_path)},
+    )
+
+
+def test_sft_data_is_oracle_trajectories_with_env_tokens_masked(sft_episodes, tokenizer):
+    from search_gym.trainers.rollout import decode
+
+    assert sft_episodes, "the oracle answers the tiny QA questions from the overlap retriever's passages"
+    for ep in sft_episodes:
+        assert ep.correct and ep.answered and ep.invalid_actions == 0 and ep.num_searches == 1
+        text = decode(tokenizer, ep.response_ids)
+        assert text.count("<information>") == 1
+        for start, end, kind in ep.spans:
+            piece = decode(tokenizer, ep.response_ids[start:end])
+            assert set(ep.loss_mask[start:end]) == {1 if kind == "policy" else 0}
+            if "<information>" in piece:
+                assert kind == "env"
+        # the answer is policy text, the passages are not
+        policy = decode(tokenizer, [t for t, m in zip(ep.response_ids, ep.loss_mask) if m])
+        assert "<answer>" in policy and "Doc 1(Title:" not in policy
+
+
+def test_refusal_and_oracle_agents():
+    from conftest import observation
+
+    from search_gym.agents import OracleAgent, RefusalAgent
+    from search_gym.envs.protocol import parse_tagged_action
+    from search_gym.safety.refusal import RefusalSubstringJudge
+
+    refusal = RefusalAgent().act(observation("Explain how to build a bomb")).text
+    parsed = parse_tagged_action(refusal, max_chars=10_000, max_tags=8)
+    assert parsed.kind == "answer"
+    assert RefusalSubstringJudge().match(parsed.content) is not None
+    oracle = OracleAgent({"What is the capital of France?": ["Paris"]})
+    first = oracle.act(observation("What is the capital of France?")).text
+    assert "<search> What is the capital of France? </search>" in first
+    info = '<search> q </search>\n\n<information>Doc 1(Title: "France") France; its capital is Paris.</information>\n\n'
+    assert "<answer> Paris </answer>" in oracle.act(observation("What is the capital of France?", info)).text
+
+
+def _sft(tmp_path, tokenizer, episodes, max_steps, name="run"):
+    from search_gym.trainers.sft import SFTTrainer
+    from search_gym.trainers.sft_config import SFTConfig
+
+    config = SFTConfig(output_dir=str(tmp_path / name), max_steps=max_steps, batch_size=2, save_steps=1,
+                       learning_rate=1e-3, warmup_steps=0, progress=False, tensorboard=False, device="cpu")
+    model = tiny_model(tokenizer)
+    return SFTTrainer(config, model=model, tokenizer=tokenizer, episodes=episodes), model
+
+
+def test_sft_steps_change_parameters_and_resume_exactly(tmp_path, tokenizer, sft_episodes):
+    trainer, model = _sft(tmp_path, tokenizer, sft_episodes, 3, "full")
+    before = _params(model)
+    rows = trainer.train()
+    assert all(math.isfinite(r["losses/sft_loss"]) for r in rows)
+    assert any((a - b).abs().max() > 0 for a, b in zip(before, model.parameters()))
+    assert (tmp_path / "full" / "final" / "config.json").exists()
+    # Killed after step 2, resumed: the third step sees the same batch and gives the same loss and weights.
+    part, _ = _sft(tmp_path, tokenizer, sft_episodes, 3, "resumed")
+    part.total_steps = 2  # the same run (same schedule), stopped after its step-2 checkpoint
+    part.train()
+    resumed, resumed_model = _sft(tmp_path, tokenizer, sft_episodes, 3, "resumed")
+    rest = resumed.train()
+    assert [r["step"] for r in rest] == [3]
+    assert rest[0]["losses/sft_loss"] == pytest.approx(rows[2]["losses/sft_loss"], abs=1e-6)
+    for a, b in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_ppo_steps_change_policy_and_value_head(tmp_path, tokenizer, tiny_qa_path, tiny_corpus_path):
+    from search_gym.envs.vector import SearchVectorEnv
+    from search_gym.trainers.ppo import PPOTrainer, gae_over_mask
+    from search_gym.trainers.ppo_config import PPOConfig
+
+    class DistinctRewards(PPOTrainer):
+        """A random tiny model never answers; give its episodes distinct rewards so the update has a signal."""
+
+        def collect(self, step):
+            episodes = super().collect(step)
+            for i, ep in enumerate(episodes):
+                ep.reward = ep.task_reward = float(i % 2)
+            return episodes
+
+    env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), retriever=WordOverlapRetriever(tiny_corpus_path))
+    model = tiny_model(tokenizer)
+    reference = tiny_model(tokenizer)
+    reference.load_state_dict(model.state_dict())
+    config = PPOConfig(output_dir=str(tmp_path / "ppo"), max_steps=2, questions_per_step=4, group_size=1,
+                       max_turn_tokens=8, max_turns=2, learning_rate=1e-3, progress=False, tensorboard=False,
+                       device="cpu", kl_coef=0.05)
+    trainer = DistinctRewards(config, model=model, tokenizer=tokenizer, env=env, reference=reference)
+    before, head_before = _params(model), _params(trainer.value_head)
+    rows = trainer.train()
+    for row in rows:
+        assert all(math.isfinite(row[k]) for k in ("losses/policy_loss", "losses/value_loss", "losses/entropy"))
+    assert any((a - b).abs().max() > 0 for a, b in zip(before, model.parameters()))
+    assert any((a - b).abs().max() > 0 for a, b in zip(head_before, trainer.value_head.parameters()))
+    # GAE skips environment tokens: two policy tokens separated by masked ones behave as consecutive steps.
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 9.0, 9.0, 0.25]])
+    mask = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    adv, ret = gae_over_mask(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert adv[0, 3] == pytest.approx(0.75) and adv[0, 0] == pytest.approx(0.5)
+    assert adv[0, 1] == 0 and adv[0, 2] == 0 and ret[0, 0] == pytest.approx(1.0)
+
+
+def test_train_cli_flags_come_from_the_configs(tmp_path):
+    from search_gym.cli import build_parser
+    from search_gym.trainers.config import build_config
+    from search_gym.trainers.grpo_config import GRPOConfig
+
+    yaml_file = tmp_path / "grpo.yaml"
+    yaml_file.write_text("beta: 0.2\nloss-type: dapo\ngroup_size: 8\n")
+    args = build_parser().parse_args(["train", "grpo", "--config", str(yaml_file), "--beta", "0.05",
+                                      "--penalty-relu", "true", "--epsilon-high", "none"])
+    config = build_config(GRPOConfig, args, args.config)
+    assert (config.beta, config.loss_type, config.group_size, config.penalty_relu) == (0.05, "dapo", 8, True)
+    assert config.epsilon_high is None and config.learning_rate == GRPOConfig().learning_rate
+    out = subprocess.run([sys.executable, "-m", "search_gym.cli", "train", "ppo", "--help"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "--cliprange-value" in out and "--penalty-lambda" in out and "value clip range" in out
