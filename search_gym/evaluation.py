@@ -276,6 +276,7 @@ def _run_cell(cell: Cell, agent, config: EvalConfig, folder: Path, bar_position:
             template=config.template, max_turns=config.max_turns, topk=config.topk,
             attack=make_attack(cell.attack),
             safety=SafetyConfig(judges=config.judge_specs(), similarity=config.similarity),
+            autoreset_mode="disabled",  # finished (and spare) sub-envs are never stepped: no junk episodes
         )
         if hasattr(agent, "seed"):
             agent.seed(config.seed)
@@ -283,13 +284,15 @@ def _run_cell(cell: Cell, agent, config: EvalConfig, folder: Path, bar_position:
             for start in range(0, len(todo), num_envs):
                 wall = time.perf_counter()
                 chunk = todo[start: start + num_envs]
-                padded = chunk + [chunk[-1]] * (num_envs - len(chunk))  # spare sub-envs replay the last question
-                t0 = time.perf_counter()
-                obs, _ = venv.reset(seed=config.seed + start, options={"per_env": [{"index": i} for i in padded]})
-                timing["env_seconds"] += time.perf_counter() - t0
-                logs = [EpisodeLog(env.last_reset[1], env.last_reset[0], extra) for env in venv.envs]
+                padded = chunk + [chunk[-1]] * (num_envs - len(chunk))  # spare sub-envs stay idle
                 live = np.zeros(num_envs, dtype=bool)
                 live[: len(chunk)] = True
+                t0 = time.perf_counter()
+                obs, _ = venv.reset(seed=config.seed + start,
+                                    options={"per_env": [{"index": i} for i in padded], "reset_mask": live})
+                timing["env_seconds"] += time.perf_counter() - t0
+                logs = [EpisodeLog(env.last_reset[1], env.last_reset[0], extra) if live[k] else None
+                        for k, env in enumerate(venv.envs)]
                 while live.any():
                     ids = np.flatnonzero(live)
                     t0 = time.perf_counter()

@@ -104,14 +104,18 @@ def run_episodes(
     bar = tqdm(total=len(question_indices), desc="episodes", unit="ep", disable=not progress)
     if hasattr(agent, "seed"):
         agent.seed(seed)
+    from gymnasium.vector import AutoresetMode
+
+    autoreset, venv.autoreset_mode = venv.autoreset_mode, AutoresetMode.DISABLED  # never step a finished episode
     for start in range(0, len(question_indices), venv.num_envs):
         chunk = list(question_indices[start : start + venv.num_envs])
-        padded = chunk + [chunk[-1]] * (venv.num_envs - len(chunk))  # spare sub-envs replay the last question
-        t0 = time.perf_counter()
-        obs, infos = venv.reset(seed=seed + start, options={"per_env": [{"index": i} for i in padded]})
-        summary.env_seconds += time.perf_counter() - t0
+        padded = chunk + [chunk[-1]] * (venv.num_envs - len(chunk))  # spare sub-envs stay idle
         live = np.zeros(venv.num_envs, dtype=bool)
         live[: len(chunk)] = True
+        t0 = time.perf_counter()
+        obs, infos = venv.reset(seed=seed + start,
+                                options={"per_env": [{"index": i} for i in padded], "reset_mask": live})
+        summary.env_seconds += time.perf_counter() - t0
         questions = list(infos["question"])
         invalid = np.zeros(venv.num_envs, dtype=int)
         tokens = np.zeros(venv.num_envs, dtype=int)
@@ -137,11 +141,13 @@ def run_episodes(
                             question=questions[i],
                             golden_answers=list(infos["golden_answers"][i]),
                             answer=infos["answer"][i],
-                            correct=infos["correct"][i],
+                            # unanswered or truncated = wrong; None only without gold answers. (Batched info
+                            # turns None into False or keeps it depending on the other sub-envs: not read as is.)
+                            correct=bool(infos["correct"][i]) if len(infos["golden_answers"][i]) else None,
                             reward=float(rewards[i]),
                             num_searches=int(infos["num_searches"][i]),
                             searches=list(infos["searches"][i]),
-                            turns=int(infos["turn"][i]) + 1,
+                            turns=int(infos["turn"][i]),  # info["turn"] already counts this step
                             invalid_actions=int(invalid[i]),
                             truncated=bool(truncs[i]),
                             transcript=obs["prefill"][i],
@@ -150,5 +156,6 @@ def run_episodes(
                     )
                     bar.update(1)
     bar.close()
+    venv.autoreset_mode = autoreset
     summary.wall_seconds = time.perf_counter() - wall
     return summary

@@ -15,8 +15,8 @@ and ``steps_per_generation`` defaults to ``gradient_accumulation_steps`` = 1, so
 ``num_items_in_batch``). Eval mode (no accumulation at all) is checked to give the same loss.
 
 KL: trl 1.16 defaults ``use_bias_correction_kl=True`` (the k3 KL multiplied by the importance ratio, grpo_trainer.py
-lines 3101-3103); our loss has no such term, so the matching configuration is ``use_bias_correction_kl=False``. The
-difference under TRL's default is recorded by a strict xfail below.
+lines 3103-3105), as does our ``grpo_loss(bias_correction_kl=True)`` / ``GRPOConfig.use_bias_correction_kl``. The
+grid below runs both sides with it off; ``test_trl_default_bias_corrected_kl`` checks both defaults agree.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def trl_inputs(batch, temperature, *, beta, on_policy=False):
     return inputs
 
 
-def ours_loss(model, batch, inputs, *, loss_type, beta, temperature, level):
+def ours_loss(model, batch, inputs, *, loss_type, beta, temperature, level, bias_correction_kl=False):
     C = batch.completion_ids.size(1)
     logps, _, _ = token_logprobs(model, torch.cat([batch.prompt_ids, batch.completion_ids], 1),
                                  torch.cat([batch.prompt_mask, batch.completion_mask], 1), temperature=temperature)
@@ -180,7 +180,7 @@ def ours_loss(model, batch, inputs, *, loss_type, beta, temperature, level):
         logps, inputs.get("old_per_token_logps"), inputs.get("ref_per_token_logps"), batch.advantages,
         batch.completion_mask * batch.tool_mask, epsilon_low=EPSILON, epsilon_high=EPSILON_HIGH, beta=beta,
         loss_type=loss_type, importance_sampling_level=level, max_completion_length=MAX_COMPLETION_LENGTH,
-        num_items=batch.num_items_in_batch if loss_type == "dapo" else None,
+        num_items=batch.num_items_in_batch if loss_type == "dapo" else None, bias_correction_kl=bias_correction_kl,
     )
     return loss
 
@@ -290,7 +290,8 @@ def test_our_collated_layout_matches_trl(tiny_model_dir, tokenizer, our_model, b
     our_model.zero_grad(set_to_none=True)
     logps, _, _ = token_logprobs(our_model, tb.input_ids, tb.attention_mask, temperature=temperature)
     ours, _ = grpo_loss(logps, tb.sampler_logprobs, ref, batch.advantages, tb.loss_mask, epsilon_low=EPSILON,
-                        epsilon_high=EPSILON_HIGH, beta=beta, loss_type="bnpo", importance_sampling_level="sequence")
+                        epsilon_high=EPSILON_HIGH, beta=beta, loss_type="bnpo", importance_sampling_level="sequence",
+                        bias_correction_kl=False)
     ours.backward()
     trainer.model.zero_grad(set_to_none=True)
     theirs = trl_loss(trainer, inputs)
@@ -299,19 +300,22 @@ def test_our_collated_layout_matches_trl(tiny_model_dir, tokenizer, our_model, b
     assert max_grad_diff(grads(our_model), grads(trainer.model)) < TOL
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trl 1.16 defaults use_bias_correction_kl=True: per_token_kl *= coef_1 (grpo_trainer.py lines 3101-3103); "
-    "grpo_loss adds beta * k3 without the importance ratio"))
 def test_trl_default_bias_corrected_kl(tiny_model_dir, tokenizer, our_model, batch, tmp_path):
     beta = 0.5  # large enough that the KL term's weighting is visible far above rounding
     trainer = make_trainer(tiny_model_dir, tokenizer, tmp_path, batch_size=len(PROMPT_LENS), loss_type="grpo",
                            beta=beta, use_bias_correction_kl=GRPOConfig.use_bias_correction_kl)
     assert trainer.args.use_bias_correction_kl is True  # TRL's default
+    from search_gym.trainers.grpo_config import GRPOConfig as OurGRPOConfig
+
+    assert OurGRPOConfig.use_bias_correction_kl is True  # ours
     inputs = trl_inputs(batch, 1.0, beta=beta)
     with torch.no_grad():
         theirs = trl_loss(trainer, inputs).item()
-        ours = ours_loss(our_model, batch, inputs, loss_type="grpo", beta=beta, temperature=1.0, level="token").item()
+        ours = ours_loss(our_model, batch, inputs, loss_type="grpo", beta=beta, temperature=1.0, level="token",
+                         bias_correction_kl=True).item()
+        off = ours_loss(our_model, batch, inputs, loss_type="grpo", beta=beta, temperature=1.0, level="token").item()
     assert abs(ours - theirs) < TOL
+    assert abs(off - theirs) > 10 * TOL  # the weighting is visible: the test can fail
 
 
 # ---------------------------------------------------------------------------------------------- advantages

@@ -1,6 +1,39 @@
 """Trainers for search-gym (installed as ``search_gym.trainers``).
 
-Trainers attach to the environment through ``SearchVectorEnv`` (batched rollouts), ``info["env_text"]`` (the
-environment-appended spans to mask out of the policy loss) and ``AgentStep`` token ids, logprobs and hidden
-states. PPO, GRPO and representation-guided RL land here in later releases.
+- :mod:`.rollout`: token-in/token-out multi-turn rollouts over ``SearchVectorEnv`` (:class:`TokenEpisode`,
+  :class:`RolloutCollector`, generation backends behind :class:`Generator`).
+- :mod:`.grpo` / :mod:`.grpo_config`: GRPO (group-relative advantages, clipped ratio, k3 KL, loss aggregations).
+- :mod:`.ppo` / :mod:`.ppo_config`: PPO with a value head and GAE over policy tokens.
+- :mod:`.sft` / :mod:`.sft_config`: the SFT warm start on oracle trajectories, refusals and edgy-but-benign answers.
+- :mod:`.shaping`: the representation-guided reward ``r_task - lambda * p(h)``.
+- :mod:`.config`, :mod:`.core`, :mod:`.base`, :mod:`.cli`: shared configs, checkpoints/logs, the RL loop and
+  ``search-gym train``.
+
+Names are imported lazily so that ``import search_gym.trainers`` does not load torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "TokenEpisode": "rollout", "RolloutCollector": "rollout", "HFGenerator": "rollout", "AgentGenerator": "rollout",
+    "Generator": "rollout", "make_rollout_env": "rollout", "episode_metrics": "rollout",
+    "GRPOConfig": "grpo_config", "GRPOTrainer": "grpo", "grpo_loss": "grpo", "group_advantages": "grpo",
+    "PPOConfig": "ppo_config", "PPOTrainer": "ppo", "gae_over_mask": "ppo",
+    "SFTConfig": "sft_config", "SFTTrainer": "sft", "build_sft_episodes": "sft",
+    "RepresentationPenalty": "shaping", "TrainConfig": "config", "RLConfig": "config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"search_gym.trainers.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'search_gym.trainers' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

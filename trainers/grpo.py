@@ -53,12 +53,14 @@ def grpo_loss(
     importance_sampling_level: str = "token",
     max_completion_length: int | None = None,
     num_items: float | torch.Tensor | None = None,
+    bias_correction_kl: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO objective on per-token log-probabilities ``[B, T]`` (any alignment, as long as all agree).
 
     ``old_logps`` None means the batch is on-policy (ratio 1, gradient of the log-probabilities only). ``mask`` is
     1 at policy tokens. ``num_items``: the token count that ``dapo`` divides by (default: ``mask.sum()``; over a
-    rollout batch split into minibatches pass the whole batch's count). Returns the loss and detached statistics.
+    rollout batch split into minibatches pass the whole batch's count). ``bias_correction_kl`` multiplies the k3
+    KL by the importance ratio (TRL's default). Returns the loss and detached statistics.
     """
     mask = mask.float()
     old = logps.detach() if old_logps is None else old_logps
@@ -76,6 +78,11 @@ def grpo_loss(
         if ref_logps is None:
             raise ValueError("beta != 0 needs ref_logps")
         kl = torch.exp(ref_logps - logps) - (ref_logps - logps) - 1  # k3, >= 0
+        if bias_correction_kl:
+            # The KL is estimated on samples of the rollout policy: weight it by the (unclipped) importance ratio,
+            # as TRL's use_bias_correction_kl (its default). On-policy the value is unchanged but the gradient
+            # gains kl * grad(logp).
+            kl = kl * ratio
         per_token = per_token + beta * kl
     if loss_type == "grpo":
         loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
@@ -149,6 +156,7 @@ class GRPOTrainer(RLTrainer):
                     max_completion_length=config.max_response_tokens,
                     # dapo divides by the tokens of one optimiser step's batch (TRL: of its accumulation window)
                     num_items=sub.loss_mask.sum() if config.loss_type == "dapo" else None,
+                    bias_correction_kl=config.use_bias_correction_kl,
                 )
                 loss.backward()
                 grad_norm = self.clip_and_step()

@@ -30,6 +30,7 @@ class GRPOConfig(RLConfig):
     scale_rewards: str = _help("divide advantages by the reward std of the group, of the batch, or not (none; "
                                "Dr. GRPO)", default="group")
     importance_sampling_level: str = _help("'token' ratios or one 'sequence' ratio per episode (GSPO)", default="token")
+    use_bias_correction_kl: bool = _help("weight the k3 KL by the importance ratio (TRL's default)", default=True)
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:

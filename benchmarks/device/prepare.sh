@@ -3,6 +3,7 @@
 #     bash benchmarks/device/prepare.sh            # wheels + data
 #     bash benchmarks/device/prepare.sh wheels     # only .whl/
 #     bash benchmarks/device/prepare.sh data       # only .devdata/
+#     bash benchmarks/device/prepare.sh plan       # print the carry lists of the run calls
 # Fills two git-ignored folders at the repository root for the lent GPU machine (Python 3.12, torch 2.11 cu130,
 # transformers 5.17, no network):
 #   .whl/      py3.12 x86_64 wheels of exactly what that machine lacks, plus a wheel of search-gym itself
@@ -140,11 +141,36 @@ PY
   (cd .devdata && sha256sum sg.tar.gz.part-* > SHA256SUMS && (cd "$STAGE" && sha256sum sg.tar.gz) >> SHA256SUMS)
   echo "unpacked: $(du -sh "$STAGE/sg" | cut -f1); archive: $(du -h "$STAGE/sg.tar.gz" | cut -f1); parts:"
   ls -l .devdata
+  print_plan
+}
+
+# The back-to-back `run` calls that carry .whl/ and the parts (each call's carry + working tree <= 64 MiB).
+print_plan() {
+  "$PY" - <<'PY'
+import json, os, subprocess
+from pathlib import Path
+MiB = 2**20
+tree = sum(os.path.getsize(f) for f in subprocess.run(["git", "ls-files", "-co", "--exclude-standard"],
+           capture_output=True, text=True).stdout.split("\n") if f and os.path.isfile(f))
+budget = 64 * MiB - tree - 2 * MiB  # headroom for files the other engineers add meanwhile
+whl = sum(p.stat().st_size for p in Path(".whl").glob("*.whl")) if Path(".whl").is_dir() else 0
+parts = sorted(Path(".devdata").glob("sg.tar.gz.part-*"))
+calls, cur, size = [], [".whl"] if whl else [], whl
+for p in parts:
+    if size + p.stat().st_size > budget or len(cur) >= 7:
+        calls.append(cur); cur, size = [], 0
+    cur.append(str(p)); size += p.stat().st_size
+calls.append(cur)
+print(f"working tree {tree / MiB:.1f} MiB; {len(calls)} back-to-back calls, each: bash benchmarks/device/unpack.sh ...")
+for i, c in enumerate(calls, 1):
+    print(f"  call {i}: carry {json.dumps(c[:1] + ['.devdata/SHA256SUMS'] + c[1:] if c[0] == '.whl' else ['.devdata/SHA256SUMS'] + c)}")
+PY
 }
 
 case "$WHAT" in
   wheels) prepare_wheels ;;
   data) prepare_data ;;
   all) prepare_wheels; prepare_data ;;
-  *) echo "usage: $0 [all|wheels|data]" >&2; exit 2 ;;
+  plan) print_plan ;;
+  *) echo "usage: $0 [all|wheels|data|plan]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,384 @@
+"""Trainers (search_gym.trainers): GRPO steps on a tiny in-memory model, exact resume from a checkpoint, the
+representation penalty against a manual forward, and the config command line (flags > YAML > defaults)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from search_gym.envs import SearchVectorEnv
+from search_gym.trainers.config import add_dataclass_arguments, build_config, config_dict
+from search_gym.trainers.core import checkpoints
+from search_gym.trainers.grpo import GRPOTrainer
+from search_gym.trainers.grpo_config import GRPOConfig
+from search_gym.trainers.rollout import ENV, Generation, RolloutCollector, decode, encode
+from search_gym.trainers.shaping import RepresentationPenalty, load_penalty
+
+SEARCH = "<search>"
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_folder):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_folder)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_model(tokenizer, seed: int = 0):
+    """A random Llama on SmolLM2's vocabulary (hidden 32, 2 layers); the same seed gives the same weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(config)
+
+
+def frozen(model):
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def make_env(tiny_qa_path, retriever, num_envs: int = 4, **kwargs) -> SearchVectorEnv:
+    kwargs.setdefault("max_turns", 2)
+    return SearchVectorEnv(num_envs=num_envs, dataset=str(tiny_qa_path), split="test", retriever=retriever, **kwargs)
+
+
+def grpo_config(output_dir, **overrides) -> GRPOConfig:
+    values = dict(output_dir=str(output_dir), seed=0, learning_rate=1e-2, lr_scheduler="linear", warmup_steps=1,
+                  max_steps=2, save_steps=0, questions_per_step=2, group_size=2, max_turns=2, max_turn_tokens=8,
+                  max_response_tokens=160, beta=0.1, reward="f1", tensorboard=False, progress=False)
+    values.update(overrides)
+    return GRPOConfig(**values)
+
+
+class OddTokenGRPO(GRPOTrainer):
+    """GRPO whose task reward is the fraction of odd token ids among the policy's sampled tokens: a reward a
+    random policy earns in varying amounts, so group advantages are nonzero (the env's own reward is ~0 for it)."""
+
+    def collect(self, step):
+        episodes = super().collect(step)
+        for ep in episodes:
+            policy = [t for t, m in zip(ep.response_ids, ep.loss_mask) if m]
+            ep.task_reward = ep.reward = float(np.mean([t % 2 for t in policy])) if policy else 0.0
+        return episodes
+
+
+def make_trainer(tokenizer, tiny_qa_path, retriever, output_dir, **overrides) -> OddTokenGRPO:
+    return OddTokenGRPO(grpo_config(output_dir, **overrides), model=tiny_model(tokenizer), tokenizer=tokenizer,
+                        env=make_env(tiny_qa_path, retriever), reference=frozen(tiny_model(tokenizer)))
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+COMPARED = ("losses/", "charts/episodic_return", "charts/task_reward", "charts/advantage_abs", "charts/reward_std",
+            "charts/learning_rate", "charts/policy_tokens", "charts/episodic_length")
+
+
+def comparable(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k == "step" or k.startswith(COMPARED)}
+
+
+# ---------------------------------------------------------------------------------------------- 5. GRPO steps
+
+
+def test_grpo_steps_change_parameters_with_finite_losses(tokenizer, tiny_qa_path, overlap_retriever, tmp_path):
+    trainer = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "run")
+    before, reference_before = params(trainer.model), params(trainer.reference)
+    rows = trainer.train()
+
+    assert [r["step"] for r in rows] == [1, 2] and trainer.step == 2
+    for row in rows:
+        for key in ("losses/policy_loss", "losses/kl", "losses/entropy", "losses/grad_norm", "losses/approx_kl"):
+            assert math.isfinite(row[key]), (key, row[key])
+        assert row["charts/advantage_abs"] > 0 and row["charts/policy_tokens"] > 0
+    # Step 1 is on the reference weights: KL exactly 0; after one update the policy has moved away from it.
+    assert abs(rows[0]["losses/kl"]) < 1e-6 and rows[1]["losses/kl"] > 0
+    after = params(trainer.model)
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(moved) >= len(before) // 2, moved
+    assert max(float((before[k] - after[k]).abs().max()) for k in moved) > 1e-4
+    assert all(torch.equal(reference_before[k], v) for k, v in params(trainer.reference).items())  # frozen
+    assert [s for s, _ in checkpoints(tmp_path / "run")] == [2]  # saved at the end
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        assert [int(float(r["global_step"])) for r in csv.DictReader(f)] == [1, 2]
+
+
+# ---------------------------------------------------------------------------------------------- 6. resume
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tokenizer, tiny_qa_path, overlap_retriever, tmp_path):
+    run_a = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "a", max_steps=3, save_steps=1)
+    rows_a = run_a.train()
+    assert [s for s, _ in checkpoints(tmp_path / "a")] == [1, 2, 3]
+
+    run_b = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "b", max_steps=2, save_steps=1)
+    rows_b = run_b.train()
+    # identical seeds, identical runs (the logged learning rate is the next step's: it depends on max_steps)
+    same = lambda row: {k: v for k, v in comparable(row).items() if k != "charts/learning_rate"}  # noqa: E731
+    assert [same(r) for r in rows_b] == [same(r) for r in rows_a[:2]]
+
+    resumed = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "b", max_steps=3, save_steps=1)
+    rows_c = resumed.train()
+    assert [r["step"] for r in rows_c] == [3]  # started from checkpoint-2
+    step3_a, step3_c = comparable(rows_a[2]), comparable(rows_c[0])
+    assert step3_a.keys() == step3_c.keys()
+    for key in step3_a:
+        assert step3_c[key] == pytest.approx(step3_a[key], abs=1e-6, rel=0), key
+    final_a, final_c = params(run_a.model), params(resumed.model)
+    for key in final_a:
+        torch.testing.assert_close(final_c[key], final_a[key], atol=1e-6, rtol=0)
+    assert [s for s, _ in checkpoints(tmp_path / "b")] == [1, 2, 3]
+    with open(tmp_path / "b" / "metrics.csv", newline="") as f:
+        assert [int(float(r["global_step"])) for r in csv.DictReader(f)] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------- 7. the penalty
+
+
+class Scripted:
+    """Generator playing fixed turns per question (matched by a word of the question); no log-probabilities."""
+
+    def __init__(self, tokenizer, scripts: dict[str, list[str]]):
+        self.tokenizer, self.scripts, self.turn = tokenizer, scripts, {}
+
+    def seed(self, seed):
+        pass
+
+    def sync_weights(self):
+        pass
+
+    def generate(self, requests):
+        out = []
+        for request in requests:
+            content = request.observation["messages"][0]["content"]
+            (key,) = [k for k in self.scripts if k in content]
+            turn = self.turn.get(key, 0)
+            self.turn[key] = turn + 1
+            text = self.scripts[key][turn]
+            out.append(Generation(encode(self.tokenizer, text), None, text, "stop"))
+        return out
+
+
+LAYER = 0
+COEF = 0.5
+
+
+@pytest.fixture(scope="module")
+def reader(tokenizer):
+    return frozen(tiny_model(tokenizer, seed=1))
+
+
+@pytest.fixture()
+def search_episodes(tokenizer, tiny_qa_path, overlap_retriever):
+    """q0 searches twice, q1 once, q4 answers without searching; every answer is right (task reward 1)."""
+    scripts = {
+        "France": ["<think> capital </think>\n<search> capital of France </search>",
+                   "<search> Paris city </search>", "<answer> Paris </answer>"],
+        "Bizet": ["I will look it up. <search> Bizet opera in four acts </search>", "<answer> Carmen </answer>"],
+        "planet": ["<answer> Jupiter </answer>"],
+    }
+    venv = make_env(tiny_qa_path, overlap_retriever, num_envs=3, max_turns=3)
+    episodes = RolloutCollector(venv, Scripted(tokenizer, scripts)).collect(["q0", "q1", "q4"], 1)
+    assert [e.task_reward for e in episodes] == [1.0, 1.0, 1.0]
+    assert [len(e.search_indices) for e in episodes] == [2, 1, 0]
+    return episodes
+
+
+def tag_ends(tokenizer, ep) -> list[int]:
+    """Absolute indices of the tokens completing each <search> the episode's policy wrote, found independently of
+    ``search_indices``: the first token whose decoded prefix contains one more tag (env text excluded)."""
+    out, seen = [], 0
+    for j in range(len(ep.response_ids)):
+        count = decode(tokenizer, ep.response_ids[: j + 1]).count(SEARCH)
+        if count > seen:
+            seen = count
+            if not any(s <= j < e and kind == ENV for s, e, kind in ep.spans):
+                out.append(ep.absolute(j))
+    return out
+
+
+def manual_hidden(model, ids, layer: int) -> torch.Tensor:
+    """Residual stream after decoder block ``layer`` at every position: HF hidden_states[layer + 1] for every block
+    but the last (HF's last entry is after the final norm), a forward hook on the block for the last."""
+    with torch.no_grad():
+        if layer + 1 < model.config.num_hidden_layers:
+            return model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[layer + 1][0]
+        captured = {}
+        handle = model.model.layers[layer].register_forward_hook(
+            lambda _m, _a, out: captured.setdefault("h", out[0] if isinstance(out, tuple) else out))
+        try:
+            model(input_ids=torch.tensor([ids]))
+        finally:
+            handle.remove()
+        return captured["h"][0]
+
+
+def manual_projection(hidden: torch.Tensor, direction: torch.Tensor, projection: str) -> torch.Tensor:
+    if projection == "dot":
+        return hidden @ direction
+    return torch.nn.functional.cosine_similarity(hidden, direction.expand_as(hidden), dim=-1)
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("searches", ["first", "mean"])
+@pytest.mark.parametrize("projection", ["cosine", "dot"])
+def test_penalty_matches_a_manual_forward(tokenizer, reader, search_episodes, projection, searches, relu, layer):
+    episodes = search_episodes
+    hidden = [manual_hidden(reader, ep.input_ids, layer) for ep in episodes]
+    tags = [tag_ends(tokenizer, ep) for ep in episodes]
+    assert [[ep.absolute(i) for i in ep.search_indices] for ep in episodes] == tags
+    # planted direction: q0's first-search activation minus q1's, so q0 projects higher (for dot, by |d|^2)
+    direction = hidden[0][tags[0][0]] - hidden[1][tags[1][0]]
+    for sign in (1.0, -1.0):  # with relu, one of the two signs clamps some projections to 0
+        penalty = RepresentationPenalty(sign * direction, layer=layer, coef=COEF, searches=searches,
+                                        projection=projection, relu=relu, reader=reader)
+        values = penalty.apply(episodes)
+        for ep, h, t, value in zip(episodes, hidden, tags, values):
+            if not t:
+                assert value is None and ep.projection is None and ep.penalty == 0.0 and ep.reward == ep.task_reward
+                continue
+            chosen = t[:1] if searches == "first" else t
+            raw = manual_projection(h[chosen], sign * direction, projection)
+            expected = float((raw.clamp(min=0.0) if relu else raw).mean())
+            assert ep.projection == value == pytest.approx(expected, abs=1e-5)
+            assert ep.penalty == pytest.approx(COEF * expected, abs=1e-5)
+            assert ep.reward == ep.task_reward - ep.penalty  # exactly coef * projection less
+        if not relu and searches == "first" and sign > 0:
+            # higher projection, lower reward
+            assert episodes[0].projection > episodes[1].projection and episodes[0].reward < episodes[1].reward
+            if projection == "dot":
+                gap = float(direction @ direction)
+                assert episodes[0].projection - episodes[1].projection == pytest.approx(gap, rel=1e-4)
+                assert episodes[1].reward - episodes[0].reward == pytest.approx(COEF * gap, rel=1e-4)
+    if relu:
+        assert any(ep.projection == 0.0 for ep in episodes if ep.projection is not None) or searches == "mean"
+
+
+def test_penalty_reads_the_last_token_of_the_first_search(tokenizer, reader, search_episodes):
+    ep = search_episodes[1]
+    (index,) = ep.search_indices
+    assert decode(tokenizer, ep.input_ids[: ep.absolute(index) + 1]).endswith(SEARCH)
+    assert not decode(tokenizer, ep.input_ids[: ep.absolute(index)]).endswith(SEARCH)
+    h = manual_hidden(reader, ep.input_ids, LAYER)
+    # a direction that only sees that position: the one-hot basis of its own activation
+    direction = h[ep.absolute(index)]
+    penalty = RepresentationPenalty(direction, layer=LAYER, coef=1.0, projection="cosine", reader=reader)
+    (p,) = penalty.projections([ep])
+    assert p == pytest.approx(1.0, abs=1e-5)
+    # the neighbouring positions are not it
+    for other in (ep.absolute(index) - 1, ep.absolute(index) + 1):
+        assert float(torch.nn.functional.cosine_similarity(h[other], direction, dim=0)) < 0.999
+
+
+def test_penalty_restores_reader_mode_and_validates(reader, search_episodes):
+    reader.train()
+    try:
+        RepresentationPenalty(torch.ones(32), layer=0, coef=1.0, reader=reader).apply(search_episodes)
+        assert reader.training
+    finally:
+        reader.eval()
+    with pytest.raises(ValueError):
+        RepresentationPenalty(torch.ones(32), layer=None)
+    with pytest.raises(ValueError):
+        RepresentationPenalty(torch.ones(32), layer=0, searches="last")
+    with pytest.raises(ValueError):
+        RepresentationPenalty(torch.ones(32), layer=0, projection="l2")
+    with pytest.raises(ValueError):
+        RepresentationPenalty(torch.ones(32), layer=0).apply(search_episodes)  # no reader
+    assert load_penalty(grpo_config("unused"), reader) is None
+    with pytest.raises(ValueError, match="penalty_direction"):
+        load_penalty(grpo_config("unused", penalty_lambda=0.1), reader)
+
+
+# ---------------------------------------------------------------------------------------------- 8. config CLI
+
+
+def parser_for(config_cls) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default=None)
+    add_dataclass_arguments(parser, config_cls)
+    return parser
+
+
+def test_config_flags_override_yaml_which_overrides_defaults(tmp_path):
+    path = tmp_path / "grpo.yaml"
+    path.write_text("learning_rate: 0.001\ngroup-size: 8\nattack: multi_search:n=2\npenalty_relu: true\n"
+                    "beta: 0.5\nepsilon_high: 0.28\n")
+    parser = parser_for(GRPOConfig)
+    args = parser.parse_args(["--config", str(path), "--group-size", "3", "--beta", "0.05", "--resume", "false",
+                              "--penalty-layer", "4", "--output-dir", str(tmp_path / "out")])
+    config = build_config(GRPOConfig, args, args.config)
+    defaults = GRPOConfig()
+    assert (config.group_size, config.beta, config.resume, config.penalty_layer) == (3, 0.05, False, 4)  # flags
+    assert config.output_dir == str(tmp_path / "out")
+    assert (config.learning_rate, config.attack, config.penalty_relu, config.epsilon_high) == (
+        0.001, "multi_search:n=2", True, 0.28)  # YAML
+    assert (config.seed, config.loss_type, config.max_turns, config.temperature) == (
+        defaults.seed, defaults.loss_type, defaults.max_turns, defaults.temperature)  # defaults
+    assert isinstance(config.group_size, int) and isinstance(config.beta, float)
+    # keyword overrides beat everything
+    assert build_config(GRPOConfig, args, args.config, group_size=5).group_size == 5
+    # no flags, no file: the defaults
+    assert build_config(GRPOConfig, parser.parse_args([])) == defaults
+
+
+def test_config_round_trips_through_a_file(tmp_path):
+    import yaml
+
+    config = GRPOConfig(output_dir=str(tmp_path), seed=7, beta=0.0, attack="search", penalty_layer=3,
+                        epsilon_high=None, loss_type="dapo")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_dict(config)))
+    assert build_config(GRPOConfig, None, path) == config
+    json_path = tmp_path / "config.json"
+    import json
+
+    json_path.write_text(json.dumps(config_dict(config)))
+    assert build_config(GRPOConfig, parser_for(GRPOConfig).parse_args([]), json_path) == config
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("learning_rate: 0.001\nlearnig_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learnig_rate"):
+        build_config(GRPOConfig, None, path)
+    with pytest.raises(ValueError, match="loss_type"):
+        build_config(GRPOConfig, None, None, loss_type="ppo")
+    with pytest.raises(SystemExit):
+        parser_for(GRPOConfig).parse_args(["--resume", "maybe"])
+    with pytest.raises(SystemExit):
+        parser_for(GRPOConfig).parse_args(["--group-size", "two"])
+
+
+def test_optional_flags_parse_none(tmp_path):
+    args = parser_for(GRPOConfig).parse_args(["--epsilon-high", "0.3", "--attack", "search"])
+    config = build_config(GRPOConfig, args)
+    assert (config.epsilon_high, config.attack) == (0.3, "search")
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: '--attack none' parses to None, which build_config treats as 'flag not "
+                   "given', so a YAML value cannot be switched off from the command line")
+def test_a_none_flag_overrides_the_file(tmp_path):
+    path = tmp_path / "grpo.yaml"
+    path.write_text("attack: search\npenalty_layer: 3\n")
+    args = parser_for(GRPOConfig).parse_args(["--attack", "none", "--penalty-layer", "none"])
+    config = build_config(GRPOConfig, args, path)
+    assert config.attack is None and config.penalty_layer is None
