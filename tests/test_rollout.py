@@ -214,7 +214,8 @@ def test_masks_search_invalid_answer(tokenizer, tiny_qa_path, overlap_retriever)
     assert in_spans(ep, index, (POLICY,))
     assert decode(tokenizer, ep.response_ids[: index + 1]).endswith(SEARCH)
     assert not decode(tokenizer, ep.response_ids[:index]).endswith(SEARCH)
-    assert ep.absolute(index) == len(ep.prompt_ids) + index and ep.input_ids[ep.absolute(index)] == ep.response_ids[index]
+    assert ep.absolute(index) == len(ep.prompt_ids) + index
+    assert ep.input_ids[ep.absolute(index)] == ep.response_ids[index]
 
     assert (ep.reward, ep.task_reward, ep.correct, ep.answered, ep.answer) == (1.0, 1.0, True, True, "Paris")
     assert (ep.terminated, ep.truncated, ep.budget_truncated) == (True, False, False)
@@ -285,6 +286,28 @@ def test_text_after_the_closing_tag_is_cut_and_straddling_characters_are_env_tok
     assert ep.reward == 1.0 and ep.num_policy_tokens == sum(len(span_ids(ep, s)) for s in policy)
 
 
+def test_the_final_turn_env_text_is_left_out(tokenizer, tiny_qa_path, overlap_retriever):
+    # A forced "<answer>" the policy never closes: on the terminal step the env writes " </answer>" into its
+    # transcript; nothing is generated after it, so the token buffer stops at the policy's last token.
+    turns = [[" opera Carmen </search>"], [" Carmen"]]
+    generator = ScriptedGenerator(tokenizer, {"Bizet": turns})
+    venv = make_venv(tiny_qa_path, overlap_retriever, attack="multi_search:n=1")
+    (ep,) = RolloutCollector(venv, generator).collect(["q1"], 1)
+    assert ep.terminated and ep.answer == "Carmen" and ep.reward == 1.0
+    assert [s[2] for s in ep.spans] == [PREFILL, POLICY, ENV, PREFILL, POLICY]
+    decoded, env_transcript = decode(tokenizer, ep.response_ids), venv.envs[0]._episode.transcript
+    assert env_transcript == decoded + " </answer>"  # equal modulo the final turn's env text
+    check_masks(ep, generator, "Bizet")
+
+
+def test_search_indices_skip_tags_of_invalid_actions(tokenizer, tiny_qa_path, overlap_retriever):
+    turns = [["<search> </search>"], ["<search> capital of France </search>"], ["<answer> Paris </answer>"]]
+    venv = make_venv(tiny_qa_path, overlap_retriever)
+    (ep,) = RolloutCollector(venv, ScriptedGenerator(tokenizer, {"France": turns})).collect(["q0"], 1)
+    assert ep.invalid_actions == 1 and ep.num_searches == 1
+    assert len(ep.search_indices) == ep.num_searches
+
+
 # ---------------------------------------------------------------------------------------------- 2. finished envs
 
 
@@ -353,8 +376,6 @@ def test_fewer_jobs_than_envs_leave_the_spare_envs_alone(tokenizer, tiny_qa_path
     assert ep.reward == 1.0 and venv.envs[1].resets == 0 and venv.envs[1].actions == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an episode the collector ends on the context budget is still running in "
-                   "the vector env, which steps it again with an empty action on every later round")
 def test_budget_truncated_env_is_not_stepped_again(tokenizer, tiny_qa_path, overlap_retriever):
     scripts = {"France": [["<search> capital of France </search>"]],
                "Bizet": [["no action"], ["no action"], ["<answer> Carmen </answer>"]]}
@@ -383,8 +404,18 @@ def test_response_budget_ends_the_episode(tokenizer, tiny_qa_path, overlap_retri
     assert generator.calls == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RolloutCollector appends the whole information block (up to "
-                   "max_obs_tokens) and next_prefill before checking max_response_tokens, so the response overshoots")
+def test_each_turn_asks_for_at_most_the_room_left(tokenizer, tiny_qa_path, overlap_retriever):
+    budget = 150
+    generator = ScriptedGenerator(tokenizer, {"France": [["<search> capital of France </search>"]] * 4})
+    venv = make_venv(tiny_qa_path, overlap_retriever, max_turns=4)
+    (ep,) = RolloutCollector(venv, generator, max_turn_tokens=128, max_response_tokens=budget).collect(["q0"], 1)
+    first, second = generator.requests_for("France")[:2]
+    assert first.max_new_tokens == 128
+    used = len(second.input_ids) - len(ep.prompt_ids)
+    assert 0 < budget - used < 128 and second.max_new_tokens == budget - used
+    assert ep.budget_truncated and ep.turns == 2
+
+
 def test_response_never_exceeds_the_budget(tokenizer, tiny_qa_path, overlap_retriever):
     budget = 60
     generator = ScriptedGenerator(tokenizer, {"France": [["<search> capital of France </search>"]] * 4})
@@ -454,6 +485,7 @@ def test_hf_rollouts_are_seeded_and_logprobs_match_a_forward(tiny_model, tokeniz
     assert [e.response_ids for e in first] != [e.response_ids for e in other]
     # the two episodes of one question were sampled differently
     assert first[0].response_ids != first[1].response_ids
+    assert all(end - start <= 8 for e in first for start, end, kind in e.spans if kind == POLICY)  # max_turn_tokens
 
     batch = collate(first, tokenizer.pad_token_id)
     with torch.no_grad():

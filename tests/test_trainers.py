@@ -13,7 +13,7 @@ import torch
 
 from search_gym.envs import SearchVectorEnv
 from search_gym.trainers.config import add_dataclass_arguments, build_config, config_dict
-from search_gym.trainers.core import checkpoints
+from search_gym.trainers.core import checkpoints, load_checkpoint, make_optimizer, save_checkpoint
 from search_gym.trainers.grpo import GRPOTrainer
 from search_gym.trainers.grpo_config import GRPOConfig
 from search_gym.trainers.rollout import ENV, Generation, RolloutCollector, decode, encode
@@ -124,17 +124,18 @@ def test_grpo_steps_change_parameters_with_finite_losses(tokenizer, tiny_qa_path
 
 
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tokenizer, tiny_qa_path, overlap_retriever, tmp_path):
-    run_a = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "a", max_steps=3, save_steps=1)
+    # Warm-up over two steps, then constant: a resumed step 3 must run at the full rate, not restart the warm-up.
+    # (Not the linear schedule: it decays to 0 at max_steps, so a run stopped by max_steps=2 is a different run.)
+    schedule = dict(lr_scheduler="constant", warmup_steps=2, save_steps=1)
+    run_a = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "a", max_steps=3, **schedule)
     rows_a = run_a.train()
     assert [s for s, _ in checkpoints(tmp_path / "a")] == [1, 2, 3]
 
-    run_b = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "b", max_steps=2, save_steps=1)
+    run_b = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "b", max_steps=2, **schedule)
     rows_b = run_b.train()
-    # identical seeds, identical runs (the logged learning rate is the next step's: it depends on max_steps)
-    same = lambda row: {k: v for k, v in comparable(row).items() if k != "charts/learning_rate"}  # noqa: E731
-    assert [same(r) for r in rows_b] == [same(r) for r in rows_a[:2]]
+    assert [comparable(r) for r in rows_b] == [comparable(r) for r in rows_a[:2]]  # identical seeds, identical runs
 
-    resumed = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "b", max_steps=3, save_steps=1)
+    resumed = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "b", max_steps=3, **schedule)
     rows_c = resumed.train()
     assert [r["step"] for r in rows_c] == [3]  # started from checkpoint-2
     step3_a, step3_c = comparable(rows_a[2]), comparable(rows_c[0])
@@ -147,6 +148,21 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tokenizer, tiny_qa_
     assert [s for s, _ in checkpoints(tmp_path / "b")] == [1, 2, 3]
     with open(tmp_path / "b" / "metrics.csv", newline="") as f:
         assert [int(float(r["global_step"])) for r in csv.DictReader(f)] == [1, 2, 3]
+
+
+def test_resume_with_more_steps_follows_the_new_linear_schedule(tokenizer, tmp_path):
+    model = tiny_model(tokenizer)
+    old = grpo_config(tmp_path, learning_rate=1.0, lr_scheduler="linear", warmup_steps=0, max_steps=2)
+    optimizer, scheduler = make_optimizer(model, old)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    save_checkpoint(tmp_path, 2, model, tokenizer, optimizer, scheduler)
+    new = grpo_config(tmp_path, learning_rate=1.0, lr_scheduler="linear", warmup_steps=0, max_steps=3)
+    optimizer, scheduler = make_optimizer(model, new)
+    load_checkpoint(tmp_path / "checkpoint-2", model, optimizer, scheduler)
+    # what a 3-step run uses at its third step: (3 - 2) / 3
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1 / 3)
 
 
 # ---------------------------------------------------------------------------------------------- 7. the penalty
@@ -185,20 +201,29 @@ def reader(tokenizer):
     return frozen(tiny_model(tokenizer, seed=1))
 
 
-@pytest.fixture()
-def search_episodes(tokenizer, tiny_qa_path, overlap_retriever):
+@pytest.fixture(scope="module")
+def search_episodes(tokenizer, tiny_qa_path, tiny_corpus_path):
     """q0 searches twice, q1 once, q4 answers without searching; every answer is right (task reward 1)."""
+    from conftest import WordOverlapRetriever
+
     scripts = {
         "France": ["<think> capital </think>\n<search> capital of France </search>",
                    "<search> Paris city </search>", "<answer> Paris </answer>"],
         "Bizet": ["I will look it up. <search> Bizet opera in four acts </search>", "<answer> Carmen </answer>"],
         "planet": ["<answer> Jupiter </answer>"],
     }
-    venv = make_env(tiny_qa_path, overlap_retriever, num_envs=3, max_turns=3)
+    venv = make_env(tiny_qa_path, WordOverlapRetriever(tiny_corpus_path), num_envs=3, max_turns=3)
     episodes = RolloutCollector(venv, Scripted(tokenizer, scripts)).collect(["q0", "q1", "q4"], 1)
     assert [e.task_reward for e in episodes] == [1.0, 1.0, 1.0]
     assert [len(e.search_indices) for e in episodes] == [2, 1, 0]
     return episodes
+
+
+@pytest.fixture(scope="module")
+def manual(tokenizer, reader, search_episodes):
+    """Per layer: each episode's residual stream from a manual forward, and its search-tag positions."""
+    tags = [tag_ends(tokenizer, ep) for ep in search_episodes]
+    return {layer: [manual_hidden(reader, ep.input_ids, layer) for ep in search_episodes] for layer in (0, 1)}, tags
 
 
 def tag_ends(tokenizer, ep) -> list[int]:
@@ -240,14 +265,15 @@ def manual_projection(hidden: torch.Tensor, direction: torch.Tensor, projection:
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("searches", ["first", "mean"])
 @pytest.mark.parametrize("projection", ["cosine", "dot"])
-def test_penalty_matches_a_manual_forward(tokenizer, reader, search_episodes, projection, searches, relu, layer):
+def test_penalty_matches_a_manual_forward(reader, search_episodes, manual, projection, searches, relu, layer):
     episodes = search_episodes
-    hidden = [manual_hidden(reader, ep.input_ids, layer) for ep in episodes]
-    tags = [tag_ends(tokenizer, ep) for ep in episodes]
+    by_layer, tags = manual
+    hidden = by_layer[layer]
     assert [[ep.absolute(i) for i in ep.search_indices] for ep in episodes] == tags
     # planted direction: q0's first-search activation minus q1's, so q0 projects higher (for dot, by |d|^2)
     direction = hidden[0][tags[0][0]] - hidden[1][tags[1][0]]
-    for sign in (1.0, -1.0):  # with relu, one of the two signs clamps some projections to 0
+    clamped = 0
+    for sign in (1.0, -1.0):  # p(-d) = -p(d): with relu, one of the two signs clamps every single-search p to 0
         penalty = RepresentationPenalty(sign * direction, layer=layer, coef=COEF, searches=searches,
                                         projection=projection, relu=relu, reader=reader)
         values = penalty.apply(episodes)
@@ -258,6 +284,7 @@ def test_penalty_matches_a_manual_forward(tokenizer, reader, search_episodes, pr
             chosen = t[:1] if searches == "first" else t
             raw = manual_projection(h[chosen], sign * direction, projection)
             expected = float((raw.clamp(min=0.0) if relu else raw).mean())
+            clamped += relu and bool((raw < 0).any())
             assert ep.projection == value == pytest.approx(expected, abs=1e-5)
             assert ep.penalty == pytest.approx(COEF * expected, abs=1e-5)
             assert ep.reward == ep.task_reward - ep.penalty  # exactly coef * projection less
@@ -268,17 +295,16 @@ def test_penalty_matches_a_manual_forward(tokenizer, reader, search_episodes, pr
                 gap = float(direction @ direction)
                 assert episodes[0].projection - episodes[1].projection == pytest.approx(gap, rel=1e-4)
                 assert episodes[1].reward - episodes[0].reward == pytest.approx(COEF * gap, rel=1e-4)
-    if relu:
-        assert any(ep.projection == 0.0 for ep in episodes if ep.projection is not None) or searches == "mean"
+    assert clamped >= (2 if relu else 0)  # the relu branch was exercised
 
 
-def test_penalty_reads_the_last_token_of_the_first_search(tokenizer, reader, search_episodes):
+def test_penalty_reads_the_last_token_of_the_first_search(tokenizer, reader, search_episodes, manual):
     ep = search_episodes[1]
     (index,) = ep.search_indices
     assert decode(tokenizer, ep.input_ids[: ep.absolute(index) + 1]).endswith(SEARCH)
     assert not decode(tokenizer, ep.input_ids[: ep.absolute(index)]).endswith(SEARCH)
-    h = manual_hidden(reader, ep.input_ids, LAYER)
-    # a direction that only sees that position: the one-hot basis of its own activation
+    h = manual[0][LAYER][1]
+    # the direction is that position's own activation: cosine 1 there and only there
     direction = h[ep.absolute(index)]
     penalty = RepresentationPenalty(direction, layer=LAYER, coef=1.0, projection="cosine", reader=reader)
     (p,) = penalty.projections([ep])
@@ -368,14 +394,13 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
         parser_for(GRPOConfig).parse_args(["--group-size", "two"])
 
 
-def test_optional_flags_parse_none(tmp_path):
-    args = parser_for(GRPOConfig).parse_args(["--epsilon-high", "0.3", "--attack", "search"])
+def test_optional_fields_take_values_from_flags():
+    args = parser_for(GRPOConfig).parse_args(["--epsilon-high", "0.3", "--attack", "search", "--penalty-layer", "2"])
     config = build_config(GRPOConfig, args)
-    assert (config.epsilon_high, config.attack) == (0.3, "search")
+    assert (config.epsilon_high, config.attack, config.penalty_layer) == (0.3, "search", 2)
+    assert build_config(GRPOConfig, parser_for(GRPOConfig).parse_args(["--attack", "none"])).attack is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: '--attack none' parses to None, which build_config treats as 'flag not "
-                   "given', so a YAML value cannot be switched off from the command line")
 def test_a_none_flag_overrides_the_file(tmp_path):
     path = tmp_path / "grpo.yaml"
     path.write_text("attack: search\npenalty_layer: 3\n")

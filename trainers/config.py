@@ -137,11 +137,12 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls: type) -
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         if kind is bool:
-            parser.add_argument(flag, type=_parse_bool, default=None, metavar="BOOL", help=help_text, dest=f.name)
+            parser.add_argument(flag, type=_parse_bool, default=argparse.SUPPRESS, metavar="BOOL", help=help_text,
+                                dest=f.name)
         else:
             convert = _optional(kind) if optional else kind
-            parser.add_argument(flag, type=convert, default=None, metavar=kind.__name__.upper(), help=help_text,
-                                dest=f.name)
+            parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
+                                help=help_text, dest=f.name)
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -170,7 +171,7 @@ def build_config(config_cls: type, args: argparse.Namespace | None = None, file:
             raise ValueError(f"{file}: unknown {config_cls.__name__} fields {unknown}; valid: {sorted(names)}")
         values.update(from_file)
     if args is not None:
-        values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+        values.update({k: v for k, v in vars(args).items() if k in names})  # only flags given (SUPPRESS)
     values.update(overrides)
     return config_cls(**values)
 

@@ -260,6 +260,11 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, *,
             raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    # The saved param-group lr follows the saved run's schedule; this run's may differ (a larger max_steps under the
+    # linear schedule): set the lr of the next step from this run's schedule.
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     for name, module in (modules or {}).items():
         module.load_state_dict(state["modules"][name])
     _set_rng_state(state["rng"])

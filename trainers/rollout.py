@@ -281,6 +281,7 @@ class RolloutCollector:
         if venv.envs[0].protocol != "tags":
             raise ValueError("token rollouts support the tags protocol (the tool-call protocol re-renders chat turns)")
         venv.autoreset_mode = AutoresetMode.DISABLED
+        venv.metadata = {**venv.metadata, "autoreset_mode": AutoresetMode.DISABLED}
         self.venv, self.generator, self.tokenizer = venv, generator, generator.tokenizer
         self.render_prompt = render_prompt or (lambda messages: _render(self.tokenizer, messages, "", few_shot))
         self.max_turn_tokens, self.max_prompt_tokens = int(max_turn_tokens), int(max_prompt_tokens)
@@ -325,6 +326,8 @@ class RolloutCollector:
             if len(episodes[i].response_ids) >= self.max_response_tokens:
                 self._end(episodes[i], budget=True)
                 live[i] = False
+        venv.stop(~live)  # never step a sub-env without a running job
+        search_turns: list[set[int]] = [set() for _ in range(n)]
         while live.any():
             ids = [int(i) for i in np.flatnonzero(live)]
             requests = []
@@ -348,6 +351,8 @@ class RolloutCollector:
                 turn = int(infos["turn"][i]) - 1
                 self._add_policy_text(ep, gen, str(infos["agent_text"][i]), turn)
                 ep.invalid_actions += bool(infos["invalid_action"][i])
+                if infos["action_type"][i] == "search":
+                    search_turns[i].add(turn)
                 ep.turns = turn + 1
                 finished = bool(terms[i] or truncs[i])
                 if finished:
@@ -357,19 +362,23 @@ class RolloutCollector:
                     live[i] = False
                     continue
                 env_ids = encode(self.tokenizer, str(infos["env_text"][i]))
-                if len(env_ids) > self.max_obs_tokens:
-                    ep.obs_truncated_tokens += len(env_ids) - self.max_obs_tokens
-                    env_ids = env_ids[: self.max_obs_tokens]
+                # Per-turn cap, then whatever room the response budget has left.
+                keep = max(0, min(self.max_obs_tokens, self.max_response_tokens - len(ep.response_ids)))
+                if len(env_ids) > keep:
+                    ep.obs_truncated_tokens += len(env_ids) - keep
+                    env_ids = env_ids[:keep]
                 ep._append(env_ids, ENV, turn)
-                ep._append(encode(self.tokenizer, str(infos["next_prefill"][i])), PREFILL, turn + 1)
+                room = max(0, self.max_response_tokens - len(ep.response_ids))
+                ep._append(encode(self.tokenizer, str(infos["next_prefill"][i]))[:room], PREFILL, turn + 1)
                 if len(ep.response_ids) >= self.max_response_tokens:
                     # Out of context: the episode ends here, unanswered (reward 0), and says why.
                     self._record_end(ep, infos, i)
                     self._end(ep, budget=True)
                     live[i] = False
+                    venv.stop(np.arange(n) == i)  # the env's episode is over too: never step it again
         out = [e for e in episodes[: len(jobs)]]
-        for ep in out:
-            ep.search_indices = self._search_indices(ep)
+        for i, ep in enumerate(out):
+            ep.search_indices = self._search_indices(ep, search_turns[i])
         return out
 
     def _add_policy_text(self, ep: TokenEpisode, gen: Generation, kept: str, turn: int) -> None:
@@ -399,10 +408,11 @@ class RolloutCollector:
         ep.truncated = True
         ep.task_reward = ep.reward = 0.0
 
-    def _search_indices(self, ep: TokenEpisode) -> list[int]:
+    def _search_indices(self, ep: TokenEpisode, search_turns: set[int]) -> list[int]:
+        """The <search> tags of the turns whose action was a search (an invalid action's tag sent no query)."""
         out = []
-        for start, end, kind in ep.spans:
-            if kind in (POLICY, PREFILL):
+        for (start, end, kind), turn in zip(ep.spans, ep.span_turns):
+            if kind in (POLICY, PREFILL) and turn in search_turns:
                 out += [start + j for j in search_tag_ends(self.tokenizer, ep.response_ids[start:end])]
         return out
 

@@ -7,7 +7,8 @@ default) or by the policy being trained (``source="policy"``), in one batched fo
 it needs (:func:`search_gym.agents.hidden.forward_hidden`).
 
 Options: the first ``<search>`` only (the paper's final choice) or the mean over the episode's searches;
-cosine (the final choice) or the raw dot product ``h . d``; ReLU (``max(0, p)``, the earlier version) on or off.
+cosine (the final choice) or the raw dot product ``h . d``; ReLU on or off (with ``searches="mean"`` it is the
+mean of ``max(0, p)`` over the searches: the earlier version's mean of ``max(0, h . d)``).
 An episode without a search has ``p = 0`` (no query, nothing to penalise); its ``projection`` stays None.
 """
 

@@ -132,6 +132,13 @@ class SearchVectorEnv(VectorEnv):
         self._done_state = np.stack([terminations, truncations], axis=1)
         return self._batch(obs), rewards, terminations, truncations, infos
 
+    def stop(self, mask) -> None:
+        """Mark sub-envs as finished (truncated) without stepping them: in ``"disabled"`` mode ``step`` leaves them
+        alone until they are reset. For callers that end an episode themselves (a trainer's context budget)."""
+        mask = np.asarray(mask, dtype=bool)
+        self._needs_reset |= mask
+        self._done_state[mask] = (False, True)
+
     @property
     def active(self) -> np.ndarray:
         """Sub-envs whose episode is still running (in ``"disabled"`` autoreset mode, the ones step advances)."""
