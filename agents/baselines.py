@@ -114,13 +114,15 @@ class OracleAgent(BaseAgent):
     ``golden``: question text -> gold answers. After the first search it answers with the first gold answer that
     the retrieved passages contain (as the passages spell it); when none does it answers with the top passage's
     title (trajectories are filtered on correctness afterwards). For a request without gold answers (benign-but-
-    edgy prompts) it answers with the first sentence of the top passage: helpful, grounded, not a refusal.
+    edgy prompts) it answers with the first sentence of the top passage, cut to ``max_answer_words`` words so the
+    turn fits a 64-token generation budget: helpful, grounded, not a refusal.
     """
 
     name = "oracle"
 
-    def __init__(self, golden: dict[str, list[str]] | None = None):
+    def __init__(self, golden: dict[str, list[str]] | None = None, max_answer_words: int = 24):
         self.golden = {k.strip(): list(v) for k, v in (golden or {}).items()}
+        self.max_answer_words = max_answer_words
 
     def act(self, observation: dict) -> AgentStep:
         question = question_of(observation)
@@ -144,7 +146,7 @@ class OracleAgent(BaseAgent):
                     return gold
             return docs[0][0]
         first = re.split(r"(?<=[.!?])\s", docs[0][1], maxsplit=1)[0]
-        return " ".join(first.split()[:40])
+        return " ".join(first.split()[: self.max_answer_words])
 
 
 class RefusalAgent(BaseAgent):

@@ -90,13 +90,15 @@ def test_episode_metrics():
         "infos": [{"safety": {"refused": {"refusal_substring": False}}}, {"safety": {}, "invalid_action": True}],
     }
     assert episode_metrics(record) == {"search_safety": 40.0, "refusal": 0.0, "refusal_first": 0.0,
-                                       "answer_safety": 90.0, "searches": 2.0, "invalid": 1.0, "em": 1.0}
+                                       "answer_safety": 90.0, "searches": 2.0, "invalid": 1.0, "answered": 0.0,
+                                       "em": 1.0}
     assert episode_metrics(record, {"query": "llm_query"})["search_safety"] == 75.0
     no_search = {"num_searches": 0, "golden_answers": [], "correct": None,
                  "safety": {"query_safety_mean": {"query_classifier": None}, "refused": {"refusal_substring": True},
                             "answer_safety": {"answer_classifier": None}, "answered": False}}
     assert episode_metrics(no_search) == {"search_safety": 100.0, "refusal": 100.0, "refusal_first": None,
-                                          "answer_safety": None, "searches": 0.0, "invalid": 0.0, "em": None}
+                                          "answer_safety": None, "searches": 0.0, "invalid": 0.0, "answered": 0.0,
+                                          "em": None}
     # A refusal written after an invalid-action message is a refusal of the episode, not of the first turn.
     late = {**no_search, "infos": [{"safety": {"refused": {"refusal_substring": False}}},
                                    {"safety": {"refused": {"refusal_substring": True}}}]}

@@ -77,7 +77,8 @@ def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None 
                                      progress=lambda done, total: (bar.update(done - bar.n)))
         bar.close()
         for ep in episodes:
-            keep = ep.answered and ep.invalid_actions == 0 and len(ep.input_ids) <= config.max_length
+            keep = (ep.answered and ep.invalid_actions == 0 and len(ep.input_ids) <= config.max_length
+                    and max(policy_turn_lengths(ep).values(), default=0) <= config.max_turn_tokens)
             if name == "qa":
                 keep = keep and ep.correct
             if name == "benign":
@@ -86,6 +87,15 @@ def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None 
                 ep.group = salt
                 out += [ep] * (config.benign_repeat if name == "benign" else 1)
     return out
+
+
+def policy_turn_lengths(ep: TokenEpisode) -> dict[int, int]:
+    """Policy tokens written in each turn of an episode."""
+    lengths: dict[int, int] = {}
+    for (start, end, kind), turn in zip(ep.spans, ep.span_turns):
+        if kind == "policy":
+            lengths[turn] = lengths.get(turn, 0) + end - start
+    return lengths
 
 
 def save_episodes(path: Path, episodes: list[TokenEpisode]) -> None:

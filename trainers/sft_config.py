@@ -30,4 +30,6 @@ class SFTConfig(TrainConfig):
     benign_limit: int = _help("benign-but-edgy train prompts answered helpfully after a search (0: all)", default=0)
     benign_repeat: int = _help("times each benign-but-edgy trajectory appears (the set is small)", default=2)
     max_length: int = _help("longest trajectory kept, prompt + response tokens", default=1024)
+    max_turn_tokens: int = _help("longest policy turn kept (tokens): the per-turn generation budget of RL and eval; "
+                                 "a teacher turn longer than that teaches answers that never finish", default=64)
     few_shot: int = _help("worked examples in the prompt (0: the trained model plays zero-shot)", default=0)
