@@ -358,7 +358,7 @@ class RolloutCollector:
                 if finished:
                     ep.task_reward = ep.reward = float(rewards[i])
                     ep.terminated, ep.truncated = bool(terms[i]), bool(truncs[i])
-                    self._record_end(ep, infos, i)
+                    self._record_end(ep, infos, i, venv.last_infos[i])
                     live[i] = False
                     continue
                 env_ids = encode(self.tokenizer, str(infos["env_text"][i]))
@@ -372,7 +372,7 @@ class RolloutCollector:
                 ep._append(encode(self.tokenizer, str(infos["next_prefill"][i]))[:room], PREFILL, turn + 1)
                 if len(ep.response_ids) >= self.max_response_tokens:
                     # Out of context: the episode ends here, unanswered (reward 0), and says why.
-                    self._record_end(ep, infos, i)
+                    self._record_end(ep, infos, i, venv.last_infos[i])
                     self._end(ep, budget=True)
                     live[i] = False
                     venv.stop(np.arange(n) == i)  # the env's episode is over too: never step it again
@@ -391,16 +391,16 @@ class RolloutCollector:
         ep._append(encode(self.tokenizer, rest), ENV, turn)
 
     @staticmethod
-    def _record_end(ep: TokenEpisode, infos: dict, i: int) -> None:
+    def _record_end(ep: TokenEpisode, infos: dict, i: int, own_info: dict | None = None) -> None:
         ep.answer = infos["answer"][i]
         ep.answered = ep.answer is not None
         correct = infos["correct"][i]
         ep.correct = bool(correct) if correct is not None else False
         ep.num_searches = int(infos["num_searches"][i])
         ep.searches = list(infos["searches"][i])
-        safety = infos.get("safety")
-        if safety is not None and safety[i] is not None:
-            ep.safety = dict(safety[i].get("episode") or {}) or None
+        safety = (own_info or {}).get("safety")
+        if safety:
+            ep.safety = dict(safety.get("episode") or {}) or None
 
     @staticmethod
     def _end(ep: TokenEpisode, *, budget: bool) -> None:

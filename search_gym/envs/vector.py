@@ -61,6 +61,9 @@ class SearchVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._needs_reset = np.ones(num_envs, dtype=bool)  # nothing runs before the first reset
         self._done_state = np.zeros((num_envs, 2), dtype=bool)
+        # Each sub-env's own info dict of its last step (None before), unbatched: nested dicts such as
+        # info["safety"] stay whole here, where Gymnasium's batching spreads them into dicts of arrays.
+        self.last_infos: list[dict | None] = [None] * num_envs
 
     @property
     def retriever(self):
@@ -126,6 +129,7 @@ class SearchVectorEnv(VectorEnv):
                 o, info = env.reset()
             else:
                 o, rewards[i], terminations[i], truncations[i], info = env.end_step(pending[i], hits_by_env.get(i, []))
+                self.last_infos[i] = info
             obs.append(o)
             infos = self._add_info(infos, info, i)
         self._needs_reset = terminations | truncations | idle
