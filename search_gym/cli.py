@@ -31,9 +31,10 @@ def _cmd_setup(args: argparse.Namespace) -> int:
         retriever = get_retriever(RetrieverConfig(kind=kind))
         folder = retriever.build(progress=True, force=args.force)
         console.print(f"{kind} index ready in {folder}")
-    from search_gym.safety.classifier import ensure_query_classifier
+    if not args.no_classifier:
+        from search_gym.safety.classifier import ensure_query_classifier
 
-    console.print(f"query-harm classifier ready: {ensure_query_classifier()}")
+        console.print(f"query-harm classifier ready: {ensure_query_classifier()}")
     if args.model:
         from search_gym.agents.gguf import ensure_smollm2
 
@@ -43,42 +44,51 @@ def _cmd_setup(args: argparse.Namespace) -> int:
 
 def _make_agent(args: argparse.Namespace):
     from search_gym.agents.registry import make_agent
+    from search_gym.evaluation import agent_kwargs_for
 
-    kwargs = {}
-    if args.agent in ("hf", "smollm2", "vllm"):
-        kwargs["max_new_tokens"] = args.max_new_tokens
-        if args.model_path:
-            kwargs["model"] = args.model_path
-        if args.device:
-            kwargs["device"] = args.device
-    if args.agent == "hf" and not args.model_path:
-        raise SystemExit("--agent hf needs --model-path (a hub id or a local folder)")
-    return make_agent(args.agent, **kwargs)
+    name = args.agent
+    if args.model_path:
+        if ":" in name:
+            raise SystemExit(f"--agent {name} already names a model; drop --model-path")
+        if name not in ("hf", "vllm", "openai"):
+            raise SystemExit("--model-path goes with --agent hf, vllm or openai")
+        name = f"{name}:{args.model_path}"
+    if name in ("hf", "vllm"):
+        raise SystemExit(f"--agent {name} needs a model: --agent {name}:<hub id or folder> (or --model-path)")
+    return make_agent(name, **agent_kwargs_for(name, max_new_tokens=args.max_new_tokens, device=args.device,
+                                               base_url=args.base_url))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import gymnasium as gym
+    import numpy as np
 
     import search_gym  # noqa: F401  (registers the env ids)
     from search_gym.assets import MissingAssetError
     from search_gym.runner import run_episodes
 
+    env_kwargs: dict = {"retriever": args.retriever, "max_turns": args.max_turns}
+    # --split overrides the id's split; without it the QA id plays its held-out test split, others their own.
+    split = args.split or ("test" if args.env == "SearchGym/WikiQA-v0" else None)
+    if split is not None:
+        env_kwargs["split"] = split
+    if args.attack and args.attack != "none":
+        env_kwargs["attack"] = args.attack
+    if args.safety:
+        env_kwargs["safety"] = True
     try:
         agent = _make_agent(args)
-        venv = gym.make_vec(
-            args.env,
-            num_envs=args.num_envs,
-            vectorization_mode="vector_entry_point",
-            split=args.split,
-            retriever=args.retriever,
-            max_turns=args.max_turns,
-        )
+        venv = gym.make_vec(args.env, num_envs=args.num_envs, vectorization_mode="vector_entry_point", **env_kwargs)
         questions = venv.unwrapped.envs[0].questions
-        rng_order = __import__("numpy").random.default_rng(args.seed).permutation(len(questions))
+        split = venv.unwrapped.envs[0].split
+        rng_order = np.random.default_rng(args.seed).permutation(len(questions))
         indices = [int(i) for i in rng_order[: args.num_episodes]]
         summary = run_episodes(venv.unwrapped, agent, indices, seed=args.seed, progress=True)
     except MissingAssetError as exc:
         console.print(f"[red]{exc}[/red]")
+        return 2
+    except ValueError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
         return 2
 
     for record in summary.episodes[: args.show]:
@@ -86,51 +96,50 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         console.print(record.transcript, markup=False, highlight=False)
         console.print(f"gold={record.golden_answers} answer={record.answer!r} correct={record.correct}")
     stats = summary.as_dict()
-    table = Table(title=escape(f"{args.env} [{args.split}] agent={args.agent} retriever={args.retriever}"))
-    for column in ("episodes", "EM", "searches/ep", "invalid/ep", "agent s", "env s", "wall s", "tokens/s"):
-        table.add_column(column, justify="right", no_wrap=True)
-    table.add_row(
-        str(stats["episodes"]),
-        f"{stats['exact_match']:.3f}",
-        f"{stats['searches_per_episode']:.2f}",
-        f"{stats['invalid_actions_per_episode']:.2f}",
-        f"{stats['agent_seconds']:.1f}",
-        f"{stats['env_seconds']:.1f}",
-        f"{stats['wall_seconds']:.1f}",
-        "-" if stats["completion_tokens"] == 0 else f"{stats['tokens_per_second']:.1f}",
-    )
+    title = f"{args.env} [{split}] agent={args.agent} retriever={args.retriever} attack={args.attack or 'none'}"
+    table = Table(title=escape(title))
+    columns = [("episodes", str(stats["episodes"])), ("EM", _num(stats["exact_match"], 3))]
+    if args.safety:
+        # The eval harness's definitions (search_gym.evaluation.episode_metrics), 0-100, 100 = safe / refused.
+        columns += [("search safety", _num(stats["search_safety"], 1)),
+                    ("first-turn refusal", _num(stats["refusal_first"], 1)),
+                    ("answer safety", _num(stats["answer_safety"], 1))]
+    columns += [
+        ("searches/ep", f"{stats['searches_per_episode']:.2f}"),
+        ("invalid/ep", f"{stats['invalid_actions_per_episode']:.2f}"),
+        ("agent s", f"{stats['agent_seconds']:.1f}"),
+        ("env s", f"{stats['env_seconds']:.1f}"),
+        ("wall s", f"{stats['wall_seconds']:.1f}"),
+        ("tokens/s", "-" if stats["completion_tokens"] == 0 else f"{stats['tokens_per_second']:.1f}"),
+    ]
+    for name, _ in columns:
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_row(*(value for _, value in columns))
     console.print(table)
     if args.json:
-        Path(args.json).write_text(json.dumps({"summary": stats, "episodes": [r.__dict__ for r in summary.episodes]}, indent=1))
+        from dataclasses import asdict
+
+        from search_gym.safety.recorder import dumps_record
+
+        payload = {"summary": stats, "episodes": [asdict(r) for r in summary.episodes]}
+        Path(args.json).write_text(dumps_record(payload))  # numpy scalars and NaN-safe
     return 0
+
+
+def _num(value: float, digits: int) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"  # NaN: no episode had the metric
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from search_gym.assets import MissingAssetError
+    from search_gym.configs import build_config
     from search_gym.evaluation import EvalConfig, markdown_table, run_eval
 
-    agent_kwargs = {}
-    if args.device:
-        agent_kwargs["device"] = args.device
-    config = EvalConfig(
-        agents=tuple(args.agents),
-        prompt_sets=tuple(args.prompt_sets),
-        attacks=tuple(args.attacks),
-        num_prompts=args.num_prompts,
-        seed=args.seed,
-        out_dir=args.out,
-        num_envs=args.num_envs,
-        max_turns=args.max_turns,
-        max_new_tokens=args.max_new_tokens,
-        template=args.template,
-        retriever=args.retriever,
-        judges=tuple(args.judges),
-        llm_judge=args.llm_judge,
-        agent_kwargs=agent_kwargs,
-        bootstrap=args.bootstrap,
-        plots=not args.no_plots,
-        progress=not args.no_progress,
-    )
+    try:
+        config = build_config(EvalConfig, args, args.config)
+    except (TypeError, ValueError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        return 2
     try:
         summary = run_eval(config)
     except MissingAssetError as exc:
@@ -140,7 +149,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         console.print(f"[red]{escape(str(exc))}[/red]")
         return 2
     console.print(markdown_table(summary), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"trajectories, summary.json / summary.md in {args.out}")
+    console.print(f"trajectories, summary.json / summary.md in {config.out_dir}")
     for path in summary.get("plots", []):
         console.print(f"plot: {path}")
     return 0
@@ -189,57 +198,60 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="search-gym", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="search-gym",
+        description="Gymnasium environments for studying what RL on agentic search does to LLM safety: build data, "
+        "run agents, evaluate safety under attacks, find directions, train.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     setup = sub.add_parser("setup", help="build the embedded corpus, QA set, prompt sets and indexes")
     setup.add_argument("--force", action="store_true", help="rebuild everything even if checksums match")
     setup.add_argument("--index", choices=["dense", "bm25", "all", "none"], default="dense", help="which index to build")
     setup.add_argument("--model", action="store_true", help="also convert the bundled SmolLM2 GGUF to an HF folder")
+    setup.add_argument("--no-classifier", action="store_true", help="skip training the query-harm classifier")
     setup.set_defaults(func=_cmd_setup)
 
-    demo = sub.add_parser("demo", help="run an agent on N questions and print EM, searches per episode and time")
+    demo = sub.add_parser("demo", help="run an agent on N questions and print EM, safety, searches and time")
     demo.add_argument("--env", default="SearchGym/WikiQA-v0", help="registered environment id")
-    demo.add_argument("--split", default="test", help="question split")
-    demo.add_argument("--agent", default="smollm2", help="smollm2 (bundled LLM), scripted, random, hf, vllm, openai")
-    demo.add_argument("--model-path", default=None, help="hub id or local folder for --agent hf/vllm")
-    demo.add_argument("--device", default=None, help="torch device for LLM agents (default: cuda if available)")
+    demo.add_argument("--split", default=None,
+                      help="question split (default: test for SearchGym/WikiQA-v0, else the id's own split)")
+    demo.add_argument("--agent", default="smollm2",
+                      help="smollm2 (bundled LLM), scripted, random, hf:<model>, vllm:<model>, openai:<model>")
+    demo.add_argument("--model-path", default=None, help="model for --agent hf / vllm / openai (same as hf:<model>)")
+    demo.add_argument("--base-url", default=None, help="server of --agent openai:<model> (e.g. http://127.0.0.1:8000/v1)")
+    demo.add_argument("--device", default=None, help="torch device of HF agents (default: cuda if available)")
     demo.add_argument("--max-new-tokens", type=int, default=64, help="generation budget per turn for LLM agents")
     demo.add_argument("-n", "--num-episodes", type=int, default=20, help="number of questions")
     demo.add_argument("--num-envs", type=int, default=8, help="sub-environments stepped (and retrieved) together")
     demo.add_argument("--retriever", default="dense", choices=["dense", "bm25"], help="retriever family")
     demo.add_argument("--max-turns", type=int, default=4, help="turns per episode before truncation")
+    demo.add_argument("--attack", default=None, help="attack spec (search, multi_search:n=10, ...); default none")
+    demo.add_argument("--safety", type=lambda t: t.lower() in ("1", "true", "yes", "on"), default=True,
+                      metavar="BOOL", help="judge queries, refusals and answers (default: true)")
     demo.add_argument("--seed", type=int, default=0, help="question order and agent sampling seed")
     demo.add_argument("--show", type=int, default=1, help="print this many transcripts")
     demo.add_argument("--json", default=None, help="write the summary and episodes to this JSON file")
     demo.set_defaults(func=_cmd_demo)
+
+    from search_gym.configs import add_dataclass_arguments
+    from search_gym.evaluation import EvalConfig
 
     ev = sub.add_parser(
         "eval",
         help="safety grid: agents x prompt sets x attacks -> trajectories, table with bootstrap CIs, dumbbell plots",
         description="Resumable: finished cells in --out are skipped. Attack specs: none, search, "
         "multi_search:n=5, multi_search_prompt:n=10, think_prefill, refusal_then_search, prompt_injection, "
-        "a+b (composed).",
+        "a+b (composed). Every flag is a field of search_gym.evaluation.EvalConfig; --config reads a YAML/JSON "
+        "file of the same fields first.",
     )
-    ev.add_argument("--agents", nargs="+", default=["smollm2"], help="agent names (smollm2, scripted, hf:<model>, ...)")
-    ev.add_argument("--prompt-sets", nargs="+", default=["harmful:heldout", "qa:test"],
-                    help="<set>:<split> with set harmful / benign (train, heldout) or qa (train, test)")
-    ev.add_argument("--attacks", nargs="+", default=["none", "search", "multi_search:n=3"], help="attack specs")
-    ev.add_argument("-n", "--num-prompts", type=int, default=32, help="questions per cell (seeded draw)")
-    ev.add_argument("--out", default="runs/eval", help="output folder (resumed when it exists)")
-    ev.add_argument("--seed", type=int, default=0, help="question draw, sampling and bootstrap seed")
-    ev.add_argument("--num-envs", type=int, default=8, help="episodes played together")
-    ev.add_argument("--max-turns", type=int, default=4, help="turns per episode (attacks may raise it)")
-    ev.add_argument("--max-new-tokens", type=int, default=64, help="generation budget per turn for LLM agents")
-    ev.add_argument("--template", default="search_r1", help="prompt template: search_r1 or safety")
-    ev.add_argument("--retriever", default="dense", choices=["dense", "bm25"], help="retriever family")
-    ev.add_argument("--judges", nargs="+", default=["refusal", "query_classifier", "answer_classifier"],
-                    help="judge names (refusal, query_classifier, answer_classifier, llm_query, ...)")
-    ev.add_argument("--llm-judge", default=None, help="also judge with this agent on 1-5 rubrics (e.g. smollm2)")
-    ev.add_argument("--device", default=None, help="torch device for LLM agents")
-    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    ev.add_argument("--no-plots", action="store_true", help="skip the dumbbell plots")
-    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ev.add_argument("--config", default=None, help="YAML or JSON file of EvalConfig fields")
+    add_dataclass_arguments(ev, EvalConfig, skip=("agent_kwargs",),
+                            flags={"out_dir": ["--out"], "num_prompts": ["-n", "--num-prompts"]})
+    ev.add_argument("--no-plots", dest="plots", action="store_const", const=False, default=argparse.SUPPRESS,
+                    help="skip the dumbbell plots (same as --plots false)")
+    ev.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=argparse.SUPPRESS,
+                    help="no progress bars (same as --progress false)")
     ev.set_defaults(func=_cmd_eval)
 
     info = sub.add_parser("info", help="show the cache, offline assets, built artefacts and env ids")

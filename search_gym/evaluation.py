@@ -77,7 +77,7 @@ METRICS: dict[str, str] = {
 PRIMARY_JUDGES = {"query": "query_classifier", "refusal": "refusal_substring", "answer": "answer_classifier"}
 # Settings that change what a cell contains: resuming into a folder made with other values would mix runs.
 _CELL_SETTINGS = ("num_prompts", "seed", "max_turns", "max_new_tokens", "template", "retriever", "judges",
-                  "llm_judge", "agent_kwargs", "topk")
+                  "llm_judge", "agent_kwargs", "topk", "corpus_path", "encoder", "index_type", "base_url")
 _PROMPT_SETS = {"qa": "wiki_qa", "wiki_qa": "wiki_qa", "harmful": "harmful", "benign": "benign",
                 "nq": "nq", "hotpotqa": "hotpotqa"}
 
@@ -113,6 +113,19 @@ class EvalConfig:
     template: str = field(default="search_r1", metadata={"help": "prompt template: search_r1 or safety"})
     retriever: Any = field(
         default="dense", metadata={"help": "'dense' (MiniLM + FAISS), 'bm25', a RetrieverConfig or a retriever object"}
+    )
+    corpus_path: str | None = field(
+        default=None, metadata={"help": "passages JSONL of another corpus (e.g. wiki-18); default: the embedded one"}
+    )
+    encoder: str | None = field(default=None, metadata={"help": "dense encoder (e.g. e5-base-v2); default: MiniLM"})
+    index_type: str | None = field(default=None, metadata={"help": "FAISS index: flat, hnsw or ivfpq"})
+    device: str | None = field(
+        default=None, metadata={"help": "torch device of HF agents (hf, smollm2); vLLM and OpenAI-compatible agents "
+                                        "ignore it"}
+    )
+    base_url: str | None = field(
+        default=None, metadata={"help": "server of OpenAI-compatible agents (openai:<model>), e.g. "
+                                        "http://127.0.0.1:8000/v1"}
     )
     topk: int = field(default=3, metadata={"help": "passages per search"})
     judges: tuple = field(
@@ -204,15 +217,30 @@ class _RecordingEnv(SearchEnv):
         return self.last_step
 
 
-def make_eval_agent(name: str, config: EvalConfig):
-    """``make_agent(name)`` with the grid's generation budget and agent_kwargs for LLM backends."""
-    from search_gym.agents.registry import make_agent
-
+def agent_kwargs_for(name: str, *, max_new_tokens: int | None = None, device: str | None = None,
+                     base_url: str | None = None, extra: dict | None = None) -> dict[str, Any]:
+    """The ``make_agent`` arguments each backend accepts: the generation budget for LLM agents, ``device`` for HF
+    agents only (vLLM places itself; an OpenAI-compatible server has no torch device), ``base_url`` for OpenAI.
+    ``demo`` and ``eval`` both build their agents through this."""
     backend = name.partition(":")[0]
     kwargs: dict[str, Any] = {}
+    if backend in ("hf", "smollm2", "vllm", "openai") and max_new_tokens is not None:
+        kwargs["max_new_tokens"] = max_new_tokens
+    if backend in ("hf", "smollm2") and device:
+        kwargs["device"] = device
+    if backend == "openai" and base_url:
+        kwargs["base_url"] = base_url
     if backend in ("hf", "smollm2", "vllm", "openai"):
-        kwargs = {"max_new_tokens": config.max_new_tokens, **config.agent_kwargs}
-    return make_agent(name, **kwargs)
+        kwargs.update(extra or {})
+    return kwargs
+
+
+def make_eval_agent(name: str, config: EvalConfig):
+    """``make_agent(name)`` with the grid's generation budget, device, server and agent_kwargs."""
+    from search_gym.agents.registry import make_agent
+
+    return make_agent(name, **agent_kwargs_for(name, max_new_tokens=config.max_new_tokens, device=config.device,
+                                               base_url=config.base_url, extra=config.agent_kwargs))
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -276,6 +304,7 @@ def _run_cell(cell: Cell, agent, config: EvalConfig, folder: Path, bar_position:
         venv = SearchVectorEnv(
             num_envs=num_envs, env_cls=_RecordingEnv, dataset=dataset, split=split, retriever=config.retriever,
             template=config.template, max_turns=config.max_turns, topk=config.topk,
+            **{k: v for k in ("corpus_path", "encoder", "index_type") if (v := getattr(config, k)) is not None},
             attack=make_attack(cell.attack),
             safety=SafetyConfig(judges=config.judge_specs(), similarity=config.similarity),
             autoreset_mode="disabled",  # finished (and spare) sub-envs are never stepped: no junk episodes

@@ -32,6 +32,19 @@ class EpisodeRecord:
     truncated: bool
     transcript: str
     completion_tokens: int = 0
+    answered: bool = False
+    safety: dict | None = None  # the env's episode safety summary (safety instrumentation on)
+    first_turn_safety: dict | None = None  # the first step's info["safety"] (first-turn refusal)
+
+    def metrics(self) -> dict:
+        """This episode's values of the eval harness's metrics (one definition of EM, safety and refusal)."""
+        from search_gym.evaluation import episode_metrics
+
+        record = {"num_searches": self.num_searches, "correct": self.correct, "golden_answers": self.golden_answers,
+                  "answer": self.answer, "safety": self.safety,
+                  "infos": [{"safety": self.first_turn_safety or {}}]
+                  + [{"invalid_action": True}] * self.invalid_actions}
+        return episode_metrics(record)
 
 
 @dataclass
@@ -47,8 +60,13 @@ class RunSummary:
 
     @property
     def exact_match(self) -> float:
-        scored = [e.correct for e in self.episodes if e.correct is not None]
-        return float(np.mean(scored)) if scored else float("nan")
+        """Mean EM over episodes with gold answers; an unanswered or truncated episode counts as wrong."""
+        return self.metric("em")
+
+    def metric(self, name: str) -> float:
+        """Mean of an eval-harness metric (``search_gym.evaluation.METRICS``) over the episodes that have it."""
+        values = [v for v in (e.metrics()[name] for e in self.episodes) if v is not None]
+        return float(np.mean(values)) if values else float("nan")
 
     @property
     def mean_reward(self) -> float:
@@ -74,6 +92,10 @@ class RunSummary:
         return {
             "episodes": self.n,
             "exact_match": self.exact_match,
+            "search_safety": self.metric("search_safety"),
+            "refusal_first": self.metric("refusal_first"),
+            "answer_safety": self.metric("answer_safety"),
+            "answered": self.metric("answered"),
             "mean_reward": self.mean_reward,
             "searches_per_episode": self.searches_per_episode,
             "invalid_actions_per_episode": self.invalid_per_episode,
@@ -117,6 +139,7 @@ def run_episodes(
                                 options={"per_env": [{"index": i} for i in padded], "reset_mask": live})
         summary.env_seconds += time.perf_counter() - t0
         questions = list(infos["question"])
+        first_turn: list[dict | None] = [None] * venv.num_envs
         invalid = np.zeros(venv.num_envs, dtype=int)
         tokens = np.zeros(venv.num_envs, dtype=int)
         while live.any():
@@ -132,7 +155,10 @@ def run_episodes(
             obs, rewards, terms, truncs, infos = venv.step(actions)
             summary.env_seconds += time.perf_counter() - t0
             for i in ids:
-                invalid[i] += bool(infos["invalid_action"][i])
+                own = venv.last_infos[i] or {}  # the sub-env's own info: nested safety dicts intact
+                invalid[i] += bool(own.get("invalid_action"))
+                if first_turn[i] is None:
+                    first_turn[i] = own.get("safety") or {}
                 if terms[i] or truncs[i]:
                     live[i] = False
                     summary.episodes.append(
@@ -140,10 +166,10 @@ def run_episodes(
                             question_id=str(infos["question_id"][i]),
                             question=questions[i],
                             golden_answers=list(infos["golden_answers"][i]),
-                            answer=infos["answer"][i],
+                            answer=own.get("answer"),
                             # unanswered or truncated = wrong; None only without gold answers. (Batched info
                             # turns None into False or keeps it depending on the other sub-envs: not read as is.)
-                            correct=bool(infos["correct"][i]) if len(infos["golden_answers"][i]) else None,
+                            correct=bool(own.get("correct")) if own.get("golden_answers") else None,
                             reward=float(rewards[i]),
                             num_searches=int(infos["num_searches"][i]),
                             searches=list(infos["searches"][i]),
@@ -152,6 +178,9 @@ def run_episodes(
                             truncated=bool(truncs[i]),
                             transcript=obs["prefill"][i],
                             completion_tokens=int(tokens[i]),
+                            answered=own.get("answer") is not None,
+                            safety=(own.get("safety") or {}).get("episode"),
+                            first_turn_safety=first_turn[i] or None,
                         )
                     )
                     bar.update(1)

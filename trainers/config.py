@@ -1,8 +1,8 @@
-"""Configs shared by every trainer, and the command line generated from them.
+"""Configs shared by every trainer.
 
 TRL-style: each trainer has a dataclass config whose fields carry a ``help`` string; ``search-gym train <algo>``
-builds its flags from those fields (:func:`add_dataclass_arguments`) and ``--config x.yaml`` fills them from a
-file first, so help text, defaults and the YAML keys can never drift from the code.
+builds its flags from those fields (:func:`search_gym.configs.add_dataclass_arguments`) and ``--config x.yaml``
+fills them from a file first, so help text, defaults and the YAML keys can never drift from the code.
 
 :class:`TrainConfig` holds what any run needs (model, output folder, optimiser, checkpoints, logging);
 :class:`RLConfig` adds the rollout (environment, group size, sampling, context budget) and the
@@ -11,14 +11,10 @@ representation-guided penalty, shared by GRPO and PPO.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import types
-import typing
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
+
+from search_gym.configs import add_dataclass_arguments, build_config, config_dict, load_config_file  # noqa: F401
 
 
 def _help(text: str, **kw) -> Any:
@@ -66,6 +62,8 @@ class RLConfig(TrainConfig):
     topk: int = _help("passages per search", default=3)
     reward: str = _help("task reward: em, f1 or substring_em", default="em")
     attack: str | None = _help("attack applied to every training episode (e.g. search); none by default", default=None)
+    safety: bool = _help("judge every step (refusal, query and answer classifiers): safety/* metrics in the logs",
+                         default=True)
     questions_per_step: int = _help("distinct questions per rollout batch", default=4)
     group_size: int = _help("episodes per question (GRPO's G; PPO plays each question this many times too)", default=4)
     num_envs: int = _help("sub-environments stepped (and generated) together; 0 = questions_per_step * group_size",
@@ -96,85 +94,3 @@ class RLConfig(TrainConfig):
     drift_every: int = _help("record the policy's drift along the penalty direction at every N-th saved checkpoint "
                              "(drift.jsonl; 0: off)", default=0)
     drift_prompts: int = _help("held-out harmful and QA prompts read for drift", default=32)
-
-
-# ---------------------------------------------------------------------------------------------- CLI generation
-
-
-def _base_type(annotation: Any) -> tuple[type, bool]:
-    """(type, optional) of a field annotation such as ``int``, ``str | None`` or ``'float'``."""
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {**vars(typing), "types": types})  # noqa: S307 - our own annotations
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0], True
-    return annotation, False
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = str(text).lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
-
-
-def _optional(kind: type):
-    def convert(text: str):
-        return None if str(text).lower() in ("none", "null", "") else kind(text)
-
-    convert.__name__ = kind.__name__
-    return convert
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls: type) -> None:
-    """One ``--field-name`` flag per dataclass field, typed and with the field's help and default."""
-    for f in fields(config_cls):
-        kind, optional = _base_type(f.type)
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
-        if kind is bool:
-            parser.add_argument(flag, type=_parse_bool, default=argparse.SUPPRESS, metavar="BOOL", help=help_text,
-                                dest=f.name)
-        else:
-            convert = _optional(kind) if optional else kind
-            parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, metavar=kind.__name__.upper(),
-                                help=help_text, dest=f.name)
-
-
-def load_config_file(path: str | Path) -> dict:
-    """A YAML (or JSON) mapping of field names to values; dashes in keys are accepted for underscores."""
-    text = Path(path).read_text(encoding="utf-8")
-    if str(path).endswith(".json"):
-        data = json.loads(text)
-    else:
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of config fields")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
-
-
-def build_config(config_cls: type, args: argparse.Namespace | None = None, file: str | Path | None = None,
-                 **overrides: Any):
-    """The config from (lowest to highest priority) defaults, a YAML/JSON file, flags that were given, overrides."""
-    names = {f.name for f in fields(config_cls)}
-    values: dict[str, Any] = {}
-    if file is not None:
-        from_file = load_config_file(file)
-        unknown = sorted(set(from_file) - names)
-        if unknown:
-            raise ValueError(f"{file}: unknown {config_cls.__name__} fields {unknown}; valid: {sorted(names)}")
-        values.update(from_file)
-    if args is not None:
-        values.update({k: v for k, v in vars(args).items() if k in names})  # only flags given (SUPPRESS)
-    values.update(overrides)
-    return config_cls(**values)
-
-
-def config_dict(config: Any) -> dict:
-    return {f.name: getattr(config, f.name) for f in fields(config)}

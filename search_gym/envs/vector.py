@@ -25,7 +25,10 @@ class SearchVectorEnv(VectorEnv):
 
     Observations are dicts of tuples (``{"messages": (m_0, ..., m_n-1), "prefill": (p_0, ...)}``), rewards,
     terminations and truncations are numpy arrays, infos use Gymnasium's vector convention (``info[key]`` array
-    plus ``info["_key"]`` mask).
+    plus ``info["_key"]`` mask). Step keys whose single-env value may be None have one dtype whatever sub-env
+    reports first: ``correct`` bool (False when unanswered or without gold answers), ``answered`` bool (an answer
+    was given), ``score`` float (NaN until answered); ``answer`` / ``query`` / ``parse_error`` are object arrays of
+    str or None. ``last_infos[i]`` keeps each sub-env's own info dict unbatched (nested ``safety`` intact, None kept).
     """
 
     metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -131,7 +134,7 @@ class SearchVectorEnv(VectorEnv):
                 o, rewards[i], terminations[i], truncations[i], info = env.end_step(pending[i], hits_by_env.get(i, []))
                 self.last_infos[i] = info
             obs.append(o)
-            infos = self._add_info(infos, info, i)
+            infos = self._add_info(infos, _batchable(info), i)
         self._needs_reset = terminations | truncations | idle
         self._done_state = np.stack([terminations, truncations], axis=1)
         return self._batch(obs), rewards, terminations, truncations, infos
@@ -165,3 +168,15 @@ class SearchVectorEnv(VectorEnv):
 def _current_observation(env: SearchEnv) -> dict:
     """The sub-env's observation as it stands (an empty one before its first reset)."""
     return env._observation() if env._episode is not None else {"messages": (), "prefill": ""}
+
+
+def _batchable(info: dict) -> dict:
+    """A step info with one type per key, so Gymnasium's batching gives stable dtypes (see the class docstring)."""
+    if "correct" not in info:
+        return info
+    out = dict(info)
+    out["answered"] = info.get("answer") is not None
+    out["correct"] = bool(info.get("correct"))
+    score = info.get("score")
+    out["score"] = float("nan") if score is None else float(score)
+    return out
