@@ -163,3 +163,73 @@ def test_train_cli_flags_come_from_the_configs(tmp_path):
     out = subprocess.run([sys.executable, "-m", "search_gym.cli", "train", "ppo", "--help"], capture_output=True,
                          text=True, check=True).stdout
     assert "--cliprange-value" in out and "--penalty-lambda" in out and "value clip range" in out
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, tokenizer):
+    folder = tmp_path_factory.mktemp("tiny_policy")
+    tiny_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_lora_sft_trains_adapters_resumes_and_saves_a_merged_model(tmp_path, tiny_folder, tokenizer, sft_episodes):
+    from transformers import AutoModelForCausalLM
+
+    from search_gym.trainers.sft import SFTTrainer
+    from search_gym.trainers.sft_config import SFTConfig
+
+    def trainer(steps_done=None):
+        config = SFTConfig(model=str(tiny_folder), output_dir=str(tmp_path / "lora"), max_steps=3, batch_size=2,
+                           save_steps=1, learning_rate=1e-2, warmup_steps=0, lora_r=4, lora_alpha=8,
+                           lora_target_modules="q_proj,v_proj", progress=False, tensorboard=False, device="cpu")
+        t = SFTTrainer(config, episodes=sft_episodes)
+        if steps_done is not None:
+            t.total_steps = steps_done
+        return t
+
+    first = trainer(steps_done=2)
+    trainable = [n for n, p in first.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)  # only the adapters train
+    first.train()
+    resumed = trainer()
+    rows = resumed.train()
+    assert [r["step"] for r in rows] == [3]
+    straight = SFTTrainer(SFTConfig(**{**resumed.config.__dict__, "output_dir": str(tmp_path / "lora_straight")}),
+                          episodes=sft_episodes)
+    straight_rows = straight.train()
+    assert rows[0]["losses/sft_loss"] == pytest.approx(straight_rows[2]["losses/sft_loss"], abs=1e-6)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "lora" / "final")
+    base = AutoModelForCausalLM.from_pretrained(tiny_folder)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(dict(merged.named_parameters())[q], dict(base.named_parameters())[q])
+
+
+def test_grpo_with_penalty_records_drift_on_checkpoints(tmp_path, tokenizer, tiny_qa_path, tiny_corpus_path):
+    import json
+
+    from search_gym.directions import Direction
+    from search_gym.envs.vector import SearchVectorEnv
+    from search_gym.trainers.grpo import GRPOTrainer
+    from search_gym.trainers.grpo_config import GRPOConfig
+
+    model = tiny_model(tokenizer)
+    reference = tiny_model(tokenizer)
+    reference.load_state_dict(model.state_dict())
+    d = 32
+    vectors = torch.nn.functional.normalize(torch.randn(2, d, generator=torch.Generator().manual_seed(0)), dim=-1)
+    direction = Direction("planted", (0, 1), vectors, torch.ones(2), torch.zeros(2, d), torch.zeros(2, d),
+                          torch.ones(2), chosen_layer=1)
+    path = direction.save(tmp_path / "planted.safetensors")
+    env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), retriever=WordOverlapRetriever(tiny_corpus_path),
+                          attack="search")  # every episode searches, so every episode has a projection
+    config = GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=2, questions_per_step=2, group_size=2,
+                        max_turn_tokens=6, max_turns=2, beta=0.0, learning_rate=1e-3, progress=False,
+                        tensorboard=False, device="cpu", penalty_direction=str(path), penalty_lambda=0.5,
+                        save_steps=1, drift_every=1, drift_prompts=3)
+    trainer = GRPOTrainer(config, model=model, tokenizer=tokenizer, env=env, reference=reference)
+    rows = trainer.train()
+    assert all("safety/projection" in r and math.isfinite(r["safety/projection"]) for r in rows)
+    drift_rows = [json.loads(line) for line in (tmp_path / "grpo" / "drift.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in drift_rows] == [1, 2] and all(r["layer"] == 1 for r in drift_rows)
+    assert all(math.isfinite(r["mean"]) and r["auroc"] is not None for r in drift_rows)
