@@ -4,8 +4,11 @@ For the same queries (the embedded QA questions), the same encoder and the same 
   raw      encoder.encode + index.search, called directly            (the floor)
   search   Retriever.search (adds Hit objects)
   env      SearchVectorEnv.step on scripted search actions            (adds parsing, info blocks, info dicts)
-per batch of ``--batch`` queries, interleaving the three so drift hits them equally, and reports queries/s,
-steps/s and the env's overhead over raw. Target: <= 10 % at batch 32.
+  faiss    index.search alone on pre-encoded queries
+  env-pre  SearchVectorEnv.step with the query embeddings looked up instead of encoded (env + FAISS, no encoder)
+per batch of ``--batch`` queries, interleaving them so drift hits them equally, and reports queries/s, steps/s,
+the env's overhead over raw encoder + FAISS (target: <= 10 % at batch 32), its overhead over FAISS alone, and the
+env's own milliseconds per step (env-pre minus faiss). The spread across repeats is printed beside each median.
 
     python benchmarks/bench_env.py --batch 32 --queries 512
     python benchmarks/bench_env.py --batch 1 --queries 64      # one env stepped alone
@@ -80,12 +83,37 @@ def main() -> None:
             total += _timed(lambda: venv.step(actions))
         env_step_time.append(total)
 
-    times = {"raw": [], "search": [], "env": []}
+    # Pre-encoded queries: FAISS alone, and the env with the encoder replaced by a lookup of the same embeddings.
+    cache = {q: e for qs in query_batches for q, e in zip(qs, retriever.encode_queries(qs))}
+    encoded_batches = [np.stack([cache[q] for q in qs]) for qs in query_batches]
+
+    def run_faiss():
+        for emb in encoded_batches:
+            retriever.search_embeddings(emb, k=3)
+
+    env_pre_time = []
+
+    def run_env_pre():
+        real = retriever.encode_queries
+        retriever.encode_queries = lambda qs: np.stack([cache[q] for q in qs])
+        try:
+            total = 0.0
+            for idx in batches:
+                actions = search_actions(idx)
+                total += _timed(lambda: venv.step(actions))
+            env_pre_time.append(total)
+        finally:
+            retriever.encode_queries = real
+
+    times = {"raw": [], "search": [], "env": [], "faiss": [], "env-pre": []}
     for _ in range(args.repeats):
         times["raw"].append(_timed(run_raw))
         times["search"].append(_timed(run_search))
         run_env()
+        times["faiss"].append(_timed(run_faiss))
+        run_env_pre()
     times["env"] = env_step_time
+    times["env-pre"] = env_pre_time
 
     n_queries = n_batches * args.batch
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -94,13 +122,26 @@ def main() -> None:
         ("Retriever.search", med["search"], n_queries / med["search"], 100 * (med["search"] / med["raw"] - 1)),
         ("SearchVectorEnv.step", med["env"], n_queries / med["env"], 100 * (med["env"] / med["raw"] - 1)),
     ]
-    header = f"| path | s per {n_queries} queries | queries (steps)/s | overhead vs raw |"
+    spread = {k: (min(v), max(v)) for k, v in times.items()}
+    header = f"| path | s per {n_queries} queries (median) | min-max across repeats | queries (steps)/s | overhead |"
     print(f"\nMiniLM + FAISS index={args.index_type} batch={args.batch} threads={torch.get_num_threads()} "
           f"cpu={platform.processor() or platform.machine()} repeats={args.repeats} (medians)\n")
     print(header)
-    print("|---|---:|---:|---:|")
-    for name, seconds, qps, overhead in rows:
-        print(f"| {name} | {seconds:.3f} | {qps:.1f} | {overhead:+.1f}% |")
+    print("|---|---:|---:|---:|---:|")
+    keys = ["raw", "search", "env"]
+    for (name, seconds, qps, overhead), key in zip(rows, keys):
+        lo, hi = spread[key]
+        print(f"| {name} | {seconds:.3f} | {lo:.3f}-{hi:.3f} | {qps:.1f} | {overhead:+.1f}% vs raw |")
+    for name, key in (("FAISS alone (pre-encoded)", "faiss"), ("SearchVectorEnv.step, pre-encoded", "env-pre")):
+        lo, hi = spread[key]
+        over = f"{100 * (med['env-pre'] / med['faiss'] - 1):+.0f}% vs FAISS" if key == "env-pre" else "-"
+        print(f"| {name} | {med[key]:.3f} | {lo:.3f}-{hi:.3f} | {n_queries / med[key]:.1f} | {over} |")
+    own_ms = 1000 * (med["env-pre"] - med["faiss"]) / n_batches
+    print(f"\nenv's own time per vector step of {args.batch} sub-envs (env-pre minus FAISS): {own_ms:.2f} ms "
+          f"({own_ms / args.batch:.3f} ms per sub-env)")
+    noise = max(hi - lo for lo, hi in (spread["raw"], spread["env"])) / med["raw"]
+    print(f"run-to-run spread of raw / env: up to {100 * noise:.1f}% of the raw median; an overhead below that is "
+          f"noise")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "times": times, "queries": n_queries, "medians": med}, f, indent=1)
