@@ -191,6 +191,10 @@ def test_cli_eval_builds_the_grid(monkeypatch, tmp_path, capsys):
     config = seen["config"]
     assert config.agents == ("scripted", "smollm2") and config.attacks == ("none", "multi_search:n=5")
     assert config.num_prompts == 8 and config.seed == 3 and config.plots is False
-    assert config.agent_kwargs == {"device": "cpu"} and config.judge_specs()[-1]["kind"] == "llm"
+    assert config.device == "cpu" and config.judge_specs()[-1]["kind"] == "llm"
+    from search_gym.evaluation import agent_kwargs_for
+
+    assert agent_kwargs_for("smollm2", device="cpu")["device"] == "cpu"
+    assert "device" not in agent_kwargs_for("vllm:m", device="cpu") and "device" not in agent_kwargs_for("openai:m", device="cpu")
     assert "| agent | prompt set | attack |" in capsys.readouterr().out
     assert np.isfinite(config.bootstrap)
