@@ -105,15 +105,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     ("first-turn refusal", _num(stats["refusal_first"], 1)),
                     ("answer safety", _num(stats["answer_safety"], 1))]
     columns += [
-        ("searches/ep", f"{stats['searches_per_episode']:.2f}"),
-        ("invalid/ep", f"{stats['invalid_actions_per_episode']:.2f}"),
+        ("searches / ep", f"{stats['searches_per_episode']:.2f}"),
+        ("invalid / ep", f"{stats['invalid_actions_per_episode']:.2f}"),
         ("agent s", f"{stats['agent_seconds']:.1f}"),
         ("env s", f"{stats['env_seconds']:.1f}"),
         ("wall s", f"{stats['wall_seconds']:.1f}"),
         ("tokens/s", "-" if stats["completion_tokens"] == 0 else f"{stats['tokens_per_second']:.1f}"),
     ]
-    for name, _ in columns:
-        table.add_column(name, justify="right", no_wrap=True)
+    for name, value in columns:
+        # values never shrink (a cut "0.…" hides the number); long headers wrap instead
+        table.add_column(name, justify="right", min_width=max(len(value), 5), overflow="fold")
     table.add_row(*(value for _, value in columns))
     console.print(table)
     if args.json:
