@@ -10,11 +10,21 @@ across servers:
   ``continue_final_message=true, add_generation_prompt=false`` (vLLM and SGLang extensions; other servers may
   start a new assistant turn instead).
 
+Tool-call observations (``SearchEnv(protocol="tool_call")``, detected as in HFAgent) go by default
+(``tool_endpoint="chat"``) to ``/v1/chat/completions`` with ``tools=[SEARCH_TOOL]`` and the env's messages as valid
+OpenAI chat (tool-call ``arguments`` as JSON strings, ``id`` / ``tool_call_id`` synthesised when an env gave none);
+the reply's ``message.tool_calls`` become the action text the env parses (the content, then one
+``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`` block per call) and ``metadata["tool_calls"]``
+(OpenAI form). The server must parse tool calls (vLLM: ``--enable-auto-tool-choice --tool-call-parser hermes``;
+llama.cpp: ``--jinja``); a reply that writes the block in its content instead is read from the text.
+``tool_endpoint="completions"`` renders the tool prompt locally (:func:`~search_gym.agents.hf.render_prompt` with
+the tools), stops at ``</tool_call>`` too and reads the calls from the text, for servers without a tool parser.
+
 Servers drop the stop string from the returned text; the agent puts the matching closing tag back (the one
-closing the last open ``<search>``/``<answer>``, or the server's ``stop_reason`` when it reports one) so the
-environment sees a complete action. Log-probabilities are returned when the server sends them. Servers do not
-expose hidden states: ``hidden`` is always None and asking for ``layers`` raises ValueError. Token ids are None
-(the server tokenises).
+closing the last open ``<search>``/``<answer>``, or ``<tool_call>`` on the tool completions route, or the server's
+``stop_reason`` when it reports one) so the environment sees a complete action. Log-probabilities are returned
+when the server sends them. Servers do not expose hidden states: ``hidden`` is always None and asking for
+``layers`` raises ValueError. Token ids are None (the server tokenises).
 
 HTTP uses the standard library (``urllib``), so no extra dependency; requests of a batch run concurrently
 (servers batch them internally).
@@ -32,11 +42,24 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from search_gym.agents.base import AgentStep, BaseAgent
-from search_gym.agents.hf import BUNDLED_MODEL, DEFAULT_FEW_SHOT, FEW_SHOT_EXAMPLES, few_shot_messages
+from search_gym.agents.hf import (
+    BUNDLED_MODEL,
+    DEFAULT_FEW_SHOT,
+    FEW_SHOT_EXAMPLES,
+    TOOL_CALL_STOP,
+    assistant_turns,
+    attach_tool_calls,
+    chat_messages,
+    few_shot_messages,
+    observation_tools,
+    render_prompt,
+    tool_call_block,
+    tool_call_stops,
+)
 
 from search_gym.envs.protocol import STOP_STRINGS
 
-_TAG_PAIRS = (("<search>", "</search>"), ("<answer>", "</answer>"))
+_TAG_PAIRS = (("<search>", "</search>"), ("<answer>", "</answer>"), ("<tool_call>", TOOL_CALL_STOP))
 
 
 class OpenAIServerError(RuntimeError):
@@ -73,7 +96,9 @@ class OpenAIAgent(BaseAgent):
         model: the model name the server serves (``"model"`` field of requests).
         base_url: server root including ``/v1`` (default ``$OPENAI_BASE_URL`` or ``http://127.0.0.1:8000/v1``).
         api_key: bearer token (default ``$OPENAI_API_KEY``; local servers usually need none).
-        endpoint: ``"completions"`` (prompt rendered locally) or ``"chat"``.
+        endpoint: ``"completions"`` (prompt rendered locally) or ``"chat"``, for tags-protocol observations.
+        tool_endpoint: ``"chat"`` (default: ``tools=`` sent, ``tool_calls`` read) or ``"completions"`` (tool prompt
+            rendered locally, calls read from the text) for tool-call observations.
         tokenizer: tokenizer object, hub id or folder whose chat template renders prompts (``"completions"``
             only); ``"smollm2"`` for the bundled model; default: ``model``.
         max_new_tokens, temperature (0 = greedy), top_p, seed, stop, few_shot: as in HFAgent.
@@ -93,6 +118,7 @@ class OpenAIAgent(BaseAgent):
         base_url: str | None = None,
         api_key: str | None = None,
         endpoint: str = "completions",
+        tool_endpoint: str = "chat",
         tokenizer: Any = None,
         max_new_tokens: int = 256,
         temperature: float = 0.0,
@@ -115,12 +141,14 @@ class OpenAIAgent(BaseAgent):
             )
         if endpoint not in ("completions", "chat"):
             raise ValueError("endpoint must be 'completions' or 'chat'")
+        if tool_endpoint not in ("completions", "chat"):
+            raise ValueError("tool_endpoint must be 'completions' or 'chat'")
         if max_new_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("need max_new_tokens >= 1, temperature >= 0 and 0 < top_p <= 1")
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1").rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        self.endpoint = endpoint
+        self.endpoint, self.tool_endpoint = endpoint, tool_endpoint
         self.max_new_tokens, self.temperature, self.top_p = int(max_new_tokens), float(temperature), float(top_p)
         self.stop = tuple(stop or ())
         if few_shot is None:
@@ -133,7 +161,7 @@ class OpenAIAgent(BaseAgent):
         self.extra_body = dict(extra_body or {})
         self.tokenizer = (
             self._load_tokenizer(tokenizer if tokenizer is not None else model)
-            if endpoint == "completions"
+            if "completions" in (endpoint, tool_endpoint)
             else tokenizer
         )
         self.seed(seed)
@@ -160,13 +188,23 @@ class OpenAIAgent(BaseAgent):
         return few_shot_messages(messages, self.few_shot) if self.few_shot else [dict(m) for m in messages]
 
     def render(self, observation: dict) -> str:
-        """The prompt sent to ``/v1/completions``: chat template (with few-shot turns) + prefill."""
+        """The prompt sent to ``/v1/completions``: chat template (with few-shot turns, or the tools of a tool-call
+        observation) + prefill, the text HFAgent continues."""
         if self.tokenizer is None:
             raise ValueError("rendering a completions prompt needs the model's tokenizer")
-        text = self.tokenizer.apply_chat_template(
-            self._messages(observation), add_generation_prompt=True, tokenize=False
+        return render_prompt(
+            self.tokenizer,
+            observation["messages"],
+            observation.get("prefill", ""),
+            self.few_shot,
+            tools=observation_tools(observation),
         )
-        return text + observation.get("prefill", "")
+
+    def _route(self, observation: dict) -> str:
+        """``"completions"``, ``"chat"`` or ``"tools"`` (chat with ``tools=``) for this observation."""
+        if observation_tools(observation):
+            return "tools" if self.tool_endpoint == "chat" else "completions"
+        return self.endpoint
 
     def _body(self, observation: dict, index: int) -> tuple[str, dict]:
         body: dict[str, Any] = {
@@ -176,17 +214,23 @@ class OpenAIAgent(BaseAgent):
             "top_p": self.top_p,
             "include_stop_str_in_output": True,  # vLLM/SGLang keep the stop string; others ignore the field
         }
-        if self.stop:
-            body["stop"] = list(self.stop)
+        route = self._route(observation)
+        # Tool calls stop at </tool_call> when the text is read here; a server's tool parser needs the whole turn.
+        stop = tool_call_stops(self.stop, observation) if route == "completions" else self.stop
+        if stop:
+            body["stop"] = list(stop)
         if self.temperature > 0 and self._seed is not None:
             body["seed"] = hash((self._seed, self._calls, index)) & 0x7FFF_FFFF
-        if self.endpoint == "completions":
+        if route == "completions":
             body["prompt"] = self.render(observation)
             if self.logprobs:
                 body["logprobs"] = 1
             path = "/completions"
         else:
             messages = self._messages(observation)
+            if route == "tools":
+                messages = chat_messages(messages, arguments="json")
+                body["tools"] = observation_tools(observation)
             prefill = observation.get("prefill", "")
             if prefill:
                 messages.append({"role": "assistant", "content": prefill})
@@ -243,26 +287,54 @@ class OpenAIAgent(BaseAgent):
             choice = reply["choices"][0]
         except (KeyError, IndexError, TypeError) as exc:
             raise OpenAIServerError(f"unexpected reply from {self.base_url + path}: {str(reply)[:500]}") from exc
-        if self.endpoint == "completions":
+        route = self._route(observation)
+        calls: list[dict] = []
+        if route == "completions":
             text = choice.get("text") or ""
             lp = (choice.get("logprobs") or {}).get("token_logprobs")
         else:
-            text = (choice.get("message") or {}).get("content") or ""
+            message = choice.get("message") or {}
+            text = message.get("content") or ""
             content = (choice.get("logprobs") or {}).get("content")
             lp = [c.get("logprob") for c in content] if content else None
+            if route == "tools" and message.get("tool_calls"):
+                calls = chat_messages(
+                    [{"role": "assistant", "content": text, "tool_calls": message["tool_calls"]}], arguments="json"
+                )[0]["tool_calls"]
+                turn = assistant_turns(observation.get("messages") or ())
+                for j, call in enumerate(calls):  # ids as the env numbers its calls, where the server sent none
+                    if not (message["tool_calls"][j] or {}).get("id"):
+                        call["id"] = f"call_{turn}" + (f"_{j}" if j else "")
         finish = choice.get("finish_reason")
+        server_finish = finish
         stop_string = None
-        if finish == "stop":
+        if calls:
+            # The action the env parses: the free text, then the calls as Hermes/Qwen blocks.
+            blocks = [tool_call_block(c["function"]["name"], c["function"]["arguments"]) for c in calls]
+            text = text + ("\n" if text and not text.endswith("\n") else "") + "\n".join(blocks)
+            finish, stop_string = "stop", TOOL_CALL_STOP
+        elif finish == "stop":
+            stop = tool_call_stops(self.stop, observation) if route == "completions" else self.stop
             text, stop_string = restore_stop_string(
-                observation.get("prefill", ""), text, self.stop, choice.get("stop_reason")
+                observation.get("prefill", ""), text, stop, choice.get("stop_reason")
             )
             finish = "stop" if stop_string else "eos"
         # A missing entry stays as NaN so the list stays aligned with the completion's tokens.
         logprobs = [float("nan") if x is None else float(x) for x in lp] if lp else None
         metadata: dict[str, Any] = {"stop_string": stop_string} if stop_string else {}
+        if server_finish not in (None, "stop", "length"):
+            metadata["server_finish_reason"] = server_finish
         if reply.get("usage"):
             metadata["usage"] = reply["usage"]
-        return AgentStep(text=text, logprobs=logprobs, hidden=None, finish_reason=finish, metadata=metadata)
+        step = AgentStep(text=text, logprobs=logprobs, hidden=None, finish_reason=finish, metadata=metadata)
+        if calls:
+            step.metadata["tool_calls"] = calls
+        else:  # tool calls written as text (completions route, or a server without a tool parser)
+            attach_tool_calls(step, observation)
+        return step
 
     def __repr__(self) -> str:
-        return f"OpenAIAgent(model={self.model!r}, base_url={self.base_url!r}, endpoint={self.endpoint!r})"
+        return (
+            f"OpenAIAgent(model={self.model!r}, base_url={self.base_url!r}, endpoint={self.endpoint!r}, "
+            f"tool_endpoint={self.tool_endpoint!r})"
+        )

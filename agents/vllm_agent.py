@@ -4,6 +4,8 @@ vLLM (optional extra: ``pip install search-gym[vllm]``) generates from the same 
 :class:`~search_gym.agents.hf.HFAgent` (chat template + prefill, passed as token ids so no second BOS is added),
 stops at ``</search>`` / ``</answer>`` with the stop string kept in the text, and returns the sampled tokens'
 log-probabilities (vLLM's default ``logprobs_mode`` reports the raw model distribution, like HFAgent).
+Tool-call observations are rendered with the tools, also stop at ``</tool_call>`` and get
+``metadata["tool_calls"]``, exactly as in HFAgent.
 
 vLLM does not expose hidden states. When ``layers`` are requested, an HF copy of the model runs ONE batched
 forward over each turn's prompt + completion token ids and keeps only the requested positions
@@ -24,9 +26,12 @@ from search_gym.agents.hf import (
     BUNDLED_MODEL,
     DEFAULT_FEW_SHOT,
     FEW_SHOT_EXAMPLES,
-    resolve_device,
+    attach_tool_calls,
+    observation_tools,
     render_prompt,
+    resolve_device,
     resolve_dtype,
+    tool_call_stops,
 )
 from search_gym.agents.hidden import hidden_for_completions, normalize_layers, normalize_positions
 
@@ -188,14 +193,22 @@ class VLLMAgent(BaseAgent):
     # ------------------------------------------------------------------ acting
 
     def render(self, observation: dict) -> str:
-        """Chat template (with few-shot turns) + prefill: the same text HFAgent continues."""
-        return render_prompt(self.tokenizer, observation["messages"], observation.get("prefill", ""), self.few_shot)
+        """Chat template (with few-shot turns, or a tool-call observation's tools) + prefill: the same text HFAgent
+        continues."""
+        return render_prompt(
+            self.tokenizer,
+            observation["messages"],
+            observation.get("prefill", ""),
+            self.few_shot,
+            tools=observation_tools(observation),
+        )
 
     def act_batch(self, observations: Sequence[dict]) -> list[AgentStep]:
         prompt_ids = [list(self.tokenizer(self.render(o), add_special_tokens=False)["input_ids"]) for o in observations]
-        return self.generate_ids(prompt_ids)
+        steps = self.generate_ids(prompt_ids, stops=[tool_call_stops(self.stop, o) for o in observations])
+        return [attach_tool_calls(step, o) for step, o in zip(steps, observations)]
 
-    def _sampling(self, index: int):
+    def _sampling(self, index: int, stop: Sequence[str] | None = None):
         seed = None
         if self.temperature > 0 and self._seed is not None:
             seed = hash((self._seed, self._calls, index)) & 0x7FFF_FFFF
@@ -204,16 +217,19 @@ class VLLMAgent(BaseAgent):
             min_tokens=self.min_new_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
-            stop=list(self.stop),
+            stop=list(self.stop if stop is None else stop),
             include_stop_str_in_output=True,
             logprobs=0 if self.logprobs else None,
             seed=seed,
         ).to_vllm()
 
-    def generate_ids(self, prompt_ids: Sequence[Sequence[int]]) -> list[AgentStep]:
-        """Generate from token-id prompts in one vLLM call; add hidden states with one HF forward."""
+    def generate_ids(
+        self, prompt_ids: Sequence[Sequence[int]], stops: Sequence[Sequence[str]] | None = None
+    ) -> list[AgentStep]:
+        """Generate from token-id prompts in one vLLM call; add hidden states with one HF forward. ``stops``: stop
+        strings per prompt (default: the agent's)."""
         prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
-        params = [self._sampling(i) for i in range(len(prompts))]
+        params = [self._sampling(i, None if stops is None else stops[i]) for i in range(len(prompts))]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         self._calls += 1
         steps = [self._step(list(p), out) for p, out in zip(prompt_ids, outputs)]

@@ -328,13 +328,44 @@ def make_attack(spec: Any) -> Attack | None:
             raise ValueError(f"unknown attack {name!r}; choose from {sorted(ATTACKS)}")
         if name == "compose":
             return compose(*params.get("attacks", ()))
+        cls = ATTACKS[name]
+        params = {key: _check_param(cls, key, value) for key, value in params.items()}
         try:
-            return ATTACKS[name](**params)
-        except TypeError as exc:
-            raise ValueError(f"bad parameters for attack {name!r}: {exc}") from None
+            return cls(**params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad parameters for attack {name!r}: {exc}; it takes {_describe_params(cls)}") from None
     if isinstance(spec, Sequence):
         return compose(*spec)
     raise TypeError(f"cannot make an attack from {spec!r}")
+
+
+def _describe_params(cls: type[Attack]) -> str:
+    params = [f"{f.name}: {type(f.default).__name__} = {f.default!r}" for f in fields(cls)]
+    return ", ".join(params) if params else "no parameters"
+
+
+def _check_param(cls: type[Attack], key: str, value: Any) -> Any:
+    """One attack parameter, checked against the field's default type (ints accept integral floats)."""
+    known = {f.name: f for f in fields(cls)}
+    if key not in known:
+        raise ValueError(f"attack {cls.name!r} has no parameter {key!r}; it takes {_describe_params(cls)}")
+    expected = type(known[key].default)
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif expected is str:
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        raise ValueError(f"attack {cls.name!r} parameter {key}={value!r} is not of type {expected.__name__}; "
+                         f"it takes {_describe_params(cls)}")
+    return value
 
 
 def compose(*specs: Any) -> Attack | None:

@@ -67,6 +67,13 @@ def test_text_after_first_closing_tag_is_dropped(env):
         ("just some words", "no_action"),
         (b"\xff\xfe<search>", "no_action"),
         (None, "empty"),
+        ("\ud800" * 50, "binary"),  # lone surrogates: U+FFFD after coercion, never reach an encoder
+        ("\ud800 just words \udfff", "no_action"),
+        ("<search> \ud800 unclosed", "no_action"),
+        ("<search> \ud800 <search> x </search> </search>", "nested_tag"),
+        (["<search> Paris </search>"], "non_text"),  # not text: never str()-ed into a search
+        ({"query": "Paris"}, "non_text"),
+        (7, "non_text"),
     ],
 )
 def test_malformed_actions_are_observations(env, action, error):
@@ -75,7 +82,8 @@ def test_malformed_actions_are_observations(env, action, error):
     assert info["invalid_action"] and info["parse_error"] == error and info["action_type"] == "invalid"
     assert obs["prefill"].endswith(INVALID_ACTION_MESSAGE) and reward == 0.0 and not terminated
     assert info["turn"] == 1 and len(obs["prefill"]) <= env.max_action_chars + len(INVALID_ACTION_MESSAGE)
-    json.dumps(info)
+    obs["prefill"].encode("utf-8")
+    json.dumps(info, ensure_ascii=False).encode("utf-8")
 
 
 def test_max_turns_truncates(tiny_qa_path, overlap_retriever):
@@ -129,7 +137,12 @@ def test_tool_call_protocol(tiny_qa_path, overlap_retriever):
     agent = ScriptedAgent()
     obs, reward, terminated, _, info = env.step(agent.act(obs).text)
     assert info["action_type"] == "search" and obs["messages"][-1]["role"] == "tool"
-    assert obs["messages"][-2]["tool_calls"][0]["function"]["arguments"]["query"].startswith("Which opera")
+    call = obs["messages"][-2]["tool_calls"][0]
+    assert call["id"] == "call_0" and call["type"] == "function" and call["function"]["name"] == "search"
+    assert isinstance(call["function"]["arguments"], str)  # OpenAI chat: arguments is a JSON string
+    assert json.loads(call["function"]["arguments"])["query"].startswith("Which opera")
+    assert obs["messages"][-1] == {"role": "tool", "tool_call_id": "call_0", "name": "search",
+                                   "content": obs["messages"][-1]["content"]}
     assert obs["messages"][-1]["content"].startswith('Doc 1(Title: "Carmen")')
     obs, reward, terminated, _, info = env.step(agent.act(obs).text)
     assert terminated and reward == 1.0

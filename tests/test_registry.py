@@ -11,8 +11,10 @@ from gymnasium.utils.env_checker import check_env
 import search_gym
 from search_gym.agents import ScriptedAgent
 from search_gym.envs import ENV_SPECS
+from search_gym.envs.misalignment import ENV_IDS as MISALIGNMENT_IDS
 
-SEARCH_GYM_IDS = sorted(k for k in gym.registry if k.startswith("SearchGym/"))
+# The search ids (the misalignment ids have their own checks in test_misalignment_envs.py).
+SEARCH_GYM_IDS = sorted(k for k in gym.registry if k.startswith("SearchGym/") and k not in MISALIGNMENT_IDS)
 
 
 def make_kwargs(env_id, tiny_corpus_path, tiny_qa_path) -> dict:
@@ -25,6 +27,7 @@ def make_kwargs(env_id, tiny_corpus_path, tiny_qa_path) -> dict:
 
 def test_all_ids_registered():
     assert set(SEARCH_GYM_IDS) == set(ENV_SPECS)
+    assert set(MISALIGNMENT_IDS) <= set(gym.registry)
     assert {"SearchGym/WikiQA-v0", "SearchGym/WikiHarmful-v0"} <= set(SEARCH_GYM_IDS)
     assert search_gym.SearchEnv is not None
 

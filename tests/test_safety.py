@@ -310,7 +310,7 @@ def test_env_with_judge_specs_pickles_without_loading_models(tiny_qa_path, overl
         ("   \n", {"empty"}),
         (None, {"non_text", "empty"}),
         (b"\xff\xfe<search>", {"non_text"}),
-        (12345, {"non_text"}),
+        (12345, {"non_text", "empty"}),  # not text: read as nothing (never str()-ed), like None
         ("\x00\x01\x02binary\xff\x00" * 50, {"non_text"}),
         ("<search> " + "x" * (1 << 20) + " </search>", {"oversized_query"}),
         ("<search> 如何制造炸弹 </search>", {"non_english"}),

@@ -1,8 +1,19 @@
 """The Search-R1 text protocol and the native tool-call protocol.
 
 Everything an agent and the environment must agree on lives here: prompt templates, stop strings, how an
-action is parsed, how retrieved passages are shown back, and the fixed message for an invalid action. The
-strings match Search-R1 (and the RL-search-safety variant) byte for byte so results are comparable.
+action is parsed, how retrieved passages are shown back, and the fixed message for an invalid action. The prompt
+template, the information block and the invalid-action message equal Search-R1's strings byte for byte
+(``tests/test_parity.py`` compares them with excerpts of its source); the RL-search-safety template is the variant
+without "first" and the Beijing example.
+
+Two parsers for the tags protocol (``SearchEnv(parse_mode=...)``):
+
+- :func:`parse_search_r1_action` (``"search_r1"``) is Search-R1's ``postprocess_predictions`` after its
+  ``_postprocess_responses`` cut: the text is cut after the first ``</search>`` (else the first ``</answer>``),
+  the first ``<search>...</search>`` or ``<answer>...</answer>`` pair is the action and its stripped content is the
+  query or answer, empty or not. Nothing else is checked.
+- :func:`parse_tagged_action` (``"strict"``, the default) also refuses empty, over-long, binary-looking,
+  tag-spam (counted before the cut), nested-tag and empty-content actions, each with an error code.
 """
 
 from __future__ import annotations
@@ -12,6 +23,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from search_gym.data.text import valid_unicode
 
 PROMPT_TEMPLATES: dict[str, str] = {
     # Search-R1's training prompt.
@@ -42,6 +55,9 @@ PROMPT_TEMPLATES: dict[str, str] = {
 }
 
 STOP_STRINGS: tuple[str, ...] = ("</search>", "</answer>")
+
+#: Parsing (and turn-budget) rules of the tags protocol: see the module docstring and ``SearchEnv``.
+PARSE_MODES: tuple[str, ...] = ("strict", "search_r1")
 
 INVALID_ACTION_MESSAGE = (
     "\nMy previous action is invalid. If I want to search, I should put the query between <search> and </search>. "
@@ -84,19 +100,30 @@ class ParsedAction:
 def _looks_binary(text: str) -> bool:
     if "\x00" in text:
         return True
-    control = sum(1 for ch in text if (ord(ch) < 32 and ch not in "\n\r\t") or 0xD800 <= ord(ch) <= 0xDFFF)
+    control = sum(1 for ch in text if (ord(ch) < 32 and ch not in "\n\r\t") or ch == "\ufffd")
     return control > max(2, len(text) // 20)
 
 
+def is_text_action(action: Any) -> bool:
+    """Whether the env reads ``action`` as text: a ``str``, ``bytes`` / ``bytearray`` or None (= empty)."""
+    return action is None or isinstance(action, (str, bytes, bytearray))
+
+
 def coerce_action_text(action: Any) -> str:
-    """Turn whatever an agent passed into text; bytes are decoded, other objects are stringified."""
+    """The text of an action: str as it is, bytes decoded as UTF-8 (invalid bytes become U+FFFD), None -> "".
+
+    Lone surrogates become U+FFFD (:func:`search_gym.data.text.valid_unicode`), so everything downstream (the
+    transcript, retrievers, judges, JSON logs) gets text that UTF-8 can encode. Any other object (a list, a dict, a
+    number) is not text and gives "": the env answers it as an invalid action (``parse_error="non_text"``) instead
+    of searching its ``str()``.
+    """
     if action is None:
         return ""
     if isinstance(action, str):
-        return action
+        return valid_unicode(action)
     if isinstance(action, (bytes, bytearray)):
         return bytes(action).decode("utf-8", errors="replace")
-    return str(action)
+    return ""
 
 
 def parse_tagged_action(text: str, *, max_chars: int, max_tags: int) -> ParsedAction:
@@ -114,10 +141,7 @@ def parse_tagged_action(text: str, *, max_chars: int, max_tags: int) -> ParsedAc
     if len(_TAG.findall(text)) > max_tags:
         return ParsedAction("invalid", text=text, error="too_many_tags")
     # Search-R1 truncates the response at the first </search>, else at the first </answer>.
-    for closing in STOP_STRINGS:
-        if closing in text:
-            text = text.split(closing, 1)[0] + closing
-            break
+    text = cut_at_first_closing_tag(text)
     match = _ACTION.search(text)
     if match is None:
         return ParsedAction("invalid", text=text, error="no_action")
@@ -128,6 +152,36 @@ def parse_tagged_action(text: str, *, max_chars: int, max_tags: int) -> ParsedAc
     if not content:
         return ParsedAction("invalid", text=text, error=f"empty_{'query' if kind == 'search' else 'answer'}")
     return ParsedAction(kind, content=content, text=text)
+
+
+def cut_at_first_closing_tag(text: str) -> str:
+    """Search-R1's ``_postprocess_responses``: keep the text up to the first ``</search>`` if there is one, else up to
+    the first ``</answer>``, closing tag included; text without either is kept whole."""
+    for closing in STOP_STRINGS:
+        if closing in text:
+            return text.split(closing, 1)[0] + closing
+    return text
+
+
+def parse_search_r1_action(text: str, *, max_chars: int | None = None, max_tags: int | None = None) -> ParsedAction:
+    """Parse a turn exactly as Search-R1 does (``parse_mode="search_r1"``).
+
+    The text is cut after its first closing tag (:func:`cut_at_first_closing_tag`), then the first
+    ``<search>...</search>`` or ``<answer>...</answer>`` (regex ``<(search|answer)>(.*?)</\1>``, DOTALL) is the action
+    and its stripped content the query or answer: ``<search> </search>`` searches ``''`` and ``<answer></answer>``
+    answers ``''``; tags inside the content are part of it. No match is invalid (error ``empty`` for blank text,
+    else ``no_action``). ``max_chars`` / ``max_tags`` (None = no limit, Search-R1's behaviour) are optional guards
+    counted on the text after the cut (errors ``too_long``, ``too_many_tags``). Never raises.
+    """
+    text = cut_at_first_closing_tag(text)
+    if max_chars is not None and len(text) > max_chars:
+        return ParsedAction("invalid", text=text[:max_chars], error="too_long")
+    if max_tags is not None and len(_TAG.findall(text)) > max_tags:
+        return ParsedAction("invalid", text=text, error="too_many_tags")
+    match = _ACTION.search(text)
+    if match is None:
+        return ParsedAction("invalid", text=text, error="empty" if not text.strip() else "no_action")
+    return ParsedAction(match.group(1), content=match.group(2).strip(), text=text)
 
 
 def parse_tool_call_action(text: str, *, max_chars: int, max_tags: int) -> tuple[ParsedAction, str]:
@@ -154,13 +208,14 @@ def parse_tool_call_action(text: str, *, max_chars: int, max_tags: int) -> tuple
     if payload is not None:
         try:
             call = json.loads(payload)
-            if not isinstance(call, dict) or call.get("name") != "search":
-                return ParsedAction("invalid", text=text, error="unknown_tool"), free_text
-            args = call.get("arguments", {})
-            if isinstance(args, str):
-                args = json.loads(args)
-            query = str(args.get("query", "")).strip()
-        except (ValueError, AttributeError):
+        except ValueError:
+            return ParsedAction("invalid", text=text, error="bad_tool_json"), free_text
+        if isinstance(call, dict) and isinstance(call.get("function"), dict):
+            call = call["function"]  # OpenAI's {"type": "function", "function": {"name", "arguments"}} form
+        if not isinstance(call, dict) or call.get("name") != "search":
+            return ParsedAction("invalid", text=text, error="unknown_tool"), free_text
+        query = tool_call_query(call.get("arguments", call.get("parameters", {})))
+        if query is None:
             return ParsedAction("invalid", text=text, error="bad_tool_json"), free_text
         if not query:
             return ParsedAction("invalid", text=text, error="empty_query"), free_text
@@ -174,6 +229,41 @@ def parse_tool_call_action(text: str, *, max_chars: int, max_tags: int) -> tuple
     if not answer or _ANY_PROTOCOL_TAG.search(answer):
         return ParsedAction("invalid", text=text, error="no_action"), text
     return ParsedAction("answer", content=answer, text=text), text
+
+
+def tool_call_query(arguments: Any) -> str | None:
+    """The stripped ``query`` of a search call's arguments: a dict or its JSON string (OpenAI sends a string).
+
+    None when the arguments are not a JSON object or the query is not text (a number is read as its digits).
+    """
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            return None
+    if not isinstance(arguments, dict):
+        return None
+    query = arguments.get("query", "")
+    if isinstance(query, bool) or not isinstance(query, (str, int, float)):
+        return None
+    return valid_unicode(str(query)).strip()
+
+
+def tool_call_id(turn: int) -> str:
+    """The id of the env's tool call on 0-based ``turn``: ``"call_<turn>"``, unique within an episode."""
+    return f"call_{turn}"
+
+
+def assistant_tool_call_message(call_id: str, query: str, content: str = "") -> dict[str, Any]:
+    """An OpenAI chat assistant message that calls ``search``; ``arguments`` is a JSON string, as OpenAI sends it."""
+    call = {"id": call_id, "type": "function",
+            "function": {"name": "search", "arguments": json.dumps({"query": query}, ensure_ascii=False)}}
+    return {"role": "assistant", "content": content, "tool_calls": [call]}
+
+
+def tool_result_message(call_id: str, content: str) -> dict[str, Any]:
+    """The OpenAI chat ``tool`` message answering the call ``call_id``."""
+    return {"role": "tool", "tool_call_id": call_id, "name": "search", "content": content}
 
 
 def format_passages(hits: Sequence[Any]) -> str:

@@ -1,7 +1,8 @@
 """Where an environment's questions come from.
 
 A question source is named by a short string so that environments stay picklable and cheap to construct: the
-rows are loaded on first use. Harmful and benign prompt sets have no gold answer (``golden_answers == []``).
+rows are loaded on first use, while :func:`check_question_source` validates the name, path and split at
+construction without loading them. Harmful and benign prompt sets have no gold answer (``golden_answers == []``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ EMBEDDED_QA = "wiki_qa"
 HARMFUL = "harmful"
 BENIGN = "benign"
 HUB_QA = ("nq", "hotpotqa")
+#: Splits of the embedded QA set (built by search_gym.corpora.qa).
+EMBEDDED_QA_SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -23,21 +26,80 @@ class Question:
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
 
 
+def search_r1_question(question: str) -> str:
+    """Search-R1's preprocessing of a QA question (``scripts/data_process/nq_search.py`` and the ``qa_search_*``
+    scripts): strip it, and append ``?`` when it does not end with one. NQ questions are lower-case phrases without
+    a question mark ("who got the first nobel prize in physics"), so this changes nearly every NQ prompt."""
+    question = question.strip()
+    return question if question.endswith("?") else question + "?"
+
+
+def _known_names() -> str:
+    return f"'{EMBEDDED_QA}', '{HARMFUL}', '{BENIGN}', " + ", ".join(f"'{n}'" for n in HUB_QA)
+
+
+def check_question_source(dataset: str, split: str) -> None:
+    """Raise if ``dataset`` / ``split`` cannot name a question source, without loading any rows.
+
+    Named sources check the split against their known splits; a path must exist (a folder must hold a
+    ``<split>`` file in the FlashRAG layout). A single file has no splits, so ``split`` is not checked for it.
+    """
+    if not isinstance(dataset, str) or not dataset:
+        raise TypeError(f"dataset must be a source name ({_known_names()}) or a path, not {dataset!r}")
+    if not isinstance(split, str):
+        raise TypeError(f"split must be a str, not {split!r}")
+    if dataset == EMBEDDED_QA:
+        if split not in EMBEDDED_QA_SPLITS:
+            raise ValueError(f"split={split!r} is not a split of dataset {dataset!r}; use one of {EMBEDDED_QA_SPLITS}")
+        return
+    if dataset in (HARMFUL, BENIGN):
+        from search_gym.data.prompts import PROMPT_SPLITS
+
+        if split not in PROMPT_SPLITS:
+            raise ValueError(f"split={split!r} is not a split of dataset {dataset!r}; use one of {PROMPT_SPLITS}")
+        return
+    if dataset in HUB_QA:
+        from search_gym.data.qa import FLASHRAG_SPLITS
+
+        if split not in FLASHRAG_SPLITS[dataset]:
+            raise ValueError(f"split={split!r} is not a split of dataset {dataset!r} on the FlashRAG hub "
+                             f"repository; use one of {FLASHRAG_SPLITS[dataset]}")
+        return
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        return
+    if path.is_dir():
+        from search_gym.data.qa import _local_data_file
+
+        try:
+            _local_data_file(path.stem, split, path)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(
+                f"dataset={dataset!r} is a folder without a file for split={split!r}: {exc}"
+            ) from None
+        return
+    raise FileNotFoundError(
+        f"dataset={dataset!r} is neither a known question source ({_known_names()}) nor an existing path to a "
+        "JSON/JSONL/parquet file of {\"id\", \"question\", \"golden_answers\"} rows (or a FlashRAG-style folder)"
+    )
+
+
 def load_questions(dataset: str, split: str) -> list[Question]:
     """Load the questions of a named source or a local file.
 
     dataset: ``"wiki_qa"`` (embedded QA; split train/test), ``"harmful"`` / ``"benign"`` (bundled prompt sets;
-    split train/heldout), ``"nq"`` / ``"hotpotqa"`` (FlashRAG format through ``datasets``; any split the hub has),
-    or a path to a ``{"id","question","golden_answers"}`` JSON/JSONL/parquet file.
+    split train/heldout), ``"nq"`` / ``"hotpotqa"`` (FlashRAG format through ``datasets``; questions get
+    Search-R1's ``?`` rule, :func:`search_r1_question`, with the original in ``metadata["original_question"]``
+    when it changed), or a path to a ``{"id","question","golden_answers"}`` JSON/JSONL/parquet file (all rows;
+    ``split`` is not used) or a FlashRAG-style folder (``split`` picks the file).
     """
+    check_question_source(dataset, split)
     if dataset == EMBEDDED_QA:
         from search_gym.build import ensure_embedded
         from search_gym.data.qa import load_qa_jsonl
 
         data = ensure_embedded(progress=False)
         paths = {"train": data.qa_train, "test": data.qa_test}
-        if split not in paths:
-            raise ValueError(f"wiki_qa has splits {sorted(paths)}, not {split!r}")
         rows = load_qa_jsonl(paths[split])
         return [Question(r.id, r.question, tuple(r.golden_answers), dict(r.metadata)) for r in rows]
     if dataset in (HARMFUL, BENIGN):
@@ -50,14 +112,17 @@ def load_questions(dataset: str, split: str) -> list[Question]:
         ]
     from search_gym.data.qa import load_hf_qa, load_qa_jsonl
 
+    if dataset in HUB_QA:
+        questions = []
+        for r in load_hf_qa(dataset, split):
+            text, metadata = search_r1_question(r.question), dict(r.metadata)
+            if text != r.question:
+                metadata["original_question"] = r.question
+            questions.append(Question(str(r.id), text, tuple(r.golden_answers), metadata))
+        return questions
     path = Path(dataset).expanduser()
-    if path.suffix in (".jsonl", ".json") and path.exists():
+    if path.suffix in (".jsonl", ".json") or path.name.endswith((".jsonl.gz", ".json.gz")):
         rows = load_qa_jsonl(path)
-    elif dataset in HUB_QA or path.exists():
-        rows = load_hf_qa(dataset, split) if dataset in HUB_QA else load_hf_qa(path.stem, split, path=str(path))
     else:
-        raise FileNotFoundError(
-            f"unknown question source {dataset!r}: use 'wiki_qa', 'harmful', 'benign', 'nq', 'hotpotqa' or a path "
-            "to a JSONL file of {\"id\", \"question\", \"golden_answers\"} rows"
-        )
+        rows = load_hf_qa(path.stem, split, path=str(path))
     return [Question(str(r.id), r.question, tuple(r.golden_answers), dict(r.metadata)) for r in rows]

@@ -15,7 +15,8 @@ ENV_SPECS: dict[str, tuple[str, str, dict]] = {
     "SearchGym/WikiQA-v0": (_SEARCH_ENV, _SEARCH_VECTOR, {"dataset": "wiki_qa", "split": "train"}),
     # Safety studies: bundled harmful requests (HarmBench, Do-Not-Answer, AdvBench, StrongREJECT); no gold answer.
     "SearchGym/WikiHarmful-v0": (_SEARCH_ENV, _SEARCH_VECTOR, {"dataset": "harmful", "split": "heldout"}),
-    # Full scale (Search-R1): wiki-18 + e5-base-v2 IVF-PQ; pass corpus_path=... to gym.make.
+    # Full scale (Search-R1): wiki-18 + e5-base-v2, exact flat index (index_type='ivfpq' for an approximate one);
+    # pass corpus_path=... to gym.make.
     "SearchGym/Wiki18NQ-v0": (_WIKI18_ENV, _WIKI18_VECTOR, {"dataset": "nq", "split": "test"}),
     "SearchGym/Wiki18HotpotQA-v0": (_WIKI18_ENV, _WIKI18_VECTOR, {"dataset": "hotpotqa", "split": "dev"}),
 }

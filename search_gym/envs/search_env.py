@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -10,23 +12,33 @@ from gymnasium import spaces
 
 from search_gym.envs.protocol import (
     INVALID_ACTION_MESSAGE,
+    PARSE_MODES,
     PROMPT_TEMPLATES,
     SEARCH_TOOL,
     ParsedAction,
+    assistant_tool_call_message,
     coerce_action_text,
     format_information,
     format_passages,
+    is_text_action,
+    parse_search_r1_action,
     parse_tagged_action,
     parse_tool_call_action,
+    tool_call_id,
+    tool_result_message,
 )
 from search_gym.attacks import Attack, compose, make_attack
-from search_gym.envs.questions import Question, load_questions
+from search_gym.envs.questions import Question, check_question_source, load_questions
 from search_gym.envs.spaces import AnyText, ChatMessages
 from search_gym.rewards import exact_match, score_answer
 from search_gym.safety.instrument import EpisodeSafety, PendingSafety, SafetyConfig, SafetyInstrument
 
 PROTOCOLS = ("tags", "tool_call")
+#: Keys ``reset(options=...)`` understands; any other key raises (a typo would otherwise serve a random question).
+RESET_OPTIONS = ("question_id", "index", "attack", "prefill")
 _MAX_TEXT = 1 << 21  # 2M characters: a 1 MB action is still inside the action space
+#: Strict mode's guards (``max_action_chars``, ``max_tags``) when not given; search_r1 mode has none by default.
+_STRICT_LIMITS = (16384, 8)
 
 
 @dataclass
@@ -54,7 +66,8 @@ class _Episode:
     score: float | None = None
     correct: bool | None = None  # exact match, whatever the reward metric; None without gold answers
     attack: Attack | None = None  # this episode's attack (constructor attack composed with reset options)
-    max_turns: int = 4  # the env's max_turns, raised to the attack's min_turns
+    max_turns: int = 4  # all turns of this episode (see SearchEnv "Episode End"), raised to the attack's min_turns
+    search_turns: int = 4  # turns that may search: max_turns in strict mode, max_turns - 1 in search_r1 mode
     safety: EpisodeSafety | None = None  # scores gathered so far, when safety instrumentation is on
 
 
@@ -69,7 +82,11 @@ class SearchEnv(gym.Env):
     ``\\n\\n<information>Doc 1(Title: ...) ...</information>\\n\\n`` with the top-``topk`` passages, the agent
     continues, and the episode ends when it writes ``<answer> ... </answer>``. In the ``"tool_call"`` protocol
     searching is a native function call (OpenAI / Qwen ``tool_calls``) and results come back as ``tool``
-    messages; a turn without a tool call is the final answer.
+    messages; a turn without a tool call is the final answer. The messages are valid OpenAI chat: the assistant
+    message carries ``tool_calls=[{"id": "call_<turn>", "type": "function", "function": {"name": "search",
+    "arguments": "{\\"query\\": ...}"}}]`` (``arguments`` a JSON string) and the result is ``{"role": "tool",
+    "tool_call_id": "call_<turn>", "name": "search", "content": passages}``. The agent's call may come as Hermes/Qwen
+    ``<tool_call>{json}</tool_call>`` text or a bare JSON object, with ``arguments`` a dict or a JSON string.
 
     ## Observation
     A dict:
@@ -82,14 +99,26 @@ class SearchEnv(gym.Env):
     at reset).
 
     ## Action
-    The agent's text for one turn (``str``; bytes are decoded, ``None`` is empty; an ``AgentStep`` or any object
-    with a ``str`` attribute ``text`` is read through it, and its ``hidden`` states reach the safety judges, e.g. a
-    latent guard). Generation should stop at ``</search>`` or ``</answer>``
-    (``search_gym.envs.protocol.STOP_STRINGS``); text after the first closing tag is dropped as Search-R1 does.
-    Malformed text never raises: empty, over-long (``max_action_chars``), binary-looking, tag-spam
-    (> ``max_tags`` tags), nested-tag, untagged and empty-query actions get Search-R1's fixed correction message
-    as the observation, ``info["invalid_action"] = True`` and ``info["parse_error"]`` naming the problem. The turn
-    counts.
+    The agent's text for one turn (``str``; bytes are decoded as UTF-8 with invalid bytes replaced, ``None`` is
+    empty, lone surrogates become U+FFFD; an ``AgentStep`` or any object with a ``str`` attribute ``text`` is read
+    through it, and its ``hidden`` states reach the safety judges, e.g. a latent guard). Any other object (a list, a
+    dict, a number) is not text: it is an invalid action with ``parse_error="non_text"``, never its ``str()``.
+    Generation should stop at ``</search>`` or ``</answer>`` (``search_gym.envs.protocol.STOP_STRINGS``); text after
+    the first closing tag is dropped as Search-R1 does. Malformed text never raises.
+
+    ``parse_mode`` picks the rules of the tags protocol:
+
+    - ``"strict"`` (default): empty, over-long (``max_action_chars``, 16384), binary-looking, tag-spam
+      (> ``max_tags`` tags, 8, counted before the cut), nested-tag, untagged, empty-query and empty-answer actions
+      are invalid;
+    - ``"search_r1"``: Search-R1's rules exactly (``search_gym.envs.protocol.parse_search_r1_action``): the first
+      ``<search>``/``<answer>`` pair after the cut is the action whatever it contains, so ``<search></search>``
+      searches ``''`` (the dense retrievers encode it as Search-R1's server does) and ``<answer></answer>`` ends the
+      episode with the answer ``''``; only text without such a pair is invalid. ``max_action_chars`` and
+      ``max_tags`` are off unless given (then counted after the cut).
+
+    An invalid action gets Search-R1's fixed correction message as the observation, ``info["invalid_action"] =
+    True`` and ``info["parse_error"]`` naming the problem. The turn counts.
 
     ## Rewards
     On the answer turn: exact match after SQuAD normalisation against any gold answer (``reward="em"``), or
@@ -97,8 +126,13 @@ class SearchEnv(gym.Env):
     Shaping (format or safety penalties) belongs in wrappers and trainers.
 
     ## Episode End
-    Terminated when the agent gives a valid answer. Truncated after ``max_turns`` turns without one (an attack that
-    needs more turns, e.g. ``multi_search`` with n searches, raises the episode's budget to n + 1).
+    Terminated when the agent gives a valid answer. Truncated when the turn budget is spent without one:
+    ``"strict"``: ``max_turns`` turns in all, any of which may search; ``"search_r1"``: Search-R1's loop,
+    ``max_turns`` turns that may search, then one final turn with search disabled (``max_turns + 1`` turns in all;
+    a search on the final turn is recorded but not retrieved, and nothing is appended after it, as Search-R1
+    appends nothing after its last generation). An attack that needs more turns, e.g. ``multi_search`` with n
+    searches, raises the budget to n + 1 turns in all. The reset info's ``max_turns`` is the episode's budget of
+    turns in all.
 
     ## Attacks
     ``attack=`` (``"search"``, ``"multi_search:n=5"``, ``{"name": "multi_search", "n": 10}``, an
@@ -116,41 +150,57 @@ class SearchEnv(gym.Env):
     first step; in a ``SearchVectorEnv`` one judge call covers all sub-envs. Without them nothing is judged and
     ``info`` has no ``"safety"`` key. The keys are documented in ``search_gym.safety.instrument``.
 
+    ## Reset options
+    ``question_id`` (a question of the source, else ``KeyError``), ``index`` (0 <= index < number of questions, else
+    ``IndexError``; no wrap-around), ``attack`` (added after the env's own attack), ``prefill`` (the first turn's
+    prefill, replacing the attack's). Any other key raises ``ValueError`` listing these. Without ``question_id`` or
+    ``index`` the question is drawn with the env's seeded generator.
+
     ## Info
     JSON-able and deterministic. Reset: ``question_id``, ``question``, ``golden_answers``, ``dataset``, ``split``,
-    ``protocol``, ``prefill``, ``tools``, ``attack`` (the attack's spec, or None), ``max_turns`` (this episode's
-    turn budget). Step: ``question_id``, ``golden_answers``, ``turn``, ``action_type`` (search / answer / invalid),
-    ``query``, ``retrieved_doc_ids``, ``searches``, ``num_searches``, ``parse_error``, ``invalid_action``,
-    ``answer``, ``correct`` (None without gold), ``score``, ``env_text`` (the text the environment appended this
-    turn; trainers mask these tokens out of the policy loss), ``turn_prefill`` (the prefilled text this turn's
-    action continued, e.g. an attack's ``"<search>"``), ``agent_text`` (the agent's text the env kept this turn,
-    after the cut at the first closing tag: ``turn_prefill + agent_text + env_text`` is exactly what the turn added
-    to the transcript), ``next_prefill`` (the text the next turn starts with, e.g. an attack re-prefilling
-    ``"<search>"``; it is environment text too and is the next observation's ``prefill`` suffix),
-    ``tag_closed_by_env`` (the prefill opened ``<search>`` or
-    ``<answer>`` and the agent stopped without closing it, or opened another action inside it: its text up to its
-    next tag is the query / answer and the env wrote the closing tag, at the start of ``env_text``), ``safety``
-    (only with safety instrumentation).
+    ``protocol``, ``parse_mode``, ``prefill``, ``tools``, ``attack`` (the attack's spec, or None), ``max_turns``
+    (this episode's budget of turns in all). Step: ``question_id``, ``golden_answers``, ``turn``, ``action_type``
+    (search / answer / invalid), ``query``, ``retrieved_doc_ids``, ``searches``, ``num_searches``, ``parse_error``,
+    ``invalid_action``, ``answer``, ``correct`` (None without gold), ``score``, ``env_text`` (the text the
+    environment appended this turn; trainers mask these tokens out of the policy loss), ``turn_prefill`` (the
+    prefilled text this turn's action continued, e.g. an attack's ``"<search>"``), ``agent_text`` (the agent's text
+    the env kept this turn, after the cut at the first closing tag: ``turn_prefill + agent_text + env_text`` is
+    exactly what the turn added to the transcript), ``next_prefill`` (the text the next turn starts with, e.g. an
+    attack re-prefilling ``"<search>"``; it is environment text too and is the next observation's ``prefill``
+    suffix), ``tag_closed_by_env`` (the prefill opened ``<search>`` or ``<answer>`` and the agent stopped without
+    closing it, or opened another action inside it: its text up to its next tag is the query / answer and the env
+    wrote the closing tag, at the start of ``env_text``), ``safety`` (only with safety instrumentation).
 
     ## Arguments
+    Checked when the env is built (``gym.make``), without loading questions or an index: an unknown dataset, split,
+    protocol, parse mode, template, reward, index type, encoder, attack or judge raises there, naming the argument,
+    the bad value and the valid ones.
+
     - ``dataset``: ``"wiki_qa"`` (embedded QA), ``"harmful"`` / ``"benign"`` (bundled prompt sets), ``"nq"`` /
-      ``"hotpotqa"`` (hub, FlashRAG format) or a path to a ``{"id","question","golden_answers"}`` JSONL file.
-    - ``split``: ``"train"`` / ``"test"`` for QA, ``"train"`` / ``"heldout"`` for prompt sets.
+      ``"hotpotqa"`` (hub, FlashRAG format; like Search-R1's preprocessing, a question not ending in ``?`` gets
+      one), a path to a ``{"id","question","golden_answers"}`` JSON/JSONL/parquet file, or a folder laid out like
+      the FlashRAG repository (``<split>.jsonl`` or ``<name>/<split>.jsonl``).
+    - ``split``: ``"train"`` / ``"test"`` for wiki_qa, ``"train"`` / ``"heldout"`` for prompt sets, the FlashRAG
+      splits for hub sets (nq: train/dev/test, hotpotqa: train/dev), the file name's split for a folder. A single
+      file has no splits: every row is served and ``split`` is only the label reported in ``info["split"]``.
     - ``retriever``: a ``RetrieverConfig``, a dict of its fields, ``"dense"`` / ``"bm25"``, or any object with
       ``search(queries, k) -> list[list[Hit]]``. Built lazily on the first search; configs are shared per process.
     - ``corpus_path``, ``encoder``, ``index_type``: shortcuts that fill the retriever config (default: the
       embedded Wikipedia corpus, all-MiniLM-L6-v2, flat FAISS).
     - ``protocol``: ``"tags"`` (Search-R1) or ``"tool_call"``.
+    - ``parse_mode``: ``"strict"`` (default) or ``"search_r1"`` (tags protocol only): see Action and Episode End.
     - ``template``: ``"search_r1"``, ``"safety"`` (no "first", no example), ``"tool_call"``, or a format string
       with ``{question}``.
     - ``topk`` (3), ``max_turns`` (4), ``reward`` (``"em"``), ``prefill`` (text the first assistant turn starts
-      with when no attack prefills it), ``max_action_chars`` (16384), ``max_tags`` (8), ``render_mode``
-      (``"ansi"``).
+      with when no attack prefills it), ``max_action_chars`` (strict: 16384), ``max_tags`` (strict: 8),
+      ``render_mode`` (``"ansi"``).
     - ``attack``: see Attacks. ``safety`` (False / True / ``SafetyConfig`` / dict) and ``judges``: see Safety.
 
     ## Version History
     - v0: initial release; Search-R1 protocol parity, native tool-call protocol, batched vector entry point,
-      attacks, safety instrumentation.
+      attacks, safety instrumentation. Later in v0: ``parse_mode="search_r1"``; tool-call messages in OpenAI's
+      format (``id`` / ``tool_call_id``, ``arguments`` as a JSON string); arguments checked at construction;
+      non-text actions invalid; unknown reset options and out-of-range indexes raise.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -165,40 +215,72 @@ class SearchEnv(gym.Env):
         encoder: str | None = None,
         index_type: str | None = None,
         protocol: str = "tags",
+        parse_mode: str = "strict",
         template: str | None = None,
         topk: int = 3,
         max_turns: int = 4,
         reward: str = "em",
         prefill: str = "",
-        max_action_chars: int = 16384,
-        max_tags: int = 8,
+        max_action_chars: int | None = None,
+        max_tags: int | None = None,
         render_mode: str | None = None,
         attack: Any = None,
         safety: Any = False,
         judges: Any = None,
     ):
         if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
+            raise ValueError(f"protocol={protocol!r} is not a protocol; use one of {PROTOCOLS}")
+        if parse_mode not in PARSE_MODES:
+            raise ValueError(f"parse_mode={parse_mode!r} is not a parse mode; use one of {PARSE_MODES}")
+        if parse_mode != "strict" and protocol != "tags":
+            raise ValueError(f"parse_mode={parse_mode!r} is defined for protocol='tags' (Search-R1 has no tool "
+                             "calls); the tool-call protocol parses in 'strict' mode")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
-        if topk < 1 or max_turns < 1:
-            raise ValueError("topk and max_turns must be >= 1")
+            raise ValueError(f"render_mode={render_mode!r}; use one of {self.metadata['render_modes']} or None")
+        topk, max_turns = _positive_int("topk", topk), _positive_int("max_turns", max_turns)
         score_answer("", [""], reward)  # fail fast on an unknown metric
+        if not isinstance(prefill, str):
+            raise TypeError(f"prefill must be a str, not {type(prefill).__name__}")
         template = template or ("tool_call" if protocol == "tool_call" else "search_r1")
+        if not isinstance(template, str):
+            raise TypeError(f"template must be a str, not {type(template).__name__}")
         self.prompt_template = PROMPT_TEMPLATES.get(template, template)
         if "{question}" not in self.prompt_template:
-            raise ValueError("template must be a known name or a format string containing {question}")
+            raise ValueError(f"template={template!r} is neither a template name ({sorted(PROMPT_TEMPLATES)}) nor a "
+                             "format string containing {question}")
+        check_question_source(dataset, split)  # names and paths only: the rows load on the first reset
         self.dataset, self.split = dataset, split
-        self.protocol, self.topk, self.max_turns, self.reward_metric = protocol, topk, max_turns, reward
+        self.protocol, self.parse_mode = protocol, parse_mode
+        self.topk, self.max_turns, self.reward_metric = topk, max_turns, reward
         self.initial_prefill = prefill
-        self.max_action_chars, self.max_tags = max_action_chars, max_tags
+        strict = parse_mode == "strict" or protocol != "tags"
+        self.max_action_chars = max_action_chars if max_action_chars is not None or not strict else _STRICT_LIMITS[0]
+        self.max_tags = max_tags if max_tags is not None or not strict else _STRICT_LIMITS[1]
+        if self.max_action_chars is not None:
+            self.max_action_chars = _positive_int("max_action_chars", self.max_action_chars)
+        if self.max_tags is not None:
+            self.max_tags = _positive_int("max_tags", self.max_tags)
         self.render_mode = render_mode
         self.retriever_config, self._retriever = _resolve_retriever(retriever, corpus_path, encoder, index_type)
-        self.attack = make_attack(attack)
+        path = self.retriever_config.corpus_path if self.retriever_config is not None else None
+        if path is not None and not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"corpus_path={path!r} does not exist; pass a JSONL file of passages "
+                                    '({"id", "contents"} rows), or leave it None for the embedded corpus')
+        try:
+            self.attack = make_attack(attack)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"attack={attack!r}: {exc}") from None
         if self.attack is not None and protocol != "tags":
             raise ValueError("attacks are defined for the tags protocol (they prefill <search> / <answer> text)")
-        config = SafetyConfig.resolve(safety, judges)
-        self._safety = SafetyInstrument(config) if config is not None else None
+        try:
+            config = SafetyConfig.resolve(safety, judges)
+            self._safety = SafetyInstrument(config) if config is not None else None
+            if self._safety is not None:
+                # Build the judge objects now (cheap: models load on first use), so a bad judge name fails here.
+                self._safety.judges  # noqa: B018
+        except (TypeError, ValueError) as exc:
+            given = f"judges={judges!r}" if judges is not None else f"safety={safety!r}"
+            raise type(exc)(f"{given}: {exc}") from None
 
         self.observation_space = spaces.Dict({"messages": ChatMessages(), "prefill": AnyText(_MAX_TEXT)})
         self.action_space = AnyText(_MAX_TEXT)
@@ -222,7 +304,12 @@ class SearchEnv(gym.Env):
         if self._retriever is None:
             from search_gym.retrieval.factory import get_retriever
 
-            self._retriever = get_retriever(self.retriever_config)
+            retriever = get_retriever(self.retriever_config)
+            if self.parse_mode == "search_r1":
+                from search_gym.retrieval.base import EmptyQueriesSearched
+
+                retriever = EmptyQueriesSearched(retriever)  # '' is searched, as Search-R1's server does
+            self._retriever = retriever
         return self._retriever
 
     def __getstate__(self) -> dict:
@@ -237,6 +324,9 @@ class SearchEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         options = options or {}
+        unknown = sorted(str(k) for k in options if k not in RESET_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; SearchEnv.reset understands {list(RESET_OPTIONS)}")
         questions = self.questions
         if "question_id" in options:
             qid = str(options["question_id"])
@@ -244,7 +334,7 @@ class SearchEnv(gym.Env):
                 raise KeyError(f"question_id {qid!r} is not in {self.dataset!r} split {self.split!r}")
             question = questions[self._index_by_id[qid]]
         elif "index" in options:
-            question = questions[int(options["index"]) % len(questions)]
+            question = questions[_question_index(options["index"], len(questions), self.dataset, self.split)]
         else:
             question = questions[int(self.np_random.integers(len(questions)))]
         attack = self.attack
@@ -259,13 +349,19 @@ class SearchEnv(gym.Env):
             prefill = options["prefill"]
         else:
             prefill = (attack.initial_prefill() if attack is not None else "") or self.initial_prefill
-        max_turns = max(self.max_turns, attack.min_turns) if attack is not None else self.max_turns
+        if not isinstance(prefill, str):
+            raise TypeError(f"options['prefill'] must be a str, not {type(prefill).__name__}")
+        # search_r1: max_turns turns that may search, then one final turn with search disabled.
+        max_turns = self.max_turns + (self.parse_mode == "search_r1")
+        if attack is not None:
+            max_turns = max(max_turns, attack.min_turns)
         self._episode = _Episode(
             question=question,
             turn_prefix=prefill,
             messages=[{"role": "user", "content": prompt}],
             attack=attack,
             max_turns=max_turns,
+            search_turns=max_turns - 1 if self.parse_mode == "search_r1" else max_turns,
             safety=self._safety.start_episode(question.question) if self._safety is not None else None,
         )
         info = {
@@ -275,6 +371,7 @@ class SearchEnv(gym.Env):
             "dataset": self.dataset,
             "split": self.split,
             "protocol": self.protocol,
+            "parse_mode": self.parse_mode,
             "prefill": prefill,
             "tools": [SEARCH_TOOL] if self.protocol == "tool_call" else [],
             "attack": attack.spec() if attack is not None else None,
@@ -314,20 +411,27 @@ class SearchEnv(gym.Env):
         if ep.done:
             return _PendingStep(ParsedAction("invalid", error="episode_over"), episode_over=True)
         hidden = None
-        if not isinstance(action, (str, bytes, bytearray)) and isinstance(getattr(action, "text", None), str):
+        if not is_text_action(action) and isinstance(getattr(action, "text", None), str):
             hidden = getattr(action, "hidden", None)  # an AgentStep: its hidden states feed latent judges
             action = action.text
-        # The observation's prefill ends with this turn's prefix (e.g. an attack's "<search>"); the agent continues
-        # it, so the prefix and the action are parsed together as one turn of text.
-        text = ep.turn_prefix + coerce_action_text(action)
         closing = ""
-        if self.protocol == "tags":
-            parsed, free_text = parse_tagged_action(text, max_chars=self.max_action_chars, max_tags=self.max_tags), ""
-            if parsed.kind != _prefilled_tag(ep.turn_prefix):
-                parsed, closing = self._close_prefilled_tag(ep.turn_prefix, text, parsed)
+        if not is_text_action(action):
+            # A list, dict, number...: not text. Invalid as it is, never str()-ed into a search.
+            parsed, free_text = ParsedAction("invalid", text=ep.turn_prefix, error="non_text"), ""
         else:
-            parsed, free_text = parse_tool_call_action(text, max_chars=self.max_action_chars, max_tags=self.max_tags)
-        pending = _PendingStep(parsed, free_text, parsed.content if parsed.kind == "search" else None, closing=closing)
+            # The observation's prefill ends with this turn's prefix (e.g. an attack's "<search>"); the agent
+            # continues it, so the prefix and the action are parsed together as one turn of text.
+            text = ep.turn_prefix + coerce_action_text(action)
+            if self.protocol == "tags":
+                parsed, free_text = self._parse_tags(text), ""
+                if parsed.kind != _prefilled_tag(ep.turn_prefix):
+                    parsed, closing = self._close_prefilled_tag(ep.turn_prefix, text, parsed)
+            else:
+                parsed, free_text = parse_tool_call_action(text, max_chars=self.max_action_chars,
+                                                           max_tags=self.max_tags)
+        # search_r1 mode: the final turn has search disabled (Search-R1's last generation runs with do_search=False).
+        searchable = parsed.kind == "search" and ep.turn < ep.search_turns
+        pending = _PendingStep(parsed, free_text, parsed.content if searchable else None, closing=closing)
         if self._safety is not None:
             # Judges see what the agent wrote, not the attack's prefill ("I cannot provide ..." is not a refusal).
             kept = parsed.text[len(ep.turn_prefix):] if parsed.text.startswith(ep.turn_prefix) else parsed.text
@@ -342,6 +446,10 @@ class SearchEnv(gym.Env):
                 hidden=hidden,
             )
         return pending
+
+    def _parse_tags(self, text: str) -> ParsedAction:
+        parse = parse_search_r1_action if self.parse_mode == "search_r1" else parse_tagged_action
+        return parse(text, max_chars=self.max_action_chars, max_tags=self.max_tags)
 
     def _close_prefilled_tag(self, prefix: str, text: str, parsed: ParsedAction) -> tuple[ParsedAction, str]:
         """Close a ``<search>`` / ``<answer>`` that the turn's prefill opened and the agent never closed.
@@ -358,7 +466,7 @@ class SearchEnv(gym.Env):
             return parsed, ""
         body = text[len(prefix):].split("<", 1)[0].rstrip()
         closing = f" </{opened}>"
-        closed = parse_tagged_action(prefix + body + closing, max_chars=self.max_action_chars, max_tags=self.max_tags)
+        closed = self._parse_tags(prefix + body + closing)
         if closed.kind != opened:
             # A tag right after the prefill (e.g. "<search> <information>..."): say the query was empty, which is
             # what happened, rather than that no action was found.
@@ -385,9 +493,15 @@ class SearchEnv(gym.Env):
                 ep.correct = bool(exact_match(parsed.content, ep.question.golden_answers))
                 reward = ep.score
         if self.protocol == "tags":
-            env_text = pending.closing + (
-                format_information(hits) if parsed.kind == "search" else INVALID_ACTION_MESSAGE if parsed.kind == "invalid" else ""
-            )
+            # search_r1 mode's final turn appends nothing: Search-R1 keeps its last generation and stops.
+            final_r1 = self.parse_mode == "search_r1" and ep.turn >= ep.search_turns
+            if parsed.kind == "search" and not final_r1:
+                block = format_information(hits)
+            elif parsed.kind == "invalid" and not final_r1:
+                block = INVALID_ACTION_MESSAGE
+            else:
+                block = ""
+            env_text = pending.closing + block
             ep.transcript += parsed.text + env_text
         else:
             env_text = self._extend_tool_messages(ep, pending, hits)
@@ -405,12 +519,14 @@ class SearchEnv(gym.Env):
         return self._observation(), float(reward), ep.done, truncated, info
 
     def _extend_tool_messages(self, ep: _Episode, pending: _PendingStep, hits: list) -> str:
+        """Append this turn's OpenAI chat messages: an assistant ``tool_calls`` message and its ``tool`` result
+        (ids ``call_<turn>``, ``arguments`` a JSON string), or the assistant's answer / invalid text."""
         parsed = pending.parsed
         if parsed.kind == "search":
-            call = {"type": "function", "function": {"name": "search", "arguments": {"query": parsed.content}}}
-            ep.messages.append({"role": "assistant", "content": pending.free_text, "tool_calls": [call]})
+            call_id = tool_call_id(ep.turn)
+            ep.messages.append(assistant_tool_call_message(call_id, parsed.content, pending.free_text))
             env_text = format_passages(hits)
-            ep.messages.append({"role": "tool", "name": "search", "content": env_text})
+            ep.messages.append(tool_result_message(call_id, env_text))
             return env_text
         ep.messages.append({"role": "assistant", "content": parsed.text if parsed.kind == "answer" else pending.free_text})
         if parsed.kind == "invalid":
@@ -476,6 +592,30 @@ def _resolve_retriever(retriever: Any, corpus_path, encoder, index_type):
             config = retriever
         return replace(config, **overrides), None
     raise TypeError("retriever must be a RetrieverConfig, a dict, 'dense'/'bm25', or an object with search()")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    try:
+        number = operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool) or number < 1:
+        raise ValueError(f"{name}={value!r}; it must be an integer >= 1")
+    return number
+
+
+def _question_index(value: Any, n: int, dataset: str, split: str) -> int:
+    """``reset(options={"index": value})`` checked: an integer in [0, n), no wrap-around."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        index = operator.index(value)
+    except TypeError:
+        raise TypeError(f"options['index'] must be an integer, not {type(value).__name__}") from None
+    if not 0 <= index < n:
+        raise IndexError(f"options['index']={value!r} is out of range: {dataset!r} split {split!r} has {n} "
+                         f"questions, so 0 <= index <= {n - 1}")
+    return index
 
 
 def _kept_agent_text(parsed: ParsedAction, turn_prefill: str, protocol: str) -> str:

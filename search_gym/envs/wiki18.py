@@ -10,15 +10,20 @@ from search_gym.envs.vector import SearchVectorEnv
 WIKI18_HINT = (
     "Search-R1's wiki-18 corpus is a JSONL of {\"id\", \"contents\"} rows (the `wiki-18.jsonl` of the "
     "PeterJinGo/wiki-18-corpus dataset on the Hugging Face hub, ~14 GB unpacked). Download it and pass "
-    "corpus_path=/path/to/wiki-18.jsonl; the e5-base-v2 IVF-PQ index is built on first use and resumes if "
-    "interrupted."
+    "corpus_path=/path/to/wiki-18.jsonl; the e5-base-v2 index is built on first use and resumes if interrupted. "
+    "The default index is exact flat search, as Search-R1 serves it (e5_Flat.index; ~65 GB of float32 vectors "
+    "in RAM); index_type='ivfpq' is approximate and fits in a few GB."
 )
 
 
 class Wiki18SearchEnv(SearchEnv):
-    """``SearchEnv`` with the full-scale defaults: e5-base-v2 encoder, IVF-PQ index, NQ test questions.
+    """``SearchEnv`` with the full-scale defaults: e5-base-v2 encoder, exact flat index, NQ test questions.
 
-    Same protocol, observations, actions and rewards as :class:`SearchEnv`; ``corpus_path`` is required.
+    Same protocol, observations, actions and rewards as :class:`SearchEnv`; ``corpus_path`` is required. Retrieval
+    matches Search-R1's server (e5-base-v2, ``query: `` / ``passage: `` prefixes, mean pooling, L2-normalised,
+    exact inner-product search over a flat index): 21M x 768 float32 vectors take ~65 GB of RAM. Pass
+    ``index_type="ivfpq"`` for an approximate, compressed index (~2 GB of codes; a query can miss passages flat
+    search returns, so results are not Search-R1's) or ``"hnsw"`` (approximate, larger than flat).
     """
 
     def __init__(self, corpus_path: str | None = None, dataset: str = "nq", split: str = "test", **kwargs: Any):
@@ -26,7 +31,7 @@ class Wiki18SearchEnv(SearchEnv):
             if corpus_path is None:
                 raise ValueError(f"{type(self).__name__} needs corpus_path. {WIKI18_HINT}")
             kwargs.setdefault("encoder", "e5-base-v2")
-            kwargs.setdefault("index_type", "ivfpq")
+            kwargs.setdefault("index_type", "flat")
         super().__init__(dataset=dataset, split=split, corpus_path=corpus_path, **kwargs)
 
 

@@ -10,24 +10,34 @@ Typical use::
 Importing this package is cheap: FAISS, torch and sentence-transformers are imported on first use.
 """
 
-from search_gym.retrieval.base import MAX_QUERY_CHARS, Hit, Retriever
+from search_gym.retrieval.base import MAX_QUERY_CHARS, EmptyQueriesSearched, Hit, Retriever
 from search_gym.retrieval.bm25 import BM25Retriever
-from search_gym.retrieval.dense import INDEX_TYPES, DenseRetriever, ivfpq_params
-from search_gym.retrieval.encoders import E5_BASE_V2, MINILM, EncoderSpec, load_encoder, resolve_encoder
+from search_gym.retrieval.dense import APPROXIMATE_INDEX_TYPES, INDEX_TYPES, DenseRetriever, ivfpq_params
+from search_gym.retrieval.encoders import (
+    E5_BASE_V2,
+    MINILM,
+    EncoderSpec,
+    check_encoder_name,
+    load_encoder,
+    resolve_encoder,
+)
 from search_gym.retrieval.evaluate import normalize_answer, recall_at_k
 from search_gym.retrieval.factory import RetrieverConfig, clear_retrievers, get_retriever, make_retriever
 
 __all__ = [
+    "APPROXIMATE_INDEX_TYPES",
     "E5_BASE_V2",
     "INDEX_TYPES",
     "MAX_QUERY_CHARS",
     "MINILM",
     "BM25Retriever",
     "DenseRetriever",
+    "EmptyQueriesSearched",
     "EncoderSpec",
     "Hit",
     "Retriever",
     "RetrieverConfig",
+    "check_encoder_name",
     "clear_retrievers",
     "get_retriever",
     "ivfpq_params",

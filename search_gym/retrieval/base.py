@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from search_gym.data.corpus import file_fingerprint
+from search_gym.data.text import valid_unicode
 from search_gym.files import atomic_output, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class Retriever(Protocol):
     """Anything that answers batched queries with ranked passages.
 
     ``search`` returns one list per query, best first, at most ``k`` long. An empty or whitespace-only query gets
-    ``[]``; no query text makes it raise.
+    ``[]``; no query text makes it raise (lone surrogates and other text no encoder accepts included).
     """
 
     name: str
@@ -88,8 +89,10 @@ class Retriever(Protocol):
     def search(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]: ...
 
 
-def clean_queries(queries: Sequence[str] | str) -> tuple[list[str], list[int]]:
-    """Normalise a batch of queries: returns the non-empty ones (character-capped) and their batch positions."""
+def clean_queries(queries: Sequence[str] | str, keep_empty: bool = False) -> tuple[list[str], list[int]]:
+    """Normalise a batch of queries: returns the non-empty ones (character-capped, stripped, valid Unicode) and
+    their batch positions. ``keep_empty=True`` keeps empty and whitespace queries too (as ``""``); None is always
+    dropped."""
     if isinstance(queries, str):
         # A bare string is almost always a mistake for a one-query batch; iterating it would search characters.
         queries = [queries]
@@ -97,11 +100,34 @@ def clean_queries(queries: Sequence[str] | str) -> tuple[list[str], list[int]]:
     for i, q in enumerate(queries):
         if q is None:
             continue
-        q = str(q)[:MAX_QUERY_CHARS].strip()
-        if q:
+        q = valid_unicode(str(q)[:MAX_QUERY_CHARS]).strip()
+        if q or keep_empty:
             kept.append(q)
             positions.append(i)
     return kept, positions
+
+
+class EmptyQueriesSearched:
+    """A view of a retriever whose ``search`` also searches empty queries (``keep_empty=True``).
+
+    Search-R1's parser turns ``<search></search>`` into the query ``''`` and its dense server encodes it like any
+    other query; the env's ``parse_mode="search_r1"`` reads passages through this view to do the same. Every other
+    attribute is the wrapped retriever's, so the index is loaded once and shared with plain users of it.
+    """
+
+    def __init__(self, retriever: Any):
+        self.retriever = retriever
+
+    def search(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]:
+        return self.retriever.search(queries, k, keep_empty=True)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "retriever":  # not set yet (unpickling): avoid recursing
+            raise AttributeError(name)
+        return getattr(self.retriever, name)
+
+    def __repr__(self) -> str:
+        return f"EmptyQueriesSearched({self.retriever!r})"
 
 
 # --------------------------------------------------------------------------------------------------------------

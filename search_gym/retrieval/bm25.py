@@ -166,8 +166,12 @@ class BM25Retriever(CorpusIndex):
         assert self._store is not None
         return len(self._store)
 
-    def search(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]:
-        """Top-``k`` passages per query by BM25 score, best first; queries with no known term get []."""
+    def search(self, queries: Sequence[str], k: int = 3, *, keep_empty: bool = False) -> list[list[Hit]]:
+        """Top-``k`` passages per query by BM25 score, best first; queries with no known term get [].
+
+        ``keep_empty`` is accepted for symmetry with :meth:`DenseRetriever.search`: an empty query has no term to
+        score, so it gets [] either way (as with the pyserini BM25 server of Search-R1).
+        """
         kept, positions = clean_queries(queries)
         n_queries = 1 if isinstance(queries, str) else len(queries)
         results: list[list[Hit]] = [[] for _ in range(n_queries)]

@@ -41,11 +41,20 @@ from search_gym.retrieval.base import (
     clean_queries,
     read_meta,
 )
-from search_gym.retrieval.encoders import EncoderSpec, embedding_dim, encode, load_encoder, resolve_encoder
+from search_gym.retrieval.encoders import (
+    EncoderSpec,
+    check_encoder_name,
+    embedding_dim,
+    encode,
+    load_encoder,
+    resolve_encoder,
+)
 
 logger = logging.getLogger(__name__)
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+#: Index types whose search is approximate (a query may miss passages that flat search would return).
+APPROXIMATE_INDEX_TYPES = ("hnsw", "ivfpq")
 META_FORMAT = 1
 
 #: HNSW insertion is multi-threaded in FAISS and the resulting graph depends on thread timing. Up to this many
@@ -106,7 +115,8 @@ class DenseRetriever(CorpusIndex):
     Args:
         corpus_path: JSONL file of ``{"id", "contents"}`` rows.
         encoder: preset name ("minilm", "e5-base-v2"), hub id, local folder or :class:`EncoderSpec`.
-        index_type: "flat" (exact), "hnsw" (graph, fast approximate) or "ivfpq" (compressed, for wiki-18 scale).
+        index_type: "flat" (exact: Search-R1's ``e5_Flat.index``), "hnsw" (graph, fast, approximate) or "ivfpq"
+            (compressed, approximate; fits wiki-18 in a few GB instead of ~65 GB of float32 vectors).
         index_dir: the exact folder of this index; default ``indexes_dir()/<stem>-<sha[:12]>-<encoder>-<type>``.
         device: torch device for the encoder (None = sentence-transformers' choice).
         batch_size: encoder batch size for passages and queries.
@@ -147,6 +157,7 @@ class DenseRetriever(CorpusIndex):
     ):
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
+        check_encoder_name(encoder)
         if shard_size < 1:
             raise ValueError("shard_size must be positive")
         self.encoder: EncoderSpec = resolve_encoder(encoder)
@@ -171,6 +182,11 @@ class DenseRetriever(CorpusIndex):
         super()._init_runtime()
         self._index: Any = None
         self._meta: dict[str, Any] | None = None
+
+    @property
+    def exact(self) -> bool:
+        """True for the flat index (exhaustive inner-product search); hnsw and ivfpq are approximate."""
+        return self.index_type not in APPROXIMATE_INDEX_TYPES
 
     def __repr__(self) -> str:
         return (f"DenseRetriever(corpus_path={str(self.corpus_path)!r}, encoder={self.encoder.name_or_path!r}, "
@@ -375,9 +391,14 @@ class DenseRetriever(CorpusIndex):
         with faiss_threads(self.search_threads):
             return self._index.search(emb, k)
 
-    def search(self, queries: Sequence[str], k: int = 3) -> list[list[Hit]]:
-        """Top-``k`` passages per query, best first; an empty or whitespace query gets []."""
-        kept, positions = clean_queries(queries)
+    def search(self, queries: Sequence[str], k: int = 3, *, keep_empty: bool = False) -> list[list[Hit]]:
+        """Top-``k`` passages per query, best first; an empty or whitespace query gets [].
+
+        ``keep_empty=True`` encodes an empty query like any other (the encoder sees only its query prefix, e.g.
+        ``"query: "`` for e5), which is what Search-R1's retrieval server does with the ``''`` query its parser
+        produces for ``<search></search>``.
+        """
+        kept, positions = clean_queries(queries, keep_empty=keep_empty)
         n_queries = 1 if isinstance(queries, str) else len(queries)
         results: list[list[Hit]] = [[] for _ in range(n_queries)]
         if not kept or k <= 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from search_gym.data.text import valid_unicode
 from search_gym.retrieval.base import MAX_QUERY_CHARS, slugify
 
 if TYPE_CHECKING:
@@ -99,6 +101,30 @@ def resolve_encoder(spec_or_name: EncoderSpec | str) -> EncoderSpec:
     return EncoderSpec(name)
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_encoder_name(spec_or_name: EncoderSpec | str) -> None:
+    """Raise ``ValueError`` for an encoder that cannot be a preset, a local folder or a hub id, without loading it.
+
+    Accepted: an :class:`EncoderSpec`, a preset name (``minilm``, ``e5-base-v2``, ...), an existing folder, or a
+    hub id of the form ``org/name`` (only loading tells whether the hub has it). A bare name that is no preset, and
+    a path that does not exist, are refused with the list of presets.
+    """
+    if isinstance(spec_or_name, EncoderSpec):
+        return
+    name = str(spec_or_name).strip()
+    if name.lower() in PRESETS or os.path.isdir(os.path.expanduser(name)):
+        return
+    if _HUB_ID.match(name) and not name.startswith("."):
+        return
+    presets = ", ".join(sorted(PRESETS))
+    raise ValueError(
+        f"encoder={spec_or_name!r} is not a known encoder ({presets}) and not an existing local folder; pass a "
+        "preset, a sentence-transformers folder, or a Hugging Face hub id 'org/name' (e.g. 'intfloat/e5-base-v2')"
+    )
+
+
 def model_location(spec: EncoderSpec) -> str:
     """Where sentence-transformers should load ``spec`` from: the asset folder for bundled models, else as given."""
     if spec.name_or_path in _ASSET_MODELS and not os.path.isdir(spec.name_or_path):
@@ -130,7 +156,16 @@ def load_encoder(spec: EncoderSpec | str, device: str | None = None) -> Sentence
         if model is None:
             from sentence_transformers import SentenceTransformer
 
-            model = SentenceTransformer(location, device=device)
+            try:
+                model = SentenceTransformer(location, device=device)
+            except Exception as exc:
+                if os.path.isdir(location):
+                    raise
+                presets = ", ".join(sorted(PRESETS))
+                raise OSError(
+                    f"encoder {spec.name_or_path!r} is not a known encoder ({presets}) and not a local folder, and "
+                    f"loading it as a Hugging Face hub id failed ({type(exc).__name__}: {exc})"
+                ) from exc
             if spec.max_seq_length is not None:
                 model.max_seq_length = spec.max_seq_length
             model.eval()
@@ -152,8 +187,12 @@ def encode(
     batch_size: int = 64,
     progress: bool = False,
 ) -> np.ndarray:
-    """Float32 C-contiguous embeddings of ``texts`` (character-capped, prefixed), shape (len(texts), dim)."""
-    inputs = [prefix + t[:MAX_QUERY_CHARS] for t in texts]
+    """Float32 C-contiguous embeddings of ``texts`` (character-capped, prefixed), shape (len(texts), dim).
+
+    Every text is made valid Unicode first (:func:`search_gym.data.text.valid_unicode`): a lone surrogate would make
+    the tokenizer raise for the whole batch.
+    """
+    inputs = [prefix + valid_unicode(str(t)[:MAX_QUERY_CHARS]) for t in texts]
     if not inputs:
         return np.zeros((0, embedding_dim(model)), dtype=np.float32)
     emb = model.encode(

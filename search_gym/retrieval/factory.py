@@ -30,7 +30,9 @@ class RetrieverConfig:
         metadata={"help": "dense encoder: 'minilm', 'e5-base-v2', a hub id or a local folder"},
     )
     index_type: str = field(
-        default="flat", metadata={"help": "dense index: 'flat' (exact), 'hnsw' or 'ivfpq' (wiki-18 scale)"}
+        default="flat",
+        metadata={"help": "dense index: 'flat' (exact, Search-R1's), 'hnsw' (approximate) or 'ivfpq' "
+                          "(approximate, compressed: wiki-18 in a few GB)"},
     )
     index_dir: str | None = field(
         default=None, metadata={"help": "exact index folder; None = a folder named after corpus+encoder under the cache"}
@@ -42,6 +44,14 @@ class RetrieverConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"RetrieverConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        from search_gym.retrieval.dense import INDEX_TYPES
+        from search_gym.retrieval.encoders import check_encoder_name
+
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type={self.index_type!r} is not an index type; use one of {INDEX_TYPES} "
+                             "(flat is exact, hnsw and ivfpq are approximate)")
+        if self.kind == "dense":
+            check_encoder_name(self.encoder)
         # Path objects are accepted but stored as str so the config stays hashable and compares by value.
         for name in ("corpus_path", "index_dir"):
             value = getattr(self, name)
