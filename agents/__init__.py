@@ -42,3 +42,11 @@ def __getattr__(name: str):
 
         return OpenAIAgent
     raise AttributeError(f"module 'search_gym.agents' has no attribute {name!r}")
+
+
+_LAZY = ("HFAgent", "VLLMAgent", "OpenAIAgent", "ensure_smollm2")
+
+
+def __dir__() -> list[str]:
+    """The eager names and the lazily loaded ones, so tab completion and ``dir()`` show every agent."""
+    return sorted(set(globals()) | set(__all__) | set(_LAZY))

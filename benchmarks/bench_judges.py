@@ -53,7 +53,7 @@ def _timed(fn) -> tuple[float, object]:
 
 def throughput(args) -> str:
     from search_gym.data.prompts import load_prompt_set
-    from search_gym.envs.questions import load_questions
+    from search_gym.data.questions import load_questions
     from search_gym.safety import JudgeInput, LLMJudge, QueryHarmClassifier, RefusalSubstringJudge
     from search_gym.safety.classifier import get_embedder
     from search_gym.safety.instrument import QuerySimilarity
@@ -108,7 +108,7 @@ def quality(args) -> str:
     from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
     from search_gym.data.prompts import load_prompt_set
-    from search_gym.envs.questions import load_questions
+    from search_gym.data.questions import load_questions
     from search_gym.safety import JudgeInput, LLMJudge, QueryHarmClassifier
 
     harmful = [p.prompt for p in load_prompt_set("harmful", "heldout")]

@@ -120,7 +120,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         from dataclasses import asdict
 
-        from search_gym.safety.recorder import dumps_record
+        from search_gym.recorder import dumps_record
 
         payload = {"summary": stats, "episodes": [asdict(r) for r in summary.episodes]}
         Path(args.json).write_text(dumps_record(payload))  # numpy scalars and NaN-safe

@@ -3,7 +3,7 @@
 :func:`run_eval` plays every cell of the grid and writes, under ``out_dir``::
 
     config.json                          the settings that shape the cells (checked when resuming)
-    trajectories/<cell>.jsonl            one line per episode (search_gym.safety.recorder format)
+    trajectories/<cell>.jsonl            one line per episode (search_gym.recorder format)
     trajectories/<cell>.meta.json        the cell's timing (agent / env / wall seconds) and judge statistics
     summary.json, summary.md             per-cell metrics with bootstrap 95% intervals
     plots/<metric>.png, plots/dumbbells.png   no attack -> attack, per metric
@@ -47,7 +47,7 @@ from search_gym.attacks import attack_label, make_attack
 from search_gym.envs.search_env import SearchEnv
 from search_gym.envs.vector import SearchVectorEnv
 from search_gym.safety.instrument import DEFAULT_JUDGES, SafetyConfig, judge_stats
-from search_gym.safety.recorder import EpisodeLog, dumps_record
+from search_gym.recorder import EpisodeLog, dumps_record
 
 __all__ = [
     "EvalConfig",
@@ -268,7 +268,7 @@ def _write_json(path: Path, payload: Any) -> None:
 def cell_questions(config: EvalConfig, dataset: str, split: str) -> list[int]:
     """The question indices of a cell: the first ``num_prompts`` of a ``seed``-ed permutation (shared by all cells
     of a prompt set, so attacks and agents are compared on the same questions)."""
-    from search_gym.envs.questions import load_questions
+    from search_gym.data.questions import load_questions
 
     total = len(load_questions(dataset, split))
     order = np.random.default_rng(config.seed).permutation(total)
@@ -278,7 +278,7 @@ def cell_questions(config: EvalConfig, dataset: str, split: str) -> list[int]:
 def _run_cell(cell: Cell, agent, config: EvalConfig, folder: Path, bar_position: int = 1) -> dict:
     from tqdm.auto import tqdm
 
-    from search_gym.envs.questions import load_questions
+    from search_gym.data.questions import load_questions
 
     dataset, split = parse_prompt_set(cell.prompt_set)
     indices = cell_questions(config, dataset, split)

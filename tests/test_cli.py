@@ -147,3 +147,32 @@ def test_vector_env_seeds_and_stable_info_dtypes(tiny_qa_path, tiny_corpus_path)
         assert np.isnan(infos["score"][2])
     with pytest.raises(ValueError, match="seed needs 3"):
         venv.reset(seed=[1, 2])
+
+
+def test_imports_run_one_way():
+    """data <- retrieval <- safety <- envs <- agents <- trainers: no module imports a layer above its own."""
+    import ast
+
+    layers = ["data", "retrieval", "safety", "envs", "agents", "trainers"]
+    roots = {"data": ROOT / "search_gym" / "data", "retrieval": ROOT / "search_gym" / "retrieval",
+             "safety": ROOT / "search_gym" / "safety", "envs": ROOT / "search_gym" / "envs",
+             "agents": ROOT / "agents", "trainers": ROOT / "trainers"}
+    offenders = []
+    for layer, folder in roots.items():
+        above = layers[layers.index(layer) + 1:]
+        for path in folder.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                for name in names:
+                    if any(name == f"search_gym.{up}" or name.startswith(f"search_gym.{up}.") for up in above):
+                        offenders.append(f"{path.relative_to(ROOT)} imports {name}")
+    # Known exception, by design: the LLM judge builds its agent from a name (make_agent) when given one.
+    offenders = [o for o in offenders if not o.startswith("search_gym/safety/llm_judge.py imports search_gym.agents")]
+    assert offenders == []
+
+
+def test_lazy_agents_are_listed():
+    import search_gym.agents as agents
+
+    assert {"HFAgent", "VLLMAgent", "OpenAIAgent"} <= set(dir(agents))

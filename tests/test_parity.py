@@ -25,7 +25,7 @@ from search_gym.envs.protocol import (
     parse_search_r1_action,
     parse_tagged_action,
 )
-from search_gym.envs.questions import search_r1_question
+from search_gym.data.questions import search_r1_question
 from search_gym.envs.wiki18 import Wiki18SearchEnv
 
 DATA = Path(__file__).parent / "data" / "search_r1"
@@ -154,7 +154,7 @@ def test_question_mark_rule_is_search_r1s(question_rule):
 
 def test_hub_qa_questions_get_the_question_mark(monkeypatch):
     from search_gym.data import qa
-    from search_gym.envs.questions import load_questions
+    from search_gym.data.questions import load_questions
 
     rows = [qa.QAItem("0", "who wrote hamlet", ["Shakespeare"]), qa.QAItem("1", "Is it? ", ["yes"])]
     monkeypatch.setattr(qa, "load_hf_qa", lambda name, split, path=None: rows)

@@ -13,6 +13,7 @@ from conftest import hash_embed
 
 from search_gym.agents import AgentStep, ScriptedAgent
 from search_gym.envs import SearchEnv, SearchVectorEnv
+from search_gym.recorder import TrajectoryRecorder
 from search_gym.safety import (
     JudgeInput,
     JudgeResult,
@@ -21,7 +22,6 @@ from search_gym.safety import (
     RefusalSubstringJudge,
     SafetyConfig,
     TrainingData,
-    TrajectoryRecorder,
     ensure_query_classifier,
     find_injection,
     looks_non_english,

@@ -17,7 +17,7 @@ Pipeline (also ``search-gym directions {extract,select,steer,drift}``)::
     guard = LatentGuard.calibrate(d, harmful, harmless) # a query Judge reading AgentStep.hidden
 
 Modules: :mod:`.activations` (collection and storage), :mod:`.directions` (estimators, :class:`Direction`),
-:mod:`.selection` (AUROC / Cohen's d per layer), :mod:`.steering`, :mod:`.drift`, :mod:`.guard`, :mod:`.cli`.
+:mod:`.selection` (AUROC / Cohen's d per layer), :mod:`.steering`, :mod:`.drift_tracking`, :mod:`.guard`, :mod:`.cli`.
 Names are imported lazily so that ``search-gym --help`` does not load torch.
 """
 
@@ -67,9 +67,9 @@ _EXPORTS: dict[str, str] = {
     "projections_under_steering": "steering",
     "steering_sweep": "steering",
     # drift
-    "DriftRow": "drift",
-    "DriftTable": "drift",
-    "drift": "drift",
+    "DriftRow": "drift_tracking",
+    "DriftTable": "drift_tracking",
+    "drift": "drift_tracking",
     # guard
     "Calibration": "guard",
     "LatentGuard": "guard",

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from search_gym.agents.hidden import decoder_layers, normalize_layers, prompt_positions
+from search_gym.agents.hidden import capture_rows, decoder_layers, normalize_layers, prompt_positions
 from search_gym.envs.protocol import PROMPT_TEMPLATES
 
 __all__ = [
@@ -346,10 +346,6 @@ def _model_name(model: torch.nn.Module) -> str:
 # ---------------------------------------------------------------------------------------------- collection
 
 
-class _StopForward(Exception):
-    """Raised by the hook of the deepest requested block: later blocks are never computed."""
-
-
 @torch.no_grad()
 def collect_from_ids(
     model: torch.nn.Module,
@@ -361,17 +357,14 @@ def collect_from_ids(
 ) -> torch.Tensor:
     """``[N, L, d]`` float32 CPU hidden states at ``indices[i]`` of ``sequences[i]`` for ``layers``.
 
-    Same conventions and the same hook-and-stop approach as :func:`search_gym.agents.hidden.forward_hidden`, but
-    specialised to one position per sequence, for throughput (``benchmarks/bench_activations.py``): each hook
-    keeps its ``[B, d]`` rows *on the device* (one ``index_select``) and a batch crosses to the host once, as one
-    ``[B, L, d]`` tensor, through pinned memory while the next batch runs. A copy to the host inside every hook
-    would make the host wait for each block in turn and expose every block's kernel-launch time (+15-40% on an
-    H100 for a 1.5B model). Sequences are truncated after their index (causal attention: later tokens cannot
+    The capture is :func:`search_gym.agents.hidden.capture_rows` (the one hook-and-stop implementation, shared with
+    ``forward_hidden``); this function specialises the batching to one position per sequence, for throughput
+    (``benchmarks/bench_activations.py``): a batch crosses to the host once, as one ``[B, L, d]`` tensor, through
+    pinned memory while the next batch runs. Sequences are truncated after their index (causal attention: later tokens cannot
     change it), sorted by length when there are several batches so that each pads little, and returned in the
     input order.
     """
     layers = tuple(int(x) for x in layers)
-    blocks = decoder_layers(model)
     width = _hidden_width(model)
     out = torch.empty((len(sequences), len(layers), width), dtype=torch.float32)
     if not sequences or not layers:
@@ -385,9 +378,6 @@ def collect_from_ids(
         order = sorted(range(len(trimmed)), key=lambda b: -len(trimmed[b]))
     else:
         order = list(range(len(trimmed)))
-    deepest = max(layers)
-    slot = {layer: j for j, layer in enumerate(layers)}
-    backbone = getattr(model, "base_model", model)
     pending: tuple[list[int], torch.Tensor, Any] | None = None
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
@@ -401,30 +391,11 @@ def collect_from_ids(
             ids_np[row, : lengths[row]] = trimmed[b]
             mask_np[row, : lengths[row]] = 1
         # Rows of the flattened [B * S, d] activations: one index_select per block (a two-tensor advanced index
-        # costs ~10x more on a GPU).
+        # costs ~10x more on a GPU); the capture itself is agents.hidden.capture_rows, shared with forward_hidden.
         flat = torch.from_numpy(np.arange(len(chunk)) * longest + np.asarray(lengths) - 1).to(device)
-        captured: list[torch.Tensor | None] = [None] * len(layers)
-
-        def make_hook(layer: int, captured: list = captured, flat: torch.Tensor = flat):
-            def hook(_module, _args, output):
-                h = output[0] if isinstance(output, (tuple, list)) else output
-                captured[slot[layer]] = h.reshape(-1, h.shape[-1]).index_select(0, flat)
-                if layer == deepest:
-                    raise _StopForward
-
-            return hook
-
-        handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]
-        try:
-            # the decoder stack only: no LM head (no [B, S, vocab] logits) and no KV cache
-            backbone(input_ids=torch.from_numpy(ids_np).to(device), attention_mask=torch.from_numpy(mask_np).to(device),
-                     use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
-        block = torch.stack(captured, dim=1).float()  # type: ignore[arg-type]
+        rows = capture_rows(model, torch.from_numpy(ids_np).to(device), torch.from_numpy(mask_np).to(device), flat,
+                            layers)
+        block = rows.transpose(0, 1).float()  # [B, L, d]
         if device.type == "cuda":
             # Pinned staging + asynchronous copy: the host finishes the previous batch while this one runs.
             host = torch.empty(block.shape, dtype=torch.float32, pin_memory=True)

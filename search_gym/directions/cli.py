@@ -253,7 +253,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 def _cmd_drift(args: argparse.Namespace) -> int:
     from search_gym.directions.activations import load_prompts
     from search_gym.directions.directions import Direction
-    from search_gym.directions.drift import drift
+    from search_gym.directions.drift_tracking import drift
 
     direction = Direction.load(args.direction)
     checkpoints = []

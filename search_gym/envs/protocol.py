@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from search_gym.data.text import valid_unicode
+from search_gym.data.text import coerce_action_text, is_text_action, valid_unicode  # noqa: F401  (re-exported)
 
 PROMPT_TEMPLATES: dict[str, str] = {
     # Search-R1's training prompt.
@@ -102,28 +102,6 @@ def _looks_binary(text: str) -> bool:
         return True
     control = sum(1 for ch in text if (ord(ch) < 32 and ch not in "\n\r\t") or ch == "\ufffd")
     return control > max(2, len(text) // 20)
-
-
-def is_text_action(action: Any) -> bool:
-    """Whether the env reads ``action`` as text: a ``str``, ``bytes`` / ``bytearray`` or None (= empty)."""
-    return action is None or isinstance(action, (str, bytes, bytearray))
-
-
-def coerce_action_text(action: Any) -> str:
-    """The text of an action: str as it is, bytes decoded as UTF-8 (invalid bytes become U+FFFD), None -> "".
-
-    Lone surrogates become U+FFFD (:func:`search_gym.data.text.valid_unicode`), so everything downstream (the
-    transcript, retrievers, judges, JSON logs) gets text that UTF-8 can encode. Any other object (a list, a dict, a
-    number) is not text and gives "": the env answers it as an invalid action (``parse_error="non_text"``) instead
-    of searching its ``str()``.
-    """
-    if action is None:
-        return ""
-    if isinstance(action, str):
-        return valid_unicode(action)
-    if isinstance(action, (bytes, bytearray)):
-        return bytes(action).decode("utf-8", errors="replace")
-    return ""
 
 
 def parse_tagged_action(text: str, *, max_chars: int, max_tags: int) -> ParsedAction:

@@ -28,7 +28,7 @@ from search_gym.envs.protocol import (
     tool_result_message,
 )
 from search_gym.attacks import Attack, compose, make_attack
-from search_gym.envs.questions import Question, check_question_source, load_questions
+from search_gym.data.questions import Question, check_question_source, load_questions
 from search_gym.envs.spaces import AnyText, ChatMessages
 from search_gym.rewards import exact_match, score_answer
 from search_gym.safety.instrument import EpisodeSafety, PendingSafety, SafetyConfig, SafetyInstrument

@@ -5,9 +5,9 @@
 - :mod:`.classifier`: MiniLM + logistic-regression query-harm probe; :func:`ensure_query_classifier` builds it.
 - :mod:`.llm_judge`: 1-5 rubric judge on any agent backend.
 - :mod:`.instrument`: what ``SearchEnv(safety=True | judges=[...])`` puts in ``info["safety"]``.
-- :mod:`.recorder`: :class:`TrajectoryRecorder`, one JSONL line per episode.
 
-Models load lazily: importing this package loads none.
+Models load lazily: importing this package loads none. The trajectory recorder (an env wrapper) lives in
+:mod:`search_gym.recorder`: judges know no env.
 """
 
 from search_gym.safety.base import ASPECTS, Judge, JudgeInput, JudgeResult
@@ -29,7 +29,6 @@ from search_gym.safety.instrument import (
     make_judge,
 )
 from search_gym.safety.llm_judge import LLMJudge, parse_rating
-from search_gym.safety.recorder import EpisodeLog, TrajectoryRecorder
 from search_gym.safety.refusal import REFUSAL_PHRASES, RefusalSubstringJudge
 
 __all__ = [
@@ -38,7 +37,6 @@ __all__ = [
     "FLAGS",
     "REFUSAL_PHRASES",
     "ClassifierWeights",
-    "EpisodeLog",
     "Judge",
     "JudgeInput",
     "JudgeResult",
@@ -48,7 +46,6 @@ __all__ = [
     "SafetyConfig",
     "SafetyInstrument",
     "TrainingData",
-    "TrajectoryRecorder",
     "default_training_data",
     "ensure_query_classifier",
     "find_injection",

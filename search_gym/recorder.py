@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import gymnasium as gym
 
-from search_gym.envs.protocol import coerce_action_text
+from search_gym.data.text import coerce_action_text
 
 
 def action_text(action: Any) -> str:

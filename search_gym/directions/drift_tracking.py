@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import gc
 import os
-import sys
-import types
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -165,16 +163,3 @@ def drift(
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     return table
-
-
-class _CallableModule(types.ModuleType):
-    """``search_gym.directions.drift`` names both this module and its main function. Importing the submodule
-    makes Python set the package attribute ``drift`` to the module, which would shadow the function the package
-    exports; making the module callable keeps ``from search_gym.directions import drift; drift(...)`` working
-    whichever of the two the attribute holds."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> DriftTable:
-        return drift(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
