@@ -67,7 +67,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from search_gym.assets import MissingAssetError
     from search_gym.runner import run_episodes
 
-    env_kwargs: dict = {"retriever": args.retriever, "max_turns": args.max_turns}
+    env_kwargs: dict = {"retriever": args.retriever, "max_turns": args.max_turns, "parse_mode": args.parse_mode}
     # --split overrides the id's split; without it the QA id plays its held-out test split, others their own.
     split = args.split or ("test" if args.env == "SearchGym/WikiQA-v0" else None)
     if split is not None:
@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-envs", type=int, default=8, help="sub-environments stepped (and retrieved) together")
     demo.add_argument("--retriever", default="dense", choices=["dense", "bm25"], help="retriever family")
     demo.add_argument("--max-turns", type=int, default=4, help="turns per episode before truncation")
+    demo.add_argument("--parse-mode", default="strict", choices=["strict", "search_r1"],
+                      help="tags-protocol rules: strict (default) or search_r1 (Search-R1's parser and turn loop)")
     demo.add_argument("--attack", default=None, help="attack spec (search, multi_search:n=10, ...); default none")
     demo.add_argument("--safety", type=lambda t: t.lower() in ("1", "true", "yes", "on"), default=True,
                       metavar="BOOL", help="judge queries, refusals and answers (default: true)")

@@ -77,7 +77,7 @@ METRICS: dict[str, str] = {
 PRIMARY_JUDGES = {"query": "query_classifier", "refusal": "refusal_substring", "answer": "answer_classifier"}
 # Settings that change what a cell contains: resuming into a folder made with other values would mix runs.
 _CELL_SETTINGS = ("num_prompts", "seed", "max_turns", "max_new_tokens", "template", "retriever", "judges",
-                  "llm_judge", "agent_kwargs", "topk", "corpus_path", "encoder", "index_type", "base_url")
+                  "llm_judge", "agent_kwargs", "topk", "corpus_path", "encoder", "index_type", "base_url", "parse_mode")
 _PROMPT_SETS = {"qa": "wiki_qa", "wiki_qa": "wiki_qa", "harmful": "harmful", "benign": "benign",
                 "nq": "nq", "hotpotqa": "hotpotqa"}
 
@@ -128,6 +128,8 @@ class EvalConfig:
                                         "http://127.0.0.1:8000/v1"}
     )
     topk: int = field(default=3, metadata={"help": "passages per search"})
+    parse_mode: str = field(default="strict", metadata={"help": "tags-protocol rules: strict or search_r1 (Search-R1's "
+                                                                 "parser and turn loop)"})
     judges: tuple = field(
         default=DEFAULT_JUDGES,
         metadata={"help": "judge objects or specs (search_gym.safety.instrument.make_judge)"},
@@ -303,7 +305,7 @@ def _run_cell(cell: Cell, agent, config: EvalConfig, folder: Path, bar_position:
         num_envs = max(1, min(config.num_envs, len(todo)))
         venv = SearchVectorEnv(
             num_envs=num_envs, env_cls=_RecordingEnv, dataset=dataset, split=split, retriever=config.retriever,
-            template=config.template, max_turns=config.max_turns, topk=config.topk,
+            template=config.template, max_turns=config.max_turns, topk=config.topk, parse_mode=config.parse_mode,
             **{k: v for k in ("corpus_path", "encoder", "index_type") if (v := getattr(config, k)) is not None},
             attack=make_attack(cell.attack),
             safety=SafetyConfig(judges=config.judge_specs(), similarity=config.similarity),

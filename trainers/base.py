@@ -63,6 +63,7 @@ class RLTrainer:
         if env is None:
             env = make_rollout_env(config.env_id, num_envs, split=config.split, retriever=config.retriever,
                                    template=config.template, max_turns=config.max_turns, topk=config.topk,
+                                   parse_mode=config.parse_mode,
                                    reward=config.reward, attack=config.attack, safety=config.safety)
         self.env = env
         self.generator = generator or HFGenerator(model, tokenizer, temperature=config.temperature,
