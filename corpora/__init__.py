@@ -3,6 +3,8 @@
 * :mod:`~search_gym.corpora.wiki_embedded` - Wikipedia lead summaries -> ~100-word passages (Search-R1 JSONL).
 * :mod:`~search_gym.corpora.qa` - FanOutQA sub-questions and description-derived questions answerable from them.
 * :mod:`~search_gym.corpora.prompts` - harmful and benign-but-edgy prompt sets with fixed train/heldout splits.
+* :mod:`~search_gym.corpora.judge_data` - the query-harm judges' data: style-matched benign requests and queries,
+  domain-matched pairs, harmful queries (texts in :mod:`~search_gym.corpora.judge_texts`), split by pair / topic.
 
 Every builder reads only the data files of the offline asset packages (see :mod:`search_gym.assets`) and writes
 deterministic bytes atomically, so a rebuild is byte-identical and an interrupted build never leaves a half file.

@@ -44,7 +44,7 @@ def tiny_model_dir(tmp_path_factory, smollm2_folder) -> Path:
 
 def test_help_lists_every_subcommand_in_plain_text():
     out = cli("--help").stdout
-    for name in ("setup", "demo", "eval", "info", "directions", "train"):
+    for name in ("setup", "demo", "eval", "info", "directions", "judges", "train"):
         assert name in out
     assert "``" not in out and ":class:" not in out
     for sub in (("train", "sft"), ("train", "grpo"), ("train", "ppo"), ("eval",), ("demo",), ("directions",)):
@@ -176,3 +176,25 @@ def test_lazy_agents_are_listed():
     import search_gym.agents as agents
 
     assert {"HFAgent", "VLLMAgent", "OpenAIAgent"} <= set(dir(agents))
+
+
+def test_directions_subcommands_on_a_tiny_model(tmp_path, tiny_model_dir):
+    run = tmp_path / "dirs"
+    cli("directions", "extract", "--dir", str(run), "--model", str(tiny_model_dir), "--device", "cpu",
+        "--n-train", "6", "--n-heldout", "4", "--batch-size", "8")
+    cli("directions", "select", "--dir", str(run))
+    direction = next(run.glob("harmfulness*.safetensors"))
+    cli("directions", "steer", "--dir", str(run), "--model", str(tiny_model_dir), "--device", "cpu",
+        "--n-prompts", "2", "--max-new-tokens", "4", "--coeffs=-1,0,1", "--out", str(tmp_path / "steer"))
+    cli("directions", "drift", "--direction", str(direction), "--checkpoint", f"0={tiny_model_dir}",
+        "--checkpoint", f"1={tiny_model_dir}", "--out", str(tmp_path / "drift"), "--n-prompts", "4",
+        "--device", "cpu")
+    assert any((tmp_path / "drift").iterdir())
+
+
+def test_misalignment_example_writes_both_curves(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "misalignment_curves.py"), "--out", str(tmp_path),
+                          "--episodes", "4", "--rounds", "6"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "misalignment_violation_rate.png").exists()
+    assert (tmp_path / "misalignment_diffusion.png").exists()
