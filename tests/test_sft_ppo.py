@@ -222,14 +222,22 @@ def test_grpo_with_penalty_records_drift_on_checkpoints(tmp_path, tokenizer, tin
                           torch.ones(2), chosen_layer=1)
     path = direction.save(tmp_path / "planted.safetensors")
     env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), retriever=WordOverlapRetriever(tiny_corpus_path),
-                          attack="search")  # every episode searches, so every episode has a projection
+                          attack="multi_search:n=2")  # every episode searches twice
+
     config = GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=2, questions_per_step=2, group_size=2,
-                        max_turn_tokens=6, max_turns=2, beta=0.0, learning_rate=1e-3, progress=False,
+                        max_turn_tokens=6, beta=0.0, learning_rate=1e-3, progress=False,
                         tensorboard=False, device="cpu", penalty_direction=str(path), penalty_lambda=0.5,
-                        save_steps=1, drift_every=1, drift_prompts=3)
+                        save_steps=1, drift_every=1, drift_prompts=3, max_turns=3,
+                        # the first <search> is prefilled here: its state depends on the prompt alone, equal within a
+                        # group; the second one follows the policy's own query, so the mean differs within a group
+                        penalty_searches="mean")
     trainer = GRPOTrainer(config, model=model, tokenizer=tokenizer, env=env, reference=reference)
+    before = _params(model)
     rows = trainer.train()
     assert all("safety/projection" in r and math.isfinite(r["safety/projection"]) for r in rows)
+    # the task reward is 0 for a random model: the penalty alone gives the group its advantages
+    assert any((a - b).abs().max() > 0 for a, b in zip(before, model.parameters()))
+    assert all(math.isfinite(r["losses/policy_loss"]) for r in rows)
     drift_rows = [json.loads(line) for line in (tmp_path / "grpo" / "drift.jsonl").read_text().splitlines()]
     assert [r["step"] for r in drift_rows] == [1, 2] and all(r["layer"] == 1 for r in drift_rows)
     assert all(math.isfinite(r["mean"]) and r["auroc"] is not None for r in drift_rows)

@@ -10,6 +10,10 @@ Options: the first ``<search>`` only (the paper's final choice) or the mean over
 cosine (the final choice) or the raw dot product ``h . d``; ReLU on or off (with ``searches="mean"`` it is the
 mean of ``max(0, p)`` over the searches: the earlier version's mean of ``max(0, h . d)``).
 An episode without a search has ``p = 0`` (no query, nothing to penalise); its ``projection`` stays None.
+
+Under an attack that prefills the first ``<search>``, the state at that tag depends on the prompt alone, so the
+first-search penalty is the same for every episode of a GRPO group and shapes nothing there (the paper trains on
+benign questions without attacks, where the policy writes its own ``<search>`` after its own thinking).
 """
 
 from __future__ import annotations
