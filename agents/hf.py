@@ -402,6 +402,13 @@ def render_prompt(
     return text + prefill
 
 
+def render_observation(tokenizer: Any, observation: dict, few_shot: int = 0) -> str:
+    """:func:`render_prompt` of an env observation: its messages, its prefill, and the tools a tool-call observation
+    needs (HFAgent, VLLMAgent and OpenAIAgent's completions route all continue exactly this text)."""
+    return render_prompt(tokenizer, observation["messages"], observation.get("prefill", ""), few_shot,
+                         tools=observation_tools(observation))
+
+
 class _ChosenLogprobs:
     """Logits processor that applies the sampling temperature and records log_softmax(logits / T)[chosen token].
 
@@ -586,13 +593,7 @@ class HFAgent(BaseAgent):
     def render(self, observation: dict) -> str:
         """The exact text the model continues: chat template (with few-shot turns, or the tools of a tool-call
         observation) + the observation's prefill."""
-        return render_prompt(
-            self.tokenizer,
-            observation["messages"],
-            observation.get("prefill", ""),
-            self.few_shot,
-            tools=observation_tools(observation),
-        )
+        return render_observation(self.tokenizer, observation, self.few_shot)
 
     def stops_for(self, observation: dict) -> tuple[str, ...]:
         """The stop strings of one observation's turn: the agent's, plus ``</tool_call>`` for tool-call ones."""

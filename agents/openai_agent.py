@@ -52,7 +52,7 @@ from search_gym.agents.hf import (
     chat_messages,
     few_shot_messages,
     observation_tools,
-    render_prompt,
+    render_observation,
     tool_call_block,
     tool_call_stops,
 )
@@ -192,13 +192,7 @@ class OpenAIAgent(BaseAgent):
         observation) + prefill, the text HFAgent continues."""
         if self.tokenizer is None:
             raise ValueError("rendering a completions prompt needs the model's tokenizer")
-        return render_prompt(
-            self.tokenizer,
-            observation["messages"],
-            observation.get("prefill", ""),
-            self.few_shot,
-            tools=observation_tools(observation),
-        )
+        return render_observation(self.tokenizer, observation, self.few_shot)
 
     def _route(self, observation: dict) -> str:
         """``"completions"``, ``"chat"`` or ``"tools"`` (chat with ``tools=``) for this observation."""

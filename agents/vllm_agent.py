@@ -27,8 +27,7 @@ from search_gym.agents.hf import (
     DEFAULT_FEW_SHOT,
     FEW_SHOT_EXAMPLES,
     attach_tool_calls,
-    observation_tools,
-    render_prompt,
+    render_observation,
     resolve_device,
     resolve_dtype,
     tool_call_stops,
@@ -195,13 +194,7 @@ class VLLMAgent(BaseAgent):
     def render(self, observation: dict) -> str:
         """Chat template (with few-shot turns, or a tool-call observation's tools) + prefill: the same text HFAgent
         continues."""
-        return render_prompt(
-            self.tokenizer,
-            observation["messages"],
-            observation.get("prefill", ""),
-            self.few_shot,
-            tools=observation_tools(observation),
-        )
+        return render_observation(self.tokenizer, observation, self.few_shot)
 
     def act_batch(self, observations: Sequence[dict]) -> list[AgentStep]:
         prompt_ids = [list(self.tokenizer(self.render(o), add_special_tokens=False)["input_ids"]) for o in observations]

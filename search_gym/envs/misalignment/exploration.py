@@ -44,23 +44,28 @@ def load_scenarios() -> list[Scenario]:
             for s in data["scenarios"]]
 
 
-def parse_choice(text: Any) -> str | None:
-    """``"A"`` / ``"B"`` from an answer holding a JSON object ``{"choice": ...}`` (the first such object), else None.
-
-    Never raises: non-text, missing JSON, a bad value or extra prose around broken JSON all give None.
-    """
+def json_choice(text: Any, allowed: tuple[str, ...], key: str = "choice") -> str | None:
+    """The first JSON object's ``key`` in ``text`` when it is one of ``allowed`` (case-insensitive; returned as
+    spelled in ``allowed``), else None. Never raises: non-text, missing or broken JSON and bad values give None.
+    Both misalignment envs read their answers with this."""
     if not isinstance(text, str):
         return None
+    lookup = {a.lower(): a for a in allowed}
     for match in _JSON_OBJECT.finditer(text):
         try:
             obj = json.loads(match.group(0))
         except ValueError:
             continue
         if isinstance(obj, dict):
-            value = str(obj.get("choice", "")).strip().upper()
-            if value in ("A", "B"):
+            value = lookup.get(str(obj.get(key, "")).strip().lower())
+            if value is not None:
                 return value
     return None
+
+
+def parse_choice(text: Any) -> str | None:
+    """``"A"`` / ``"B"`` from an answer holding ``{"choice": ...}`` (the first such JSON object), else None."""
+    return json_choice(text, ("A", "B"))
 
 
 def supervised_at(pattern: str, round_index: int, rng: np.random.Generator, p: float = 0.5) -> bool:
