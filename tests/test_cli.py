@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import WordOverlapRetriever
+from conftest import WordOverlapRetriever, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,14 +28,10 @@ def cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.C
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, smollm2_folder) -> Path:
     """A tiny random Llama with the bundled model's tokenizer, saved as a folder any subcommand can load."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                         max_position_embeddings=4096, tie_word_embeddings=True))
+    model = tiny_llama(tokenizer)
     folder = tmp_path_factory.mktemp("tiny_model")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

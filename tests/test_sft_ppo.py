@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import WordOverlapRetriever
+from conftest import WordOverlapRetriever, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -20,13 +20,7 @@ def tokenizer(smollm2_folder):
 
 
 def tiny_model(tokenizer, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
-                         tie_word_embeddings=True)
-    return LlamaForCausalLM(config)
+    return tiny_llama(tokenizer, seed)
 
 
 def _params(model):

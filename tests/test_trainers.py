@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 import pytest
+
+from conftest import tiny_llama
 import torch
 
 from search_gym.envs import SearchVectorEnv
@@ -37,14 +39,7 @@ def tokenizer(smollm2_folder):
 
 def tiny_model(tokenizer, seed: int = 0):
     """A random Llama on SmolLM2's vocabulary (hidden 32, 2 layers); the same seed gives the same weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return LlamaForCausalLM(config)
+    return tiny_llama(tokenizer, seed)
 
 
 def frozen(model):
