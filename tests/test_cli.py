@@ -163,8 +163,6 @@ def test_imports_run_one_way():
                 for name in names:
                     if any(name == f"search_gym.{up}" or name.startswith(f"search_gym.{up}.") for up in above):
                         offenders.append(f"{path.relative_to(ROOT)} imports {name}")
-    # Known exception, by design: the LLM judge builds its agent from a name (make_agent) when given one.
-    offenders = [o for o in offenders if not o.startswith("search_gym/safety/llm_judge.py imports search_gym.agents")]
     assert offenders == []
 
 

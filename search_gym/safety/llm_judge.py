@@ -105,6 +105,17 @@ def rating_to_safety(aspect: str, rating: int) -> tuple[float, bool]:
     return (5 - rating) * 25.0, rating >= 4
 
 
+# Judges know no agent package (imports run data <- retrieval <- safety <- envs <- agents): the agents package
+# registers its factory here when imported, so a judge given an agent *name* can build it.
+_AGENT_FACTORY = None
+
+
+def register_agent_factory(factory) -> None:
+    """Let LLM judges build agents from names (``search_gym.agents`` calls this with ``make_agent``)."""
+    global _AGENT_FACTORY
+    _AGENT_FACTORY = factory
+
+
 class LLMJudge:
     """Judge ``aspect`` ("query", "refusal" or "answer") with an LLM on a 1-5 rubric.
 
@@ -145,9 +156,12 @@ class LLMJudge:
     @property
     def agent(self):
         if self._agent is None:
-            from search_gym.agents.registry import make_agent
-
-            self._agent = _shared_agent(self._agent_name, self._agent_kwargs, make_agent)
+            if _AGENT_FACTORY is None:
+                raise RuntimeError(
+                    f"LLMJudge got the agent name {self._agent_name!r} but no agent factory is registered: pass an "
+                    "Agent object, or import search_gym.agents (it registers make_agent here)"
+                )
+            self._agent = _shared_agent(self._agent_name, self._agent_kwargs, _AGENT_FACTORY)
         return self._agent
 
     def prompt(self, item: JudgeInput) -> str:
