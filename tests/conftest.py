@@ -121,6 +121,17 @@ def smollm2(smollm2_folder):
     return smollm2_folder, model, AutoTokenizer.from_pretrained(smollm2_folder)
 
 
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_folder):
+    """The bundled model's tokenizer (pad falls back to EOS, as the trainers set it), loaded once per module."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_folder)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 def observation(question: str, prefill: str = "") -> dict:
     """An env observation for ``question`` in the search_r1 template, optionally with a prefill."""
     from search_gym.envs.protocol import PROMPT_TEMPLATES

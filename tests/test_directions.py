@@ -75,13 +75,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tokenizer(smollm2_folder):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(smollm2_folder)
-
-
-@pytest.fixture(scope="module")
 def tiny(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 

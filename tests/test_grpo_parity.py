@@ -34,7 +34,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func (advantag
 pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from search_gym.trainers.core import collate, token_logprobs  # noqa: E402
@@ -54,12 +54,6 @@ IS_LEVELS = ["token", "sequence"]
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_folder):
-    tok = AutoTokenizer.from_pretrained(smollm2_folder)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 @pytest.fixture(scope="module")

@@ -32,13 +32,6 @@ SEARCH = "<search>"
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_folder):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(smollm2_folder)
-
-
 class ScriptedGenerator:
     """Plays fixed turns per question. Each turn is a list of text pieces, tokenised piece by piece and
     concatenated (so the ids can differ from the canonical tokenisation of the whole text). Every token gets a

@@ -12,11 +12,6 @@ import torch
 from conftest import WordOverlapRetriever, tiny_llama
 
 
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_folder):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(smollm2_folder)
 
 
 def tiny_model(tokenizer, seed: int = 0):

@@ -27,14 +27,6 @@ SEARCH = "<search>"
 # ---------------------------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_folder):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(smollm2_folder)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 def tiny_model(tokenizer, seed: int = 0):
