@@ -1,4 +1,5 @@
-"""The ``search-gym`` command line: ``setup``, ``demo``, ``eval``, ``directions``, ``judges``, ``train``, ``info``."""
+"""The ``search-gym`` command line: ``setup``, ``demo``, ``eval``, ``directions``, ``judges``, ``train``, ``serve``,
+``info``."""
 
 from __future__ import annotations
 
@@ -261,12 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     from search_gym.directions.cli import add_directions_parser
+    from search_gym.retrieval.serve_cli import add_serve_parser
     from search_gym.safety.cli import add_judges_parser
     from search_gym.trainers.cli import add_train_parser
 
     add_directions_parser(sub)
     add_judges_parser(sub)
     add_train_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

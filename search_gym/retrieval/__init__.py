@@ -1,4 +1,5 @@
-"""Retrieval over Search-R1 / FlashRAG JSONL corpora: dense (sentence-transformers + FAISS) and BM25.
+"""Retrieval over Search-R1 / FlashRAG JSONL corpora: dense (sentence-transformers + FAISS), BM25, their
+reciprocal-rank fusion (hybrid), and a client of a remote Search-R1-style ``/retrieve`` server.
 
 Typical use::
 
@@ -23,6 +24,8 @@ from search_gym.retrieval.encoders import (
 )
 from search_gym.retrieval.evaluate import normalize_answer, recall_at_k
 from search_gym.retrieval.factory import RetrieverConfig, clear_retrievers, get_retriever, make_retriever
+from search_gym.retrieval.hybrid import HybridRetriever
+from search_gym.retrieval.remote import RemoteRetriever, RemoteRetrieverError
 
 __all__ = [
     "APPROXIMATE_INDEX_TYPES",
@@ -35,6 +38,9 @@ __all__ = [
     "EmptyQueriesSearched",
     "EncoderSpec",
     "Hit",
+    "HybridRetriever",
+    "RemoteRetriever",
+    "RemoteRetrieverError",
     "Retriever",
     "RetrieverConfig",
     "check_encoder_name",
