@@ -86,6 +86,13 @@ _PROMPT_SETS = {"qa": "wiki_qa", "wiki_qa": "wiki_qa", "harmful": "harmful", "be
 class EvalConfig:
     """One evaluation grid (``search-gym eval`` builds it from its flags)."""
 
+    suite: str = field(
+        default="safety",
+        metadata={"help": "'safety' (agents x prompt sets x attacks) or 'misalignment' (free-form questions judged "
+                          "0-100 for alignment and coherence by --llm-judge, default smollm2; uses agents, "
+                          "num_prompts, samples, seed, max_new_tokens, device, agent_kwargs; see "
+                          "search_gym.misalignment_eval)"},
+    )
     agents: tuple[str, ...] = field(
         default=("smollm2",),
         metadata={"help": "agent names for make_agent ('smollm2', 'scripted', 'hf:<model>', ...)"},
@@ -143,6 +150,8 @@ class EvalConfig:
         default_factory=dict,
         metadata={"help": "extra make_agent arguments for LLM agents (device, dtype, batch_size, ...)"},
     )
+    samples: int = field(default=1, metadata={"help": "misalignment suite: answers per question (sample with "
+                                                       "agent_kwargs temperature for more than one)"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals"})
     plots: bool = field(default=True, metadata={"help": "write the dumbbell plots (needs matplotlib)"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
@@ -370,8 +379,15 @@ def run_eval(config: EvalConfig, *, agents: dict[str, Any] | None = None) -> dic
     """Play every unfinished cell, then summarise all cells. Returns the summary (also in ``summary.json``).
 
     ``agents`` maps agent names to ready agent objects (otherwise they are built with ``make_agent``, once, and
-    only when one of their cells still has to run).
+    only when one of their cells still has to run). ``suite="misalignment"`` runs
+    :func:`search_gym.misalignment_eval.run_misalignment_eval` instead.
     """
+    if config.suite == "misalignment":
+        from search_gym.misalignment_eval import run_misalignment_eval
+
+        return run_misalignment_eval(config, agents=agents)
+    if config.suite != "safety":
+        raise ValueError(f"suite={config.suite!r}; use 'safety' or 'misalignment'")
     from tqdm.auto import tqdm
 
     out = Path(config.out_dir)
@@ -528,7 +544,12 @@ def _fmt(stat: dict, digits: int) -> str:
 
 
 def markdown_table(summary: dict) -> str:
-    """The summary as a markdown table: mean [95% bootstrap interval] per metric and cell."""
+    """The summary as a markdown table: mean [95% bootstrap interval] per metric and cell (a misalignment-suite
+    summary gets its own table)."""
+    if summary.get("suite") == "misalignment":
+        from search_gym.misalignment_eval import misalignment_markdown
+
+        return misalignment_markdown(summary)
     digits = {"searches": 2, "invalid": 2, "em": 3}
     header = ["agent", "prompt set", "attack", "n"] + [METRICS[m] for m in METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]

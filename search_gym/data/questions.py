@@ -14,6 +14,9 @@ EMBEDDED_QA = "wiki_qa"
 HARMFUL = "harmful"
 BENIGN = "benign"
 HUB_QA = ("nq", "hotpotqa")
+#: Open tasks for LLM-graded narrow rewards (``harmless_tasks.json``, written for the project); split = task set.
+HARMLESS_TASKS = "harmless_tasks"
+HARMLESS_TASK_SPLITS = ("aesthetics", "rhetoric")
 #: Splits of the embedded QA set (built by search_gym.corpora.qa).
 EMBEDDED_QA_SPLITS = ("train", "test")
 
@@ -35,7 +38,7 @@ def search_r1_question(question: str) -> str:
 
 
 def _known_names() -> str:
-    return f"'{EMBEDDED_QA}', '{HARMFUL}', '{BENIGN}', " + ", ".join(f"'{n}'" for n in HUB_QA)
+    return f"'{EMBEDDED_QA}', '{HARMFUL}', '{BENIGN}', '{HARMLESS_TASKS}', " + ", ".join(f"'{n}'" for n in HUB_QA)
 
 
 def check_question_source(dataset: str, split: str) -> None:
@@ -57,6 +60,10 @@ def check_question_source(dataset: str, split: str) -> None:
 
         if split not in PROMPT_SPLITS:
             raise ValueError(f"split={split!r} is not a split of dataset {dataset!r}; use one of {PROMPT_SPLITS}")
+        return
+    if dataset == HARMLESS_TASKS:
+        if split not in HARMLESS_TASK_SPLITS:
+            raise ValueError(f"split={split!r} is not a split of dataset {dataset!r}; use one of {HARMLESS_TASK_SPLITS}")
         return
     if dataset in HUB_QA:
         from search_gym.data.qa import FLASHRAG_SPLITS
@@ -110,6 +117,8 @@ def load_questions(dataset: str, split: str) -> list[Question]:
             Question(r.id, r.prompt, (), {"source": r.source, "category": r.category, "licence": r.licence})
             for r in rows
         ]
+    if dataset == HARMLESS_TASKS:
+        return load_harmless_tasks(split)
     from search_gym.data.qa import load_hf_qa, load_qa_jsonl
 
     if dataset in HUB_QA:
@@ -126,3 +135,16 @@ def load_questions(dataset: str, split: str) -> list[Question]:
     else:
         rows = load_hf_qa(path.stem, split, path=str(path))
     return [Question(str(r.id), r.question, tuple(r.golden_answers), dict(r.metadata)) for r in rows]
+
+
+def load_harmless_tasks(split: str) -> list[Question]:
+    """The open tasks of one task set (``"aesthetics"`` or ``"rhetoric"``) from ``harmless_tasks.json``; no gold
+    answers (an LLM grader scores the answer)."""
+    import json
+    from importlib import resources
+
+    if split not in HARMLESS_TASK_SPLITS:
+        raise ValueError(f"split={split!r} is not a task set of {HARMLESS_TASKS!r}; use one of {HARMLESS_TASK_SPLITS}")
+    data = json.loads(resources.files("search_gym.data").joinpath("harmless_tasks.json").read_text("utf-8"))
+    return [Question(t["id"], t["question"], (), {"task_set": t["split"], "licence": "Apache-2.0"})
+            for t in data["tasks"] if t["split"] == split]

@@ -116,6 +116,38 @@ def register_agent_factory(factory) -> None:
     _AGENT_FACTORY = factory
 
 
+def agent_from_name(name: str, kwargs: dict | None = None, *, owner: str = "an LLM judge") -> Any:
+    """The judge agent called ``name`` (built once per process and settings with the registered factory).
+
+    Every LLM-backed judge and grader (:class:`LLMJudge`, the rubric reward graders, the misalignment judge) gets
+    its agent here, so one loaded model serves them all."""
+    if _AGENT_FACTORY is None:
+        raise RuntimeError(
+            f"{owner} got the agent name {name!r} but no agent factory is registered: pass an Agent object, or "
+            "import search_gym.agents (it registers make_agent here)"
+        )
+    return _shared_agent(name, dict(kwargs or {}), _AGENT_FACTORY)
+
+
+def generate_replies(agent: Any, prompts: Sequence[str], *, prefill: str = "", max_new_tokens: int = 4) -> list[str]:
+    """One reply per prompt (a single user turn), continued from ``prefill``, on any agent backend.
+
+    An agent with ``complete(texts, max_new_tokens=, stop=)`` and a ``tokenizer`` (:class:`HFAgent`) gets the plain
+    chat-templated prompt (none of its few-shot search examples, no stop strings); any other agent gets
+    ``act_batch`` observations ``{"messages": [prompt], "prefill": prefill}``. Replies are the generated text
+    after the prefill (``""`` for a step without text)."""
+    messages = [({"role": "user", "content": p},) for p in prompts]
+    if hasattr(agent, "complete") and getattr(agent, "tokenizer", None) is not None:
+        texts = [
+            agent.tokenizer.apply_chat_template(list(m), add_generation_prompt=True, tokenize=False) + prefill
+            for m in messages
+        ]
+        steps = agent.complete(texts, max_new_tokens=max_new_tokens, stop=())
+    else:
+        steps = agent.act_batch([{"messages": m, "prefill": prefill} for m in messages])
+    return [str(getattr(step, "text", "") or "") for step in steps]
+
+
 class LLMJudge:
     """Judge ``aspect`` ("query", "refusal" or "answer") with an LLM on a 1-5 rubric.
 
@@ -156,12 +188,7 @@ class LLMJudge:
     @property
     def agent(self):
         if self._agent is None:
-            if _AGENT_FACTORY is None:
-                raise RuntimeError(
-                    f"LLMJudge got the agent name {self._agent_name!r} but no agent factory is registered: pass an "
-                    "Agent object, or import search_gym.agents (it registers make_agent here)"
-                )
-            self._agent = _shared_agent(self._agent_name, self._agent_kwargs, _AGENT_FACTORY)
+            self._agent = agent_from_name(self._agent_name, self._agent_kwargs, owner="LLMJudge")
         return self._agent
 
     def prompt(self, item: JudgeInput) -> str:
@@ -171,18 +198,7 @@ class LLMJudge:
         return self.rubric.format(text=text, request=request)
 
     def _generate(self, prompts: list[str]) -> list[str]:
-        agent = self.agent
-        messages = [({"role": "user", "content": p},) for p in prompts]
-        if hasattr(agent, "complete") and getattr(agent, "tokenizer", None) is not None:
-            texts = [
-                agent.tokenizer.apply_chat_template(list(m), add_generation_prompt=True, tokenize=False)
-                + RATING_PREFILL
-                for m in messages
-            ]
-            steps = agent.complete(texts, max_new_tokens=self.max_new_tokens, stop=())
-        else:
-            steps = agent.act_batch([{"messages": m, "prefill": RATING_PREFILL} for m in messages])
-        return [str(getattr(step, "text", "") or "") for step in steps]
+        return generate_replies(self.agent, prompts, prefill=RATING_PREFILL, max_new_tokens=self.max_new_tokens)
 
     def judge(self, inputs: Sequence[JudgeInput]) -> list[JudgeResult]:
         results: list[JudgeResult] = [
