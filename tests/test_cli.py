@@ -146,13 +146,15 @@ def test_vector_env_seeds_and_stable_info_dtypes(tiny_qa_path, tiny_corpus_path)
 
 
 def test_imports_run_one_way():
-    """data <- retrieval <- safety <- envs <- agents <- trainers: no module imports a layer above its own."""
+    """data <- retrieval <- safety <- envs <- agents <- trainers <- integrations: no module imports a layer above
+    its own."""
     import ast
 
-    layers = ["data", "retrieval", "safety", "envs", "agents", "trainers"]
+    layers = ["data", "retrieval", "safety", "envs", "agents", "trainers", "integrations"]
     roots = {"data": ROOT / "search_gym" / "data", "retrieval": ROOT / "search_gym" / "retrieval",
              "safety": ROOT / "search_gym" / "safety", "envs": ROOT / "search_gym" / "envs",
-             "agents": ROOT / "agents", "trainers": ROOT / "trainers"}
+             "agents": ROOT / "agents", "trainers": ROOT / "trainers",
+             "integrations": ROOT / "search_gym" / "integrations"}
     offenders = []
     for layer, folder in roots.items():
         above = layers[layers.index(layer) + 1:]
