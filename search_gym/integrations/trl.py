@@ -490,7 +490,10 @@ def task_reward(prompts: Any = None, completions: Any = None, **kwargs: Any) -> 
 
 def format_reward(prompts: Any = None, completions: Any = None, **kwargs: Any) -> list[float]:
     """1.0 when the episode followed the protocol throughout (answered, no invalid action), else 0.0: the
-    ``charts/format_valid`` rule of :func:`~search_gym.trainers.rollout.episode_metrics`."""
+    ``charts/format_valid`` rule of :func:`~search_gym.trainers.rollout.episode_metrics`.
+
+    In the tool-call protocol a final message without a tool call is the answer (its ``<answer>`` tags, else the
+    whole text), so there this reward only separates empty or malformed turns and episodes that never answer."""
     return [float(ep.answered and ep.invalid_actions == 0) for ep in episodes_of(completions, kwargs)]
 
 
