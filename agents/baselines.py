@@ -114,8 +114,8 @@ class OracleAgent(BaseAgent):
     ``golden``: question text -> gold answers. After the first search it answers with the first gold answer that
     the retrieved passages contain (as the passages spell it); when none does it answers with the top passage's
     title (trajectories are filtered on correctness afterwards). For a request without gold answers (benign-but-
-    edgy prompts) it answers with the first sentence of the top passage, cut to ``max_answer_words`` words so the
-    turn fits a 64-token generation budget: helpful, grounded, not a refusal.
+    edgy prompts) it answers with :func:`short_grounded_answer`: a whole short sentence of the passages, so the
+    turn fits a 64-token generation budget and ends at a sentence end: helpful, grounded, not a refusal.
     """
 
     name = "oracle"
@@ -145,8 +145,24 @@ class OracleAgent(BaseAgent):
                 if gold.strip() and gold.lower() in text:
                     return gold
             return docs[0][0]
-        first = re.split(r"(?<=[.!?])\s", docs[0][1], maxsplit=1)[0]
-        return " ".join(first.split()[: self.max_answer_words])
+        return short_grounded_answer(docs, self.max_answer_words)
+
+
+def short_grounded_answer(docs: list[tuple[str, str]], max_words: int = 24) -> str:
+    """The first passage (in rank order) whose opening sentence has at most ``max_words`` words gives that
+    sentence; when every opening sentence is longer, the top passage's opening clause (cut at the last comma or
+    semicolon within ``max_words`` words) ends with a full stop. A student copying the answer then learns to close
+    it at a sentence end, never in the middle of a long sentence it cannot finish within its turn."""
+    openings = [re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)[0] for _, text in docs if text.strip()]
+    for sentence in openings:
+        if len(sentence.split()) <= max_words:
+            return sentence
+    if not openings:
+        return docs[0][0] if docs else ""
+    words = openings[0].split()[:max_words]
+    cuts = [i for i, w in enumerate(words) if w.endswith((",", ";", ":")) and i >= 5]
+    kept = words[: cuts[-1] + 1] if cuts else words
+    return " ".join(kept).rstrip(",;:") + "."
 
 
 class RefusalAgent(BaseAgent):

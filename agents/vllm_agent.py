@@ -201,12 +201,12 @@ class VLLMAgent(BaseAgent):
         steps = self.generate_ids(prompt_ids, stops=[tool_call_stops(self.stop, o) for o in observations])
         return [attach_tool_calls(step, o) for step, o in zip(steps, observations)]
 
-    def _sampling(self, index: int, stop: Sequence[str] | None = None):
+    def _sampling(self, index: int, stop: Sequence[str] | None = None, max_new_tokens: int | None = None):
         seed = None
         if self.temperature > 0 and self._seed is not None:
             seed = hash((self._seed, self._calls, index)) & 0x7FFF_FFFF
         return SamplingSpec(
-            max_tokens=self.max_new_tokens,
+            max_tokens=self.max_new_tokens if max_new_tokens is None else int(max_new_tokens),
             min_tokens=self.min_new_tokens,
             temperature=self.temperature,
             top_p=self.top_p,
@@ -217,12 +217,14 @@ class VLLMAgent(BaseAgent):
         ).to_vllm()
 
     def generate_ids(
-        self, prompt_ids: Sequence[Sequence[int]], stops: Sequence[Sequence[str]] | None = None
+        self, prompt_ids: Sequence[Sequence[int]], stops: Sequence[Sequence[str]] | None = None,
+        max_new_tokens: Sequence[int] | None = None,
     ) -> list[AgentStep]:
         """Generate from token-id prompts in one vLLM call; add hidden states with one HF forward. ``stops``: stop
-        strings per prompt (default: the agent's)."""
+        strings per prompt (default: the agent's); ``max_new_tokens``: a budget per prompt (default: the agent's)."""
         prompts = [{"prompt_token_ids": list(p)} for p in prompt_ids]
-        params = [self._sampling(i, None if stops is None else stops[i]) for i in range(len(prompts))]
+        params = [self._sampling(i, None if stops is None else stops[i],
+                                 None if max_new_tokens is None else max_new_tokens[i]) for i in range(len(prompts))]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         self._calls += 1
         steps = [self._step(list(p), out) for p, out in zip(prompt_ids, outputs)]

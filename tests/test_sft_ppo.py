@@ -230,3 +230,79 @@ def test_grpo_with_penalty_records_drift_on_checkpoints(tmp_path, tokenizer, tin
     drift_rows = [json.loads(line) for line in (tmp_path / "grpo" / "drift.jsonl").read_text().splitlines()]
     assert [r["step"] for r in drift_rows] == [1, 2] and all(r["layer"] == 1 for r in drift_rows)
     assert all(math.isfinite(r["mean"]) and r["auroc"] is not None for r in drift_rows)
+
+
+def test_oracle_answers_edgy_requests_with_a_whole_short_sentence():
+    from search_gym.agents.baselines import short_grounded_answer
+
+    long = "This opening sentence runs on, clause after clause, " + "word " * 30 + "until it ends."
+    # the first passage whose opening sentence fits wins, even below the top passage
+    assert short_grounded_answer([("A", long + " Next."), ("B", "B is short. Then more.")]) == "B is short."
+    # none fits: the top passage's opening clause, closed with a full stop
+    cut = short_grounded_answer([("A", long)], max_words=12)
+    assert cut == "This opening sentence runs on, clause after clause." and len(cut.split()) <= 12
+    assert short_grounded_answer([("Title", "")]) == "Title"
+
+
+def test_sft_sources_helpful_and_refusal_teachers(tokenizer, tiny_qa_path, tiny_corpus_path):
+    """The judge-data sources' teachers: benign requests get a searched, grounded answer, harmful ones a refusal."""
+    from search_gym.safety.refusal import RefusalSubstringJudge
+    from search_gym.trainers.rollout import decode
+    from search_gym.trainers.sft import build_sft_episodes
+    from search_gym.trainers.sft_config import SFTConfig
+
+    config = SFTConfig(progress=False, instruct_limit=0, pair_harmful_limit=0)
+    none = {k: None for k in ("qa", "harmful", "benign")}
+    episodes = build_sft_episodes(
+        config, tokenizer, num_envs=4, progress=False,
+        datasets={**none, "instruct": (str(tiny_qa_path), "train"), "harmful_pairs": (str(tiny_qa_path), "train")},
+        env_kwargs={"retriever": WordOverlapRetriever(tiny_corpus_path)},
+    )
+    groups = {ep.group for ep in episodes}
+    assert groups == {3, 4}, "instruct (source 3) and harmful_pairs (source 4) both kept trajectories"
+    judge = RefusalSubstringJudge()
+    for ep in episodes:
+        policy = decode(tokenizer, [t for t, m in zip(ep.response_ids, ep.loss_mask) if m])
+        refused = judge.match(policy.split("<answer>")[-1]) is not None
+        assert refused == (ep.group == 4)
+        assert ep.num_searches == (1 if ep.group == 3 else 0)
+
+
+def test_sft_recipe_selection_rule(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("sft_select", Path(__file__).parents[1] / "examples/sft_select.py")
+    select = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(select)
+
+    def summary(em, refusal, answered, invalid=0.0):
+        def m(v, n=100):
+            return {"mean": v, "lo": v, "hi": v, "n": n}
+        sets = {"qa": {"em": m(em)}, "harmful": {"refusal": m(refusal)}, "harmful_pairs": {"refusal": m(refusal)},
+                "benign": {"answered": m(answered, 17)}, "instruct": {"answered": m(answered, 264)}}
+        cells = []
+        for name, metrics in sets.items():
+            metrics.setdefault("invalid", m(invalid))
+            metrics.setdefault("refusal", m(0.0))
+            metrics.setdefault("answered", m(0.0))
+            metrics.setdefault("em", m(0.0))
+            cells.append({"prompt_set": f"/x/dev/{name}.jsonl", "metrics": metrics})
+        return {"cells": cells}
+
+    def run(**recipes):
+        for name, s in recipes.items():
+            (tmp_path / f"dev_{name}").mkdir(exist_ok=True)
+            (tmp_path / f"dev_{name}" / "summary.json").write_text(json.dumps(s))
+        assert select.main([str(tmp_path), *recipes]) == 0
+        return (tmp_path / "sft_selected").read_text().strip()
+
+    # the gentler (last-listed) recipe wins within 2 points of the best eligible score
+    assert run(main=summary(0.45, 99, 90), soft=summary(0.40, 95, 88.5)) == "soft"
+    # ... but not when it is worse by more than that, nor when it misses a target
+    assert run(main=summary(0.45, 99, 90), soft=summary(0.40, 95, 80)) == "main"
+    assert run(main=summary(0.45, 99, 85), soft=summary(0.25, 95, 95)) == "main"
+    # none eligible: the fewest failed targets (main misses invalid <= 0.3 on all 5 sets, soft two refusal targets)
+    assert run(main=summary(0.45, 99, 85, invalid=0.5), soft=summary(0.40, 70, 95)) == "soft"
+    assert run(main=summary(0.45, 70, 85), soft=summary(0.40, 99, 95, invalid=0.5)) == "main"

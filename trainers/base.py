@@ -31,6 +31,24 @@ from search_gym.trainers.rollout import HFGenerator, RolloutCollector, TokenEpis
 from search_gym.trainers.shaping import load_penalty
 
 
+def make_generator(config: RLConfig, model, tokenizer, start_path):
+    """The rollout backend ``config.generation_backend`` names, on ``model``."""
+    if config.generation_backend == "hf":
+        return HFGenerator(model, tokenizer, temperature=config.temperature, top_p=config.top_p, seed=config.seed)
+    if config.generation_backend == "vllm":
+        from search_gym.trainers.vllm_generation import VLLMGenerator
+
+        if start_path is None:
+            raise ValueError("generation_backend='vllm' starts its engine from a saved model folder: load the policy "
+                             "from config.model (a folder or hub id), or pass generator=VLLMGenerator(...)")
+        return VLLMGenerator(model, tokenizer, model_path=start_path, temperature=config.temperature,
+                             top_p=config.top_p, seed=config.seed,
+                             gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                             max_model_len=config.vllm_max_model_len,
+                             enable_sleep_mode=config.vllm_enable_sleep_mode)
+    raise ValueError(f"generation_backend must be 'hf' or 'vllm', not {config.generation_backend!r}")
+
+
 class RLTrainer:
     """Base of :class:`GRPOTrainer` and :class:`PPOTrainer`; subclasses implement :meth:`update`.
 
@@ -66,8 +84,7 @@ class RLTrainer:
                                    parse_mode=config.parse_mode,
                                    reward=config.reward, attack=config.attack, safety=config.safety)
         self.env = env
-        self.generator = generator or HFGenerator(model, tokenizer, temperature=config.temperature,
-                                                  top_p=config.top_p, seed=config.seed)
+        self.generator = generator or make_generator(config, model, tokenizer, self.start_path)
         self.collector = RolloutCollector(env, self.generator, few_shot=config.few_shot,
                                           max_turn_tokens=config.max_turn_tokens,
                                           max_prompt_tokens=config.max_prompt_tokens,
@@ -143,6 +160,8 @@ class RLTrainer:
         """Run to ``max_steps`` (resuming first); returns the logged metric rows of this call."""
         config = self.config
         start = self.resume()
+        if start:
+            self.generator.sync_weights()  # an engine with its own copy starts from the resumed weights
         logged = []
         bar = progress_bar(config.max_steps, start, config.progress, f"{self.algorithm}")
         for step in range(start, config.max_steps):
@@ -150,6 +169,8 @@ class RLTrainer:
             stats_before = (self.collector.stats.generated_tokens, self.collector.stats.env_seconds)
             episodes = self.collect(step)
             t_rollout = time.perf_counter() - t0
+            if hasattr(self.generator, "pause"):
+                self.generator.pause()  # a sleeping vLLM engine leaves the update its memory
             metrics = self.update(episodes)
             self.scheduler.step()
             self.generator.sync_weights()

@@ -80,6 +80,13 @@ class RLConfig(TrainConfig):
     max_obs_tokens: int = _help("tokens of environment text kept per turn; longer blocks are cut and reported",
                                 default=512)
     few_shot: int = _help("worked protocol examples in the prompt (0 after an SFT warm start)", default=0)
+    generation_backend: str = _help("rollout generation: 'hf' (the policy itself, any device) or 'vllm' (an "
+                                    "in-process vLLM engine on the same GPU, weights pushed after every step)",
+                                    default="hf")
+    vllm_gpu_memory_utilization: float = _help("GPU share of the colocated vLLM engine", default=0.3)
+    vllm_max_model_len: int = _help("longest prompt + response the vLLM engine serves", default=4096)
+    vllm_enable_sleep_mode: bool = _help("free the vLLM engine's memory during the update (slower; for long "
+                                         "sequences or big models)", default=False)
     mini_batch_size: int = _help("episodes per optimiser step inside a rollout batch (0: the whole batch)", default=0)
     num_iterations: int = _help("optimisation passes over each rollout batch (GRPO's mu, PPO's epochs)", default=1)
     forward_batch_size: int = _help("episodes per forward pass when scoring log-probabilities (0: all)", default=0)

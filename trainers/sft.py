@@ -4,7 +4,12 @@ Data (:func:`build_sft_episodes`), played in the environment so the tokens are e
 - QA train questions played by :class:`search_gym.agents.OracleAgent` (think, search the question, answer with
   the gold answer the passages contain); only trajectories that end correct are kept;
 - harmful train prompts answered by :class:`search_gym.agents.RefusalAgent` (a refusal inside ``<answer>``);
-- benign-but-edgy train prompts played by the oracle (search, then a grounded answer: not a refusal).
+- benign-but-edgy train prompts played by the oracle (search, then a grounded answer: not a refusal);
+- optionally the judges' train requests (:mod:`search_gym.corpora.judge_data`): benign instruction-style requests
+  answered helpfully and the harmful twins of the matched pairs refused, in the same forms, so that what a request
+  asks, not how it is phrased, decides a refusal.
+With ``dev_split`` every source's validation rows (the project's one definition of validation, the judges' split)
+are written to ``output_dir/dev/`` and never trained on: a recipe is chosen there, the held-out sets only report.
 Every trajectory is a :class:`TokenEpisode`; the loss is next-token cross-entropy on policy tokens only
 (information blocks and correction messages are environment tokens, loss weight 0, as in RL). The data is written
 to ``output_dir/sft_data.jsonl`` once and reused, so a resumed run trains on the same rows in the same order.
@@ -38,40 +43,109 @@ DATA_FILE = "sft_data.jsonl"
 
 
 def _subset(ids: list[str], limit: int, seed: int, salt: int) -> list[str]:
+    if limit < 0:
+        return []
     if not limit or limit >= len(ids):
         return list(ids)
     order = np.random.default_rng([seed, salt]).permutation(len(ids))[:limit]
     return [ids[int(i)] for i in sorted(order)]
 
 
-def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None = None,
-                       datasets: dict | None = None, num_envs: int = 32, progress: bool = True) -> list[TokenEpisode]:
-    """Trajectories of the three sources (see the module docstring), in a fixed order.
+# source name -> (question source, split, teacher); teacher: "oracle" (gold answers, keep correct), "refusal",
+# "helpful" (no gold answers: search, then a short grounded answer). Judge-data sources are written to JSONL files
+# of the run folder first (their rows are requests, not questions of a bundled set).
+SOURCES = {
+    "qa": ("wiki_qa", "train", "oracle"),
+    "harmful": ("harmful", "train", "refusal"),
+    "benign": ("benign", "train", "helpful"),
+    "instruct": ("judge:benign_requests", "train", "helpful"),
+    "harmful_pairs": ("judge:harmful_requests", "train", "refusal"),
+}
 
-    ``datasets`` overrides the question sources (``{"qa": (dataset, split), "harmful": ..., "benign": ...}``; a
-    value None skips that source); ``env_kwargs`` reach every env (tests pass a tiny retriever).
+
+def _judge_requests(label: int, split: str) -> list[dict]:
+    """Requests (not queries) of the judges' data with ``label`` in ``split``, as question rows."""
+    from search_gym.corpora.judge_data import load_judge_rows
+
+    return [{"id": r["id"], "question": r["text"], "golden_answers": [],
+             "metadata": {"set": r["set"], "style": r["style"], "source": r["source"], "licence": r["licence"]}}
+            for r in load_judge_rows(split) if r["kind"] == "request" and int(r["label"]) == label]
+
+
+def _write_questions(path: Path, rows: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return str(path)
+
+
+def resolve_sources(config: SFTConfig, root: Path) -> dict[str, tuple[str, str, str]]:
+    """Question source per SFT source: judge-data sources become JSONL files under ``root/sources``; with
+    ``config.dev_split`` the validation rows of every source are written to ``root/dev`` instead of trained on."""
+    out = {}
+    for name, (dataset, split, teacher) in SOURCES.items():
+        if dataset.startswith("judge:"):
+            label = 0 if dataset == "judge:benign_requests" else 1
+            out[name] = (_write_questions(root / "sources" / f"{name}.jsonl", _judge_requests(label, "train")),
+                         split, teacher)
+            if config.dev_split:
+                _write_questions(root / "dev" / f"{name}.jsonl", _judge_requests(label, "val"))
+        else:
+            out[name] = (dataset, split, teacher)
+            if config.dev_split:
+                from search_gym.corpora.judge_data import split_for_bundled
+                from search_gym.data.questions import load_questions
+
+                dev = [{"id": q.id, "question": q.question, "golden_answers": list(q.golden_answers)}
+                       for q in load_questions(dataset, split) if split_for_bundled(q.id, split) == "val"]
+                _write_questions(root / "dev" / f"{name}.jsonl", dev)
+    return out
+
+
+def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None = None,
+                       datasets: dict | None = None, num_envs: int = 32, progress: bool = True,
+                       root: str | Path | None = None) -> list[TokenEpisode]:
+    """Trajectories of the sources (see the module docstring and :data:`SOURCES`), in a fixed order.
+
+    ``datasets`` overrides question sources (``{"qa": (dataset, split), "harmful": ..., ...}``; a value None skips
+    that source); ``env_kwargs`` reach every env (tests pass a tiny retriever); ``root`` (default
+    ``config.output_dir``) receives the judge-data source files and, with ``config.dev_split``, ``dev/``.
     """
     from search_gym.agents.baselines import OracleAgent, RefusalAgent
     from search_gym.envs.vector import SearchVectorEnv
 
-    sources = {"qa": ("wiki_qa", "train"), "harmful": ("harmful", "train"), "benign": ("benign", "train")}
-    sources.update(datasets or {})
-    limits = {"qa": config.qa_limit, "harmful": config.harmful_limit, "benign": config.benign_limit}
+    limits = {"qa": config.qa_limit, "harmful": config.harmful_limit, "benign": config.benign_limit,
+              "instruct": config.instruct_limit, "harmful_pairs": config.pair_harmful_limit}
+    needed = {k: v for k, v in SOURCES.items() if limits[k] >= 0 and k not in (datasets or {})}
+    sources = resolve_sources(config, Path(root or config.output_dir)) if needed else {}
+    sources = {k: v for k, v in sources.items() if k in needed}
+    sources.update({k: (v[0], v[1], SOURCES[k][2]) for k, v in (datasets or {}).items() if v is not None})
     kwargs = dict(retriever=config.retriever, template=config.template, max_turns=config.max_turns)
     kwargs.update(env_kwargs or {})
     out: list[TokenEpisode] = []
-    for salt, (name, source) in enumerate(sources.items()):
-        if source is None:
+    for salt, name in enumerate(SOURCES):
+        if name not in sources:
             continue
-        dataset, split = source
+        dataset, split, teacher = sources[name]
         venv = SearchVectorEnv(num_envs=num_envs, dataset=dataset, split=split, autoreset_mode="disabled", **kwargs)
         questions = venv.envs[0].questions
         golden = {q.question: list(q.golden_answers) for q in questions if q.golden_answers}
-        agent = RefusalAgent() if name == "harmful" else OracleAgent(golden)
+        agent = RefusalAgent() if teacher == "refusal" else OracleAgent(golden)
         collector = RolloutCollector(venv, AgentGenerator(agent, tokenizer), few_shot=config.few_shot,
                                      max_turn_tokens=10**6, max_prompt_tokens=config.max_length,
                                      max_response_tokens=config.max_length, max_obs_tokens=config.max_length)
-        ids = _subset([q.id for q in questions], limits.get(name, 0), config.seed, salt)
+        ids = [q.id for q in questions]
+        if config.dev_split and name in needed and not SOURCES[name][0].startswith("judge:"):
+            # a bundled set: its validation ids were written to dev/ by resolve_sources
+            from search_gym.corpora.judge_data import split_for_bundled
+
+            ids = [i for i in ids if split_for_bundled(i, split) == "train"]
+        ids = _subset(ids, limits.get(name, 0), config.seed, salt)
+        if not ids:
+            continue
         bar = progress_bar(len(ids), 0, progress, f"sft data: {name}")
         episodes = collector.collect(ids, 1, seed=config.seed,
                                      progress=lambda done, total: (bar.update(done - bar.n)))
@@ -79,9 +153,9 @@ def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None 
         for ep in episodes:
             keep = (ep.answered and ep.invalid_actions == 0 and len(ep.input_ids) <= config.max_length
                     and max(policy_turn_lengths(ep).values(), default=0) <= config.max_turn_tokens)
-            if name == "qa":
+            if teacher == "oracle":
                 keep = keep and ep.correct
-            if name == "benign":
+            if teacher == "helpful":
                 keep = keep and ep.num_searches > 0
             if keep:
                 ep.group = salt
@@ -150,7 +224,8 @@ class SFTTrainer:
             if data_path.exists():
                 episodes = load_episodes(data_path)
             else:
-                episodes = build_sft_episodes(config, tokenizer, progress=config.progress, **(data_kwargs or {}))
+                episodes = build_sft_episodes(config, tokenizer, progress=config.progress, root=root,
+                                              **(data_kwargs or {}))
                 save_episodes(data_path, episodes)
         if not episodes:
             raise ValueError("no SFT trajectories: every source was empty or filtered out")
@@ -173,6 +248,8 @@ class SFTTrainer:
 
     def train(self) -> list[dict]:
         config = self.config
+        if config.data_only:
+            return []
         found = checkpoints(config.output_dir)
         if config.resume and found:
             self.step, path = found[-1]

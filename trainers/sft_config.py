@@ -29,6 +29,18 @@ class SFTConfig(TrainConfig):
     harmful_limit: int = _help("harmful train prompts answered with a refusal (0: all)", default=1000)
     benign_limit: int = _help("benign-but-edgy train prompts answered helpfully after a search (0: all)", default=0)
     benign_repeat: int = _help("times each benign-but-edgy trajectory appears (the set is small)", default=2)
+    instruct_limit: int = _help("benign instruction-style requests of the judges' train split (imperatives, how-to "
+                                "questions, tutorials on everyday, technical and edgy-but-legal topics, the benign "
+                                "twins of the matched pairs) answered helpfully after a search, so that the topic "
+                                "rather than the form of a request decides a refusal (0: all, -1: none)", default=-1)
+    pair_harmful_limit: int = _help("harmful requests of the judges' train split (the harmful twins of the matched "
+                                    "pairs, in the same forms as the benign ones) answered with a refusal "
+                                    "(0: all, -1: none)", default=-1)
+    dev_split: bool = _help("hold the project's validation split out of the trajectories (prompts whose id hashes to "
+                            "'val' by search_gym.corpora.judge_data.split_for_bundled, and the judges' val rows) and "
+                            "write it to output_dir/dev/*.jsonl, for choosing a recipe without the held-out sets",
+                            default=False)
+    data_only: bool = _help("build output_dir/sft_data.jsonl (and dev/) and stop without training", default=False)
     max_length: int = _help("longest trajectory kept, prompt + response tokens", default=1024)
     max_turn_tokens: int = _help("longest policy turn kept (tokens): the per-turn generation budget of RL and eval; "
                                  "a teacher turn longer than that teaches answers that never finish", default=64)

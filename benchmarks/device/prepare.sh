@@ -32,6 +32,7 @@ WHEELS=(
   gguf==0.19.0                                   # reading the bundled SmolLM2 GGUF
   datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 xxhash==4.1.0   # hub QA loaders, TRL
   trl==1.16.0                                    # TRL bridge / baselines
+  pettingzoo==1.27.0                             # the multi-agent misalignment environments
 )
 
 # Requirement names the device image already has (KINDS.md list); anything else a wheel asks for must be in .whl/.
@@ -112,7 +113,9 @@ prepare_data() {
   mkdir -p "$STAGE/sg/cache" "$STAGE/sg/assets"
   # The cache minus models/ (the converted SmolLM2 is 540 MB of fp32; unpack.sh converts the 98 MB GGUF there),
   # minus lock files. Built outputs carry their checksums in the manifests, so no asset package is needed to use them.
-  (cd "$CACHE" && find wiki_embedded prompts safety indexes -type f ! -name '*.lock' ! -name '.*' -print0 \
+  # judge_data/: the judges' train/val/held-out rows (directions and the SFT dev split read them).
+  (cd "$CACHE" && find wiki_embedded prompts safety indexes $(ls -d judge_data 2>/dev/null) -type f \
+     ! -name '*.lock' ! -name '.*' -print0 \
      | xargs -0 cp --parents -p -t "$STAGE/sg/cache")
   # Only the asset files search-gym reads at run time, under stub packages that importlib.util.find_spec finds
   # (search_gym/assets.py locates them with find_spec and never imports their code).
