@@ -1,0 +1,169 @@
+"""The trainers' vLLM backend without vLLM: a fake engine with vLLM's generate() and engine layout.
+
+The fake engine holds its own copy of the policy (as a colocated vLLM engine does) and samples with HFAgent from
+that copy, so what VLLMGenerator does around generation runs for real: per-request budgets, the sampler's
+log-probabilities, weights pushed into the engine's model after every optimiser step (and after a resume), the
+prefix cache reset, and sleep / wake around the update. The real engine runs in the GPU benchmark.
+"""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import tiny_llama
+
+from search_gym.agents.hf import HFAgent
+from search_gym.envs import SearchVectorEnv
+from search_gym.trainers.grpo import GRPOTrainer
+from search_gym.trainers.grpo_config import GRPOConfig
+from search_gym.trainers.vllm_generation import VLLMGenerator, engine_model, policy_weights
+
+
+class FakeEngineModel(torch.nn.Module):
+    """The engine's model: a separate copy of the policy with vLLM's ``load_weights(iterable)``."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.inner = copy.deepcopy(policy)
+        self.loaded: list[str] = []
+
+    def load_weights(self, weights):
+        params = dict(self.inner.named_parameters())
+        for name, tensor in weights:
+            params[name].data.copy_(tensor)
+            self.loaded.append(name)
+
+
+class FakeLLM:
+    def __init__(self, policy, tokenizer):
+        self.model = FakeEngineModel(policy)
+        runner = SimpleNamespace(model=self.model)
+        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner)))
+        self.agent = HFAgent(self.model.inner, tokenizer, temperature=1.0, few_shot=0, seed=0)
+        self.events: list[str] = []
+        self.budgets: list[list[int]] = []
+
+    def generate(self, prompts, sampling_params, use_tqdm=False):
+        assert not self.events or self.events[-1] != "sleep", "generate() on a sleeping engine"
+        self.events.append("generate")
+        self.budgets.append([p.max_tokens for p in sampling_params])
+        outputs = [None] * len(prompts)
+        by_budget: dict[int, list[int]] = {}
+        for i, p in enumerate(sampling_params):
+            by_budget.setdefault(p.max_tokens, []).append(i)
+        for budget, idx in by_budget.items():
+            steps = self.agent.generate_ids([prompts[i]["prompt_token_ids"] for i in idx], max_new_tokens=budget)
+            for i, step in zip(idx, steps):
+                completion = SimpleNamespace(
+                    text=step.text, token_ids=step.completion_ids, finish_reason="length" if step.finish_reason == "length" else "stop",
+                    logprobs=[{t: SimpleNamespace(logprob=lp)} for t, lp in zip(step.completion_ids, step.logprobs)],
+                    stop_reason=step.metadata.get("stop_string"))
+                outputs[i] = SimpleNamespace(prompt_token_ids=prompts[i]["prompt_token_ids"], outputs=[completion])
+        return outputs
+
+    def reset_prefix_cache(self):
+        self.events.append("reset_prefix_cache")
+
+    def sleep(self, level=1):
+        self.events.append("sleep")
+
+    def wake_up(self, tags=None):
+        self.events.append("wake:" + ",".join(tags or ["all"]))
+
+
+def engine_equals_policy(llm, policy) -> bool:
+    engine = dict(llm.model.inner.named_parameters())
+    return all(torch.equal(engine[name], p) for name, p in policy.named_parameters())
+
+
+def config(tmp_path, **overrides) -> GRPOConfig:
+    values = dict(output_dir=str(tmp_path), seed=0, learning_rate=1e-2, max_steps=2, save_steps=1,
+                  questions_per_step=2, group_size=2, max_turns=2, max_turn_tokens=8, max_response_tokens=160,
+                  beta=0.0, reward="f1", tensorboard=False, progress=False)
+    values.update(overrides)
+    return GRPOConfig(**values)
+
+
+class RandomRewardGRPO(GRPOTrainer):
+    """Distinct rewards within each group, so the update moves the policy away from the engine's copy."""
+
+    def collect(self, step):
+        episodes = super().collect(step)
+        for i, ep in enumerate(episodes):
+            ep.task_reward = ep.reward = float(i % 2)
+        return episodes
+
+
+def make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, **overrides):
+    policy = tiny_llama(tokenizer, 0)
+    llm = FakeLLM(policy, tokenizer)
+    cfg = config(tmp_path, **overrides)
+    generator = VLLMGenerator(policy, tokenizer, model_path="unused", temperature=cfg.temperature, seed=0, llm=llm,
+                              enable_sleep_mode=cfg.vllm_enable_sleep_mode)
+    env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), split="test", retriever=overlap_retriever,
+                          max_turns=2)
+    return RandomRewardGRPO(cfg, model=policy, tokenizer=tokenizer, env=env, generator=generator), llm
+
+
+@pytest.mark.parametrize("sleep", [False, True])
+def test_weights_reach_the_engine_after_every_step(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, sleep):
+    trainer, llm = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, vllm_enable_sleep_mode=sleep)
+    assert engine_equals_policy(llm, trainer.model)
+    episodes = trainer.collect(0)
+    # the sampler's log-probabilities reach every policy token; the env's prefills and passages carry none
+    for ep in episodes:
+        policy_lps = [lp for lp, m in zip(ep.logprobs, ep.loss_mask) if m]
+        assert policy_lps and all(lp <= 0 for lp in policy_lps)
+    assert {b for call in llm.budgets for b in call} <= {8}
+    trainer.train()
+    assert trainer.generator.syncs == 2 and engine_equals_policy(llm, trainer.model)
+    names = {n for n, _ in trainer.model.named_parameters()}
+    assert set(llm.model.loaded) == names
+    if sleep:  # sleep before each update, weights first then the KV cache on waking, no generation while asleep
+        assert llm.events.count("sleep") == 2
+        i = llm.events.index("sleep")
+        assert llm.events[i + 1:i + 4] == ["wake:weights", "wake:kv_cache", "reset_prefix_cache"]
+    else:
+        assert "sleep" not in llm.events
+    assert llm.events[-1] == "reset_prefix_cache"
+
+
+def test_resume_pushes_the_resumed_weights(tokenizer, tiny_qa_path, overlap_retriever, tmp_path):
+    first, _ = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, max_steps=1)
+    first.train()
+    resumed, llm = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, max_steps=2)
+    rows = resumed.train()
+    assert [r["step"] for r in rows] == [2]
+    assert resumed.generator.syncs == 2  # once after resuming, once after step 2
+    assert engine_equals_policy(llm, resumed.model)
+
+
+def test_policy_weights_names_match_a_plain_checkpoint(tokenizer):
+    peft = pytest.importorskip("peft")
+    model = tiny_llama(tokenizer, 0)
+    plain = {n for n, _ in model.named_parameters()}
+    lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert {n for n, _ in policy_weights(lora)} == plain
+
+
+def test_engine_model_reaches_the_runner():
+    model = object()
+    runner = SimpleNamespace(model=model)
+    v0 = SimpleNamespace(llm_engine=SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(model_runner=runner))))
+    wrapped = SimpleNamespace(llm_engine=SimpleNamespace(model_executor=SimpleNamespace(
+        driver_worker=SimpleNamespace(model_runner=None, worker=SimpleNamespace(model_runner=runner)))))
+    assert engine_model(v0) is model and engine_model(wrapped) is model
+
+
+def test_vllm_backend_needs_a_saved_start(tokenizer, tiny_qa_path, overlap_retriever, tmp_path):
+    env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), split="test", retriever=overlap_retriever)
+    with pytest.raises(ValueError, match="saved model folder"):
+        GRPOTrainer(config(tmp_path, generation_backend="vllm"), model=tiny_llama(tokenizer, 0), tokenizer=tokenizer,
+                    env=env)
+    with pytest.raises(ValueError, match="generation_backend"):
+        GRPOTrainer(config(tmp_path, generation_backend="tgi"), model=tiny_llama(tokenizer, 0), tokenizer=tokenizer,
+                    env=env)
