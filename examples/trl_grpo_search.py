@@ -121,7 +121,8 @@ def build_trainer(config: TRLSearchConfig):
             from search_gym.trainers.shaping import load_penalty
 
             # The reference reader is a frozen copy of the starting model; 'policy' reads the trained one (set below).
-            reader = AutoModelForCausalLM.from_pretrained(model).eval() if config.penalty_source == "reference" else None
+            reference = config.penalty_source == "reference"
+            reader = AutoModelForCausalLM.from_pretrained(model).eval() if reference else None
             penalty = load_penalty(config, reader)
             reward_funcs.append(bridge.RepresentationPenaltyReward(penalty))
             if args.reward_weights is not None:
