@@ -1,5 +1,5 @@
 """The ``search-gym`` command line: ``setup``, ``demo``, ``eval``, ``directions``, ``judges``, ``train``, ``serve``,
-``info``."""
+``index``, ``info``."""
 
 from __future__ import annotations
 
@@ -269,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from search_gym.directions.cli import add_directions_parser
     from search_gym.retrieval.serve_cli import add_serve_parser
+    from search_gym.retrieval.index_cli import add_index_parser
     from search_gym.safety.cli import add_judges_parser
     from search_gym.trainers.cli import add_train_parser
 
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_judges_parser(sub)
     add_train_parser(sub)
     add_serve_parser(sub)
+    add_index_parser(sub)
     return parser
 
 

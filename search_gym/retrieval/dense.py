@@ -5,11 +5,15 @@ An index lives in one folder::
     index.faiss     the FAISS index (inner product on L2-normalised embeddings = cosine similarity)
     offsets.npy     int64 byte offsets of every passage in the corpus JSONL (+ the file size)
     meta.json       corpus SHA-256, encoder identity, index type and parameters, dim, count, library versions
-    shards/         per-shard passage embeddings while a build is in progress (removed afterwards by default)
+    shards/         per-shard passage embeddings while a build is in progress (removed afterwards by default;
+                    ``shard_dir`` puts them elsewhere, e.g. one folder shared by the flat, hnsw and ivfpq builds)
 
 ``meta.json`` is written last, so its presence marks a finished index. On load, a folder whose meta does not
-match the current corpus file, encoder or index parameters is rebuilt (the reason is logged). Builds encode the
-corpus in shards saved atomically as ``.npy``; an interrupted build skips the shards already on disk.
+match the current corpus file, encoder, index type or an index parameter that was asked for is rebuilt (the reason
+is logged); a parameter left unset (None) accepts the folder's value, so an index built with custom settings (by
+``search-gym index build``) loads as it is. Builds encode the corpus in shards saved atomically as ``.npy``; an
+interrupted build skips the shards already on disk. :meth:`DenseRetriever.build_from_vectors` makes the same folder
+from embeddings computed elsewhere (Search-R1's prebuilt ``e5_Flat.index``).
 
 Nothing heavy happens in the constructor: the model and index are loaded (or built) on the first
 :meth:`DenseRetriever.search` or an explicit :meth:`DenseRetriever.build`. The object pickles to its settings
@@ -60,6 +64,17 @@ META_FORMAT = 1
 #: HNSW insertion is multi-threaded in FAISS and the resulting graph depends on thread timing. Up to this many
 #: passages the build runs single-threaded (a few seconds) so that the same corpus always gives the same index.
 HNSW_DETERMINISTIC_MAX = 200_000
+
+#: Build parameters used when one is left unset (None). ``nlist`` / ``m`` None mean "chosen from the corpus size"
+#: (:func:`ivfpq_params`); ``opq`` adds a learned rotation before product quantisation.
+PARAM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "flat": {},
+    "hnsw": {"M": 32, "ef_construction": 100},
+    "ivfpq": {"nlist": None, "m": None, "nbits": 8, "opq": False},
+}
+#: Search-time defaults when neither the retriever nor the index folder's meta.json sets them.
+DEFAULT_NPROBE = 64
+DEFAULT_EF_SEARCH = 128
 
 
 @contextlib.contextmanager
@@ -120,12 +135,17 @@ class DenseRetriever(CorpusIndex):
         index_dir: the exact folder of this index; default ``indexes_dir()/<stem>-<sha[:12]>-<encoder>-<type>``.
         device: torch device for the encoder (None = sentence-transformers' choice).
         batch_size: encoder batch size for passages and queries.
-        nprobe: IVF lists visited per query (ivfpq only); default min(64, nlist).
-        hnsw_ef_search: HNSW candidate-list size at query time.
-        hnsw_m, hnsw_ef_construction: HNSW graph degree and build-time candidate-list size.
-        nlist, pq_m, pq_nbits: IVF-PQ build parameters (None = chosen from the corpus size, see ivfpq_params).
+        nprobe: IVF lists visited per query (ivfpq only); None = the value recorded at build time, else
+            min(64, nlist).
+        hnsw_ef_search: HNSW candidate-list size at query time; None = the recorded value, else 128.
+        hnsw_m, hnsw_ef_construction: HNSW graph degree and build-time candidate-list size (None = 32 / 100, or
+            whatever an existing index folder was built with).
+        nlist, pq_m, pq_nbits, pq_opq: IVF-PQ build parameters (None = chosen from the corpus size, see
+            ivfpq_params; nbits 8; no OPQ rotation), or an existing folder's.
         shard_size: passages per embedding shard (the unit of resumption).
         keep_shards: keep the shard embeddings after the index is written (e.g. to build another index type).
+        shard_dir: where the shards go (default ``index_dir/shards``). A folder given here is never deleted, so
+            several index types of one corpus and encoder can be built from one encoding pass.
         progress: show progress bars while building.
         search_threads: FAISS threads per search call (None = FAISS's default, all cores). 1 is often faster
             for small batches on a small shared CPU; see :func:`faiss_threads`.
@@ -133,7 +153,7 @@ class DenseRetriever(CorpusIndex):
 
     kind = "dense"
     meta_format = META_FORMAT
-    _runtime_fields = ("_lock", "_index", "_store", "_meta", "_fingerprint")
+    _runtime_fields = ("_lock", "_index", "_store", "_meta", "_fingerprint", "on_shard", "_pending_vectors")
 
     def __init__(
         self,
@@ -144,14 +164,16 @@ class DenseRetriever(CorpusIndex):
         device: str | None = None,
         batch_size: int = 64,
         nprobe: int | None = None,
-        hnsw_ef_search: int = 128,
-        hnsw_m: int = 32,
-        hnsw_ef_construction: int = 100,
+        hnsw_ef_search: int | None = None,
+        hnsw_m: int | None = None,
+        hnsw_ef_construction: int | None = None,
         nlist: int | None = None,
         pq_m: int | None = None,
-        pq_nbits: int = 8,
+        pq_nbits: int | None = None,
+        pq_opq: bool | None = None,
         shard_size: int = 4096,
         keep_shards: bool = False,
+        shard_dir: str | Path | None = None,
         progress: bool = True,
         search_threads: int | None = None,
     ):
@@ -171,8 +193,10 @@ class DenseRetriever(CorpusIndex):
         self.nlist = nlist
         self.pq_m = pq_m
         self.pq_nbits = pq_nbits
+        self.pq_opq = pq_opq
         self.shard_size = shard_size
         self.keep_shards = keep_shards
+        self.shard_dir = str(shard_dir) if shard_dir is not None else None
         self.progress = progress
         self.search_threads = search_threads
         self.name = f"dense-{self.encoder.slug}-{index_type}"
@@ -182,6 +206,10 @@ class DenseRetriever(CorpusIndex):
         super()._init_runtime()
         self._index: Any = None
         self._meta: dict[str, Any] | None = None
+        self._pending_vectors: tuple[Any, Any, str] | None = None  # set by build_from_vectors for one build
+        #: Called as ``on_shard(shards_done, shards_total)`` after each encoded shard is saved (progress reporting;
+        #: tests raise from it to interrupt a build). Per process: not pickled.
+        self.on_shard: Any = None
 
     @property
     def exact(self) -> bool:
@@ -197,18 +225,43 @@ class DenseRetriever(CorpusIndex):
     def index_suffix(self) -> str:
         return f"{self.encoder.slug}-{self.index_type}"
 
-    def _requested_params(self) -> dict[str, Any]:
+    def _given_params(self) -> dict[str, Any]:
+        """Build parameters as this object was given them (None = not asked for)."""
         if self.index_type == "hnsw":
             return {"M": self.hnsw_m, "ef_construction": self.hnsw_ef_construction}
         if self.index_type == "ivfpq":
-            return {"nlist": self.nlist, "m": self.pq_m, "nbits": self.pq_nbits}
+            return {"nlist": self.nlist, "m": self.pq_m, "nbits": self.pq_nbits, "opq": self.pq_opq}
         return {}
+
+    def _requested_params(self) -> dict[str, Any]:
+        """What a build records as asked for: given values, defaults for the unset ones (None = by corpus size).
+
+        ``opq`` is recorded only when on, so folders built before it existed keep matching.
+        """
+        given, defaults = self._given_params(), PARAM_DEFAULTS[self.index_type]
+        out = {key: (defaults[key] if value is None else value) for key, value in given.items()}
+        if self.index_type == "ivfpq" and not out.get("opq"):
+            out.pop("opq", None)
+        return out
+
+    def _params_mismatch(self, recorded: dict[str, Any] | None) -> str | None:
+        """Which parameter that was asked for differs from the folder's record (unset ones accept any value)."""
+        recorded = recorded if isinstance(recorded, dict) else {}
+        defaults = PARAM_DEFAULTS[self.index_type]
+        for key, want in self._given_params().items():
+            have = recorded.get(key, defaults[key])
+            if want is not None and have != want:
+                return f"{key}: {have} -> {want}"
+        return None
 
     def _stale_detail(self, meta: dict[str, Any], folder: Path) -> str | None:
         if meta.get("encoder", {}).get("identity") != self.encoder.passage_identity():
             return f"encoder changed ({meta.get('encoder', {}).get('identity')} -> {self.encoder.passage_identity()})"
-        if meta.get("index_type") != self.index_type or meta.get("requested_params") != self._requested_params():
-            return "index type or parameters changed"
+        if meta.get("index_type") != self.index_type:
+            return f"index type changed ({meta.get('index_type')} -> {self.index_type})"
+        mismatch = self._params_mismatch(meta.get("requested_params"))
+        if mismatch:
+            return f"index parameters changed ({mismatch})"
         if not (folder / "index.faiss").is_file() or not (folder / "offsets.npy").is_file():
             return "index files missing"
         return None
@@ -237,12 +290,15 @@ class DenseRetriever(CorpusIndex):
     def _apply_search_params(self, index: Any, meta: dict[str, Any]) -> None:
         import faiss
 
+        recorded = meta.get("search_params") or {}
         if self.index_type == "hnsw":
-            index.hnsw.efSearch = int(self.hnsw_ef_search)
+            ef = self.hnsw_ef_search if self.hnsw_ef_search is not None else recorded.get("ef_search")
+            index.hnsw.efSearch = int(ef if ef is not None else DEFAULT_EF_SEARCH)
         elif self.index_type == "ivfpq":
             ivf = faiss.extract_index_ivf(index)
             nlist = int(meta["index_params"]["nlist"])
-            ivf.nprobe = int(min(nlist, self.nprobe if self.nprobe is not None else 64))
+            nprobe = self.nprobe if self.nprobe is not None else recorded.get("nprobe")
+            ivf.nprobe = int(min(nlist, nprobe if nprobe is not None else DEFAULT_NPROBE))
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -263,18 +319,27 @@ class DenseRetriever(CorpusIndex):
         return encode(model, texts, prefix=self.encoder.passage_prefix, normalize=self.encoder.normalize,
                       batch_size=self.batch_size)
 
+    def _shard_folder(self, folder: Path) -> Path:
+        return Path(self.shard_dir) if self.shard_dir is not None else folder / "shards"
+
     def _build(self, folder: Path, progress: bool) -> None:
+        if self._pending_vectors is not None:
+            self._build_from_pending(folder, progress)
+            return
         t0 = time.perf_counter()
         store = self._begin_build(folder, progress)
         n = len(store)
         model = load_encoder(self.encoder, self.device)
         dim = embedding_dim(model)
 
-        shard_dir = folder / "shards"
+        shard_dir = self._shard_folder(folder)
         manifest = {"corpus_fingerprint": self.fingerprint, "encoder": self.encoder.passage_identity(),
                     "shard_size": self.shard_size, "count": n, "dim": dim}
         if _read_json(shard_dir / "manifest.json") != manifest:
-            shutil.rmtree(shard_dir, ignore_errors=True)
+            # Shards of another corpus, encoder or shard size. Only our own file names are removed: a shard_dir
+            # given by the user may hold other files.
+            for old in shard_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].npy"):
+                old.unlink()
         shard_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(shard_dir / "manifest.json", _dumps(manifest))
 
@@ -289,24 +354,89 @@ class DenseRetriever(CorpusIndex):
         t_enc = time.perf_counter()
         bar = _progress(total=n, initial=done, desc=f"encoding {self.corpus_path.name}", unit="psg",
                         disable=not progress)
-        for s in todo:
+        for i, s in enumerate(todo):
             a, b = s * self.shard_size, min(n, (s + 1) * self.shard_size)
             emb = self._encode_passages(store.contents_range(a, b))
             if emb.shape != (b - a, dim):
                 raise RuntimeError(f"encoder returned shape {emb.shape} for shard {s}, expected {(b - a, dim)}")
             atomic_save_npy(shard_paths[s], np.ascontiguousarray(emb, dtype=np.float32))
             bar.update(b - a)
+            if self.on_shard is not None:
+                self.on_shard(n_shards - len(todo) + i + 1, n_shards)
         bar.close()
         encode_seconds = time.perf_counter() - t_enc
         store.close()
 
-        t_idx = time.perf_counter()
-        index, params = self._make_index(shard_paths, n, dim, progress)
+        # Memory maps: each shard is read into RAM only while FAISS adds it.
+        chunks = [np.load(p, mmap_mode="r") for p in shard_paths]
+        self._write_index(folder, chunks, n, dim, progress, started=t0, encode_seconds=encode_seconds,
+                          encoded_passages=n - done, vectors_from="encoded")
+        del chunks
+        if not self.keep_shards and self.shard_dir is None:
+            shutil.rmtree(shard_dir, ignore_errors=True)
+
+    def build_from_vectors(self, vectors: Any, *, link: str | Path | None = None, source: str = "vectors",
+                           progress: bool = True, force: bool = False) -> Path:
+        """Make this retriever's index folder from passage embeddings computed elsewhere, then load it.
+
+        Row ``i`` of ``vectors`` (an (n, dim) float32 array or memory map) must be the embedding of line ``i`` of
+        the corpus, made with this retriever's encoder (its query embeddings are searched against them). Rows are
+        read ``shard_size`` at a time, so a memory-mapped 65 GB matrix needs no 65 GB of RAM except for a flat
+        index, which is the matrix. ``link`` (flat only) is a FAISS flat index file holding exactly these vectors:
+        ``index.faiss`` becomes a symbolic link to it instead of a copy. ``source`` is recorded in meta.json.
+        Like :meth:`build`, a valid existing folder is only loaded (``force`` rebuilds it). Returns the folder.
+        """
+        if link is not None and self.index_type != "flat":
+            raise ValueError("link= is for index_type='flat' (the file is used as the index itself)")
+        if getattr(vectors, "ndim", None) != 2:
+            raise ValueError(f"vectors must be a 2-d (passages, dim) array, got shape {getattr(vectors, 'shape', None)}")
+        self._pending_vectors = (vectors, link, source)
+        try:
+            return self.build(progress=progress, force=force)
+        finally:
+            self._pending_vectors = None
+
+    def _build_from_pending(self, folder: Path, progress: bool) -> None:
+        vectors, link, source = self._pending_vectors
+        t0 = time.perf_counter()
+        store = self._begin_build(folder, progress)
+        n = len(store)
+        store.close()
+        if len(vectors) != n:
+            raise ValueError(f"{source} holds {len(vectors):,} vectors but the corpus {self.corpus_path} has {n:,} "
+                             "passages; row i must be passage i of this exact corpus file")
+        dim = int(vectors.shape[1])
+        chunks = [vectors[a:min(n, a + self.shard_size)] for a in range(0, n, self.shard_size)]
+        self._write_index(folder, chunks, n, dim, progress, started=t0, encode_seconds=0.0, encoded_passages=0,
+                          vectors_from=source, link=link)
+
+    def _write_index(self, folder: Path, chunks: list[Any], n: int, dim: int, progress: bool, *, started: float,
+                     encode_seconds: float, encoded_passages: int, vectors_from: str,
+                     link: str | Path | None = None) -> None:
+        """The last steps of every build: the FAISS index from the embedding chunks (or a link), then meta.json."""
         import faiss
 
-        with atomic_output(folder / "index.faiss") as tmp:
-            faiss.write_index(index, str(tmp))
+        t_idx = time.perf_counter()
+        if link is not None:
+            params = {}
+            target = Path(link).resolve()
+            tmp = folder / ".index.faiss.link.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            tmp.replace(folder / "index.faiss")  # replaces a previous file or link, never writes through it
+        else:
+            index, params = self._make_index(chunks, n, dim, progress)
+            with atomic_output(folder / "index.faiss") as tmp:
+                faiss.write_index(index, str(tmp))
+            del index
         index_seconds = time.perf_counter() - t_idx
+        search_params: dict[str, Any] = {}
+        if self.index_type == "ivfpq":
+            search_params["nprobe"] = int(min(params["nlist"], self.nprobe if self.nprobe is not None
+                                              else DEFAULT_NPROBE))
+        elif self.index_type == "hnsw":
+            search_params["ef_search"] = int(self.hnsw_ef_search if self.hnsw_ef_search is not None
+                                             else DEFAULT_EF_SEARCH)
 
         self._finish_build(
             folder,
@@ -324,50 +454,61 @@ class DenseRetriever(CorpusIndex):
             index_type=self.index_type,
             index_params=params,
             requested_params=self._requested_params(),
+            search_params=search_params,
             metric="inner_product",
             shard_size=self.shard_size,
+            vectors_from=vectors_from,
             timings_s={"encode": round(encode_seconds, 3), "index": round(index_seconds, 3),
-                       "total": round(time.perf_counter() - t0, 3)},
-            encoded_passages=n - done,
+                       "total": round(time.perf_counter() - started, 3)},
+            encoded_passages=encoded_passages,
         )
-        if not self.keep_shards:
-            shutil.rmtree(shard_dir, ignore_errors=True)
 
-    def _make_index(self, shard_paths: list[Path], n: int, dim: int, progress: bool) -> tuple[Any, dict[str, Any]]:
+    def _make_index(self, chunks: list[Any], n: int, dim: int, progress: bool) -> tuple[Any, dict[str, Any]]:
+        """A FAISS index of the rows of ``chunks`` (arrays or memory maps of ``shard_size`` rows, the last shorter)."""
         import faiss
 
-        def shards():
-            for p in shard_paths:
-                yield np.load(p)
+        def batches():
+            for x in chunks:
+                yield np.ascontiguousarray(x, dtype=np.float32)
 
         if self.index_type == "flat":
             index = faiss.IndexFlatIP(dim)
-            for x in shards():
+            for x in batches():
                 index.add(x)
             return index, {}
 
         if self.index_type == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, int(self.hnsw_m), faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = int(self.hnsw_ef_construction)
+            defaults = PARAM_DEFAULTS["hnsw"]
+            hnsw_m = int(self.hnsw_m if self.hnsw_m is not None else defaults["M"])
+            ef_construction = int(self.hnsw_ef_construction if self.hnsw_ef_construction is not None
+                                  else defaults["ef_construction"])
+            index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = ef_construction
             with faiss_threads(1 if n <= HNSW_DETERMINISTIC_MAX else None):
                 bar = _progress(total=n, desc="hnsw graph", unit="psg", disable=not progress)
-                for x in shards():
+                for x in batches():
                     index.add(x)
                     bar.update(len(x))
                 bar.close()
-            return index, {"M": int(self.hnsw_m), "ef_construction": int(self.hnsw_ef_construction)}
+            return index, {"M": hnsw_m, "ef_construction": ef_construction}
 
-        params = ivfpq_params(n, dim, self.nlist, self.pq_m, self.pq_nbits)
+        nbits = self.pq_nbits if self.pq_nbits is not None else PARAM_DEFAULTS["ivfpq"]["nbits"]
+        params: dict[str, Any] = ivfpq_params(n, dim, self.nlist, self.pq_m, nbits)
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["m"], params["nbits"],
-                                 faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.IndexIVFPQ(quantizer, dim, params["nlist"], params["m"], params["nbits"],
+                               faiss.METRIC_INNER_PRODUCT)
+        index = ivf
+        if self.pq_opq:
+            # A learned rotation that balances variance across the PQ sub-vectors (OPQ); searched transparently.
+            index = faiss.IndexPreTransform(faiss.OPQMatrix(dim, params["m"]), ivf)
+            params["opq"] = True
         # A deterministic sample (fixed seed, sorted rows) keeps training reproducible; FAISS k-means is seeded too.
         rows = np.sort(np.random.default_rng(0).choice(n, size=params["n_train"], replace=False))
         small = params["n_train"] * max(params["nlist"], 1 << params["nbits"]) <= 2_000_000
         with faiss_threads(1 if small else None):
-            index.train(_gather_rows(shard_paths, rows, self.shard_size, dim))
+            index.train(_gather_rows(chunks, rows, self.shard_size, dim))
         bar = _progress(total=n, desc="ivfpq add", unit="psg", disable=not progress)
-        for x in shards():
+        for x in batches():
             index.add(x)
             bar.update(len(x))
         bar.close()
@@ -387,6 +528,10 @@ class DenseRetriever(CorpusIndex):
         emb = np.ascontiguousarray(emb, dtype=np.float32)
         if emb.ndim == 1:
             emb = emb[None, :]
+        if emb.shape[1] != self._index.d:
+            # FAISS would fail with a bare assertion; the usual cause is an index made with another encoder.
+            raise ValueError(f"query embeddings are {emb.shape[1]}-d but the index at {self.index_dir} is "
+                             f"{self._index.d}-d: it was built with another encoder than {self.encoder.name_or_path!r}")
         k = max(1, min(int(k), int(self._index.ntotal)))
         with faiss_threads(self.search_threads):
             return self._index.search(emb, k)
@@ -440,13 +585,13 @@ def _shard_ok(path: Path, rows: int, dim: int) -> bool:
     return arr.shape == (rows, dim) and arr.dtype == np.float32
 
 
-def _gather_rows(shard_paths: list[Path], rows: np.ndarray, shard_size: int, dim: int) -> np.ndarray:
-    """Rows ``rows`` (sorted global positions) of the sharded embedding matrix, without loading every shard."""
+def _gather_rows(chunks: list[Any], rows: np.ndarray, shard_size: int, dim: int) -> np.ndarray:
+    """Rows ``rows`` (sorted global positions) of the chunked embedding matrix, reading only the rows asked for."""
     out = np.empty((len(rows), dim), dtype=np.float32)
     shard_of = rows // shard_size
     start = 0
     for s in np.unique(shard_of):
         sel = rows[shard_of == s] - s * shard_size
-        out[start:start + len(sel)] = np.load(shard_paths[int(s)], mmap_mode="r")[sel]
+        out[start:start + len(sel)] = chunks[int(s)][sel]
         start += len(sel)
     return out
