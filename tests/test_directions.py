@@ -439,8 +439,128 @@ def test_natural_search_records_prompts_without_a_search(tiny, tokenizer, plante
     assert len(natural) == 0 and natural.meta["missing"] == ["0", "1"] and natural.meta["backend"] == "generate"
 
 
+# ---------------------------------------------------------------------------------------------- matched contrast
+
+
+def test_matched_contrast_is_style_matched_and_split_by_pair():
+    """The default contrast's two sides: requests of the judges' data, benign ones in the harmful ones' forms,
+    splits that share no text and no pair, twins aligned, subsets that keep pairs whole."""
+    from collections import Counter
+
+    from search_gym.corpora.judge_data import text_style
+    from search_gym.directions import load_prompts, matched_rows, pair_keys, twin_indices
+    from search_gym.directions.contrasts import MATCHED_BENIGN_SETS
+
+    sides = {(side, split): load_prompts(f"matched_{side}", split)
+             for side in ("harmful", "benign") for split in ("train", "val", "heldout")}
+    texts = {split: {t for side in ("harmful", "benign") for _, t in sides[side, split]}
+             for split in ("train", "val", "heldout")}
+    keys = {split: {k.split("/")[0] for side in ("harmful", "benign") for k in pair_keys(i for i, _ in sides[side, split])
+                    if k} for split in ("train", "val", "heldout")}
+    for a, b in (("train", "val"), ("train", "heldout"), ("val", "heldout")):
+        assert not texts[a] & texts[b] and not keys[a] & keys[b]
+    benign = matched_rows("train", "benign")
+    assert {r["set"] for r in benign} == set(MATCHED_BENIGN_SETS) and {r["kind"] for r in benign} == {"request"}
+    assert all(r["label"] == 0 for r in benign) and all(r["label"] == 1 for r in matched_rows("train", "harmful"))
+    # the same forms: both sides are mostly imperatives and questions (no trivia-only side)
+    for side in ("harmful", "benign"):
+        styles = Counter(text_style(t) for _, t in sides[side, "train"])
+        assert styles["imperative"] > 0.3 * len(sides[side, "train"]) and styles["question"] > 0.2 * len(
+            sides[side, "train"])
+    harmful_ids = [i for i, _ in sides["harmful", "val"]]
+    benign_ids = [i for i, _ in sides["benign", "val"]]
+    i_pos, i_neg = twin_indices(harmful_ids, benign_ids)
+    assert len(i_pos) == len(keys["val"]) > 20
+    for a, b in zip(i_pos, i_neg):
+        assert pair_keys([harmful_ids[a]]) == pair_keys([benign_ids[b]]) and harmful_ids[a] != benign_ids[b]
+    small_h = [i for i, _ in load_prompts("matched_harmful", "val", 60)]
+    small_b = [i for i, _ in load_prompts("matched_benign", "val", 60)]
+    assert len(small_h) == len(small_b) == 60
+    twins_h = sum(1 for k in pair_keys(small_h) if k)
+    assert len(twin_indices(small_h, small_b)[0]) >= 0.7 * twins_h > 0
+
+
+def test_layer_choice_on_matched_pairs_ignores_a_style_layer():
+    """Layer 0 carries where a prompt comes from (bundled harmful set vs templated benign requests: style, topic),
+    which twins share; layer 1 carries harm, weaker. Unpaired validation rows prefer layer 0; the matched pairs
+    see that it separates nothing, and the choice on them is layer 1."""
+    from search_gym.directions import load_prompts, val_pair_scores
+    from search_gym.directions.contrasts import judge_rows
+
+    gen = torch.Generator().manual_seed(3)
+    width = 8
+    source_v, harm_v = torch.zeros(width), torch.zeros(width)
+    source_v[0], harm_v[1] = 1.0, 1.0
+
+    def acts(kind: str, split: str) -> ActivationSet:
+        rows = {r["id"]: r for r in judge_rows(split)}
+        ids = [i for i, _ in load_prompts(kind, split)]
+        x = torch.randn(len(ids), 2, width, generator=gen)
+        for k, pid in enumerate(ids):
+            row = rows[pid]
+            source = 0.0 if row["set"] == "pairs" else (4.0 if row["label"] else -4.0)
+            x[k, 0] += source * source_v
+            x[k, 1] += (1.2 if row["label"] else -1.2) * harm_v
+        return ActivationSet(x, (0, 1), ids, {"label": f"{kind}/{split}", "position": "search"})
+
+    d = harmfulness_direction(acts("matched_harmful", "train"), acts("matched_benign", "train"))
+    val_h, val_b = acts("matched_harmful", "val"), acts("matched_benign", "val")
+    unpaired = layer_scores(d, val_h, val_b)
+    pairs = val_pair_scores(d, val_h, val_b)
+    assert unpaired[0].auroc > unpaired[1].auroc  # the style layer wins on unpaired rows ...
+    assert pairs[0].auroc < 0.7 and pairs[1].auroc > 0.9 and pairs[1].pair_accuracy > 0.85  # ... not on twins
+    assert pairs[1].n_pos == pairs[1].n_neg == 55
+    assert choose_layer(unpaired, num_layers=2, max_depth=1.0) == 0
+    assert choose_layer(pairs, num_layers=2, max_depth=1.0) == 1
+
+
+def test_prefill_vs_own_search_contrast(tiny, tokenizer):
+    """RL-search-safety's contrast on the tiny random model with the real tokenizer. Its LM head is scripted so
+    that greedy decoding writes "<think> ... </think>" and then "<search>" on every prompt but the second, which
+    ends at once: that prompt is dropped, and the others' own-search activations are those of a plain forward over
+    the prompt and what the model wrote, at the last token of its own <search>."""
+    from search_gym.directions import prefill_vs_own_search
+    from search_gym.directions.activations import collect_from_ids, render_prompts, tokenize
+
+    texts = neutral_prompts(4, seed=5)
+    script = tokenizer("<think> I need to look this up. </think>\n<search>", add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    calls = {"n": 0}
+
+    def scripted(module, args, output):
+        step = calls["n"]
+        calls["n"] += 1
+        logits = torch.full_like(output, -1e4)
+        for row in range(output.shape[0]):
+            token = eos if row == 1 or step >= len(script) else script[step]
+            logits[row, :, token] = 1e4
+        return logits
+
+    handle = tiny.lm_head.register_forward_hook(scripted)
+    try:
+        attack, own = prefill_vs_own_search((tiny, tokenizer), texts, few_shot=1, layers=[1, PLANT],
+                                            max_new_tokens=len(script) + 4, batch_size=4)
+    finally:
+        handle.remove()
+    assert own.ids == attack.ids == ["0", "2", "3"] and own.meta["missing"] == ["1"]
+    assert own.meta["prefill"] == "" and own.meta["few_shot"] == 1 and attack.meta["prefill"] == "<search>"
+    # the own <search>: a plain forward over prompt + generated text, read at the tag's last token
+    rendered = render_prompts(tokenizer, [texts[0]], template="search_r1", few_shot=1)[0]
+    ids = tokenize(tokenizer, [rendered])[0] + script
+    expected = collect_from_ids(tiny, [ids], [len(ids) - 1], [1, PLANT])[0]
+    assert torch.allclose(own.acts[0], expected, atol=1e-4)
+    # the attack's <search>: the same context with the tag prefilled right after the generation prompt
+    prefilled = collect_activations((tiny, tokenizer), [texts[0]], few_shot=1, layers=[1, PLANT])
+    assert torch.allclose(attack.acts[0], prefilled.acts[0], atol=1e-5)
+    assert not torch.allclose(own.acts[0], attack.acts[0], atol=1e-3)  # another context, another state
+    d = attack_search_direction(attack, own)
+    gap = attack.at(PLANT).mean(0) - own.at(PLANT).mean(0)
+    assert torch.allclose(d.vector(PLANT), gap / gap.norm(), atol=1e-5)
+    assert d.meta["paired_prompts"] == 3
+
+
 def test_cli_extract_select_steer_drift(tiny, tokenizer, tmp_path, capsys):
-    """All four subcommands on the tiny model saved as a folder, with a few prompts of the bundled sets."""
+    """All five subcommands on the tiny model saved as a folder, with a few prompts of the bundled sets."""
     import argparse
 
     from search_gym.directions.cli import main
@@ -448,31 +568,58 @@ def test_cli_extract_select_steer_drift(tiny, tokenizer, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_directions_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["directions", "extract", "--dir", "x", "--layers", "1,2", "--n-train", "4"])
-    assert args.layers == [1, 2] and args.n_train == 4 and args.harmless == "qa,benign"
+    assert args.layers == [1, 2] and args.n_train == 4 and args.harmless == "matched" and args.n_val is None
     model_dir = tmp_path / "model"
     tiny.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     run = tmp_path / "run"
     assert main(["extract", "--dir", str(run), "--model", str(model_dir), "--n-train", "6", "--n-heldout", "4",
-                 "--batch-size", "6"]) == 0
-    for name in ("harmfulness", "harmfulness_qa", "harmfulness_benign", "harmfulness_all", "refusal"):
+                 "--n-val", "40", "--batch-size", "16", "--harmless", "matched,qa,benign"]) == 0
+    for name in ("harmfulness", "harmfulness_matched", "harmfulness_qa", "harmfulness_benign", "harmfulness_all",
+                 "refusal"):
         assert Direction.load(run / f"{name}.safetensors").layers == tuple(range(N_LAYERS))
-    assert (run / "acts" / "benign_heldout_search.safetensors").exists()
-    assert (run / "acts" / "qa_train_last_prompt.safetensors").exists()
-    cosines = json.loads((run / "cosines.json").read_text())["refusal_vs_harmfulness"]
-    assert len(cosines) == N_LAYERS
+    main_dir = Direction.load(run / "harmfulness.safetensors")
+    assert main_dir.meta["contrast"] == "matched" and main_dir.meta["pos"]["label"] == "matched_harmful/train"
+    assert main_dir.meta["neg"]["label"] == "matched_benign/train"
+    assert (run / "acts" / "matched_benign_val_search.safetensors").exists()
+    assert (run / "acts" / "benign_heldout_search.safetensors").exists()  # the first recipe's held-out draw
+    assert (run / "acts" / "matched_benign_train_last_prompt.safetensors").exists()
+    # the bundled train draws leave the judges' val carve out: no prompt is both fitted on and chosen on
+    from search_gym.corpora.judge_data import split_for_bundled
+
+    harmful_train = ActivationSet.load(run / "acts" / "harmful_train_search.safetensors")
+    assert all(split_for_bundled(i, "train") == "train" for i in harmful_train.ids)
+    cosines = json.loads((run / "cosines.json").read_text())
+    assert len(cosines["refusal_vs_harmfulness"]) == N_LAYERS and "harmfulness_qa_vs_harmfulness" in cosines
     assert Direction.load(run / "refusal.safetensors").meta["pos"]["prefill"] == ""
 
     assert main(["select", "--dir", str(run)]) == 0
     chosen = Direction.load(run / "harmfulness.safetensors").chosen_layer
     saved = json.loads((run / "layer_scores.json").read_text())
-    assert saved["chosen_layer"] == chosen and set(saved["scores"]) == {"vs qa", "vs benign"}
+    assert saved["chosen_layer"] == chosen and saved["chosen_on"] == "val pairs"
+    assert set(saved["scores"]) == {"val pairs", "val matched"}
+    assert all(s["pair_accuracy"] is not None for s in saved["scores"]["val pairs"])
     assert chosen <= 0.8 * (N_LAYERS - 1)
     assert main(["select", "--dir", str(run), "--direction", "refusal"]) == 0
-    assert main(["select", "--dir", str(run), "--direction", "harmfulness_all"]) == 0
-    assert "mean of vs qa, vs benign" in capsys.readouterr().out
+    for name in ("harmfulness_qa", "harmfulness_benign", "harmfulness_all"):
+        assert main(["select", "--dir", str(run), "--direction", name]) == 0
     if HAS_MATPLOTLIB:
         assert (run / "layer_scores.png").exists() and (run / "layer_scores_refusal.png").exists()
+
+    capsys.readouterr()
+    assert main(["evaluate", "--dir", str(run), "--n-rows", "60", "--classifier", "",
+                 "--directions", "harmfulness,harmfulness_qa"]) == 0
+    report = json.loads((run / "evaluate.json").read_text())
+    assert set(report["directions"]) == {"harmfulness", "harmfulness_qa"}
+    scores = report["directions"]["harmfulness"]["scores"]
+    assert {"val pairs (selection)", "overall", "pairs: requests", "pairs: queries"} <= set(scores)
+    assert len(scores["overall"]) == N_LAYERS and scores["pairs: requests"][0]["pair_accuracy"] is not None
+    guards = set(report["judges"])
+    assert f"latent_guard[harmfulness@{chosen}]" in guards
+    assert any("train threshold" in g for g in guards)  # the qa direction's first recipe, for comparison
+    assert "pairs: requests" in report["judges"][f"latent_guard[harmfulness@{chosen}]"]["slices"]
+    assert "| layer | AUROC val pairs (selection)" in (run / "evaluate_harmfulness.md").read_text()
+    assert "Latent guards and the query classifier" in capsys.readouterr().out
 
     assert main(["steer", "--dir", str(run), "--n-prompts", "2", "--coeffs=-1,0,1", "--max-new-tokens", "2"]) == 0
     steer = json.loads((run / "steering.json").read_text())

@@ -54,6 +54,7 @@ __all__ = [
     "load_prompts",
     "model_fingerprint",
     "position_index",
+    "PROMPT_KINDS",
     "prompt_pairs",
     "prompt_set_sha256",
     "render_prompts",
@@ -128,27 +129,60 @@ def prompt_set_sha256(texts: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(texts), ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def load_prompts(kind: str, split: str, n: int | None = None, seed: int = 0) -> list[tuple[str, str]]:
-    """``(id, text)`` pairs from the bundled sets: ``kind`` ``"harmful"`` / ``"benign"`` (benign-but-edgy) or
-    ``"qa"`` (harmless Wikipedia questions: QA train for ``"train"``, QA test for ``"heldout"``).
+PROMPT_KINDS = ("harmful", "benign", "qa", "matched_harmful", "matched_benign")
+
+
+def load_prompts(kind: str, split: str, n: int | None = None, seed: int = 0, *,
+                 without_val: bool = False) -> list[tuple[str, str]]:
+    """``(id, text)`` pairs of a prompt set.
+
+    - ``"matched_harmful"`` / ``"matched_benign"``: the two sides of the default, style-matched contrast
+      (:func:`search_gym.directions.contrasts.matched_rows`, requests only) in the judges' splits ``"train"``,
+      ``"val"`` or ``"heldout"``.
+    - ``"harmful"`` / ``"benign"`` (benign-but-edgy) / ``"qa"`` (harmless Wikipedia questions): the bundled sets,
+      split ``"train"`` or ``"heldout"`` (QA: train / test), or ``"val"``: the part of the bundled train split the
+      judges carve out for validation (:func:`search_gym.corpora.judge_data.split_for_bundled`).
+      ``without_val`` leaves that part out of ``"train"``, so that a direction fitted on train is never chosen on
+      its own prompts.
 
     ``n`` draws a seeded random subset (kept in file order), so small runs still cover every source data set
-    instead of the first file block.
+    instead of the first file block; for the matched kinds the draw is by pair, the same on both sides, so that
+    the subsets keep their matched pairs whole.
     """
-    if kind == "qa":
-        from search_gym.build import ensure_embedded
-        from search_gym.data.qa import load_qa_jsonl
+    if kind in ("matched_harmful", "matched_benign"):
+        from search_gym.corpora import stable_hash
+        from search_gym.directions.contrasts import matched_rows
 
-        if split not in ("train", "heldout"):
-            raise ValueError(f"split must be 'train' or 'heldout', not {split!r}")
-        data = ensure_embedded(progress=False)
-        pairs = _as_pairs(load_qa_jsonl(data.qa_train if split == "train" else data.qa_test))
-    elif kind in ("harmful", "benign"):
-        from search_gym.data.prompts import load_prompt_set
+        rows = matched_rows(split, kind.split("_", 1)[1])
+        if n is not None and n < len(rows):
+            # Rank by a hash of the pair (or the row) that does not depend on the side, so that both sides'
+            # subsets keep mostly the same matched pairs whole.
+            rank = sorted(range(len(rows)), key=lambda i: stable_hash(f"matched/{split}/{seed}",
+                                                                      rows[i]["pair"] or rows[i]["id"]))
+            rows = [rows[i] for i in sorted(rank[:n])]
+        return [(r["id"], r["text"]) for r in rows]
+    elif kind in ("qa", "harmful", "benign"):
+        from search_gym.corpora.judge_data import split_for_bundled
 
-        pairs = _as_pairs(load_prompt_set(kind, split))
+        if split not in ("train", "val", "heldout"):
+            raise ValueError(f"split must be 'train', 'val' or 'heldout', not {split!r}")
+        part = "heldout" if split == "heldout" else "train"
+        if kind == "qa":
+            from search_gym.build import ensure_embedded
+            from search_gym.data.qa import load_qa_jsonl
+
+            data = ensure_embedded(progress=False)
+            pairs = _as_pairs(load_qa_jsonl(data.qa_train if part == "train" else data.qa_test))
+        else:
+            from search_gym.data.prompts import load_prompt_set
+
+            pairs = _as_pairs(load_prompt_set(kind, part))
+        if split == "val":
+            pairs = [p for p in pairs if split_for_bundled(p[0], "train") == "val"]
+        elif split == "train" and without_val:
+            pairs = [p for p in pairs if split_for_bundled(p[0], "train") == "train"]
     else:
-        raise ValueError(f"kind must be 'harmful', 'benign' or 'qa', not {kind!r}")
+        raise ValueError(f"kind must be one of {PROMPT_KINDS}, not {kind!r}")
     if n is not None and n < len(pairs):
         keep = sorted(random.Random(f"{kind}/{split}/{seed}").sample(range(len(pairs)), n))
         pairs = [pairs[i] for i in keep]

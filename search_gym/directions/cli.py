@@ -1,19 +1,26 @@
-"""``search-gym directions {extract,select,steer,drift}``: the direction pipeline from the command line.
+"""``search-gym directions {extract,select,evaluate,steer,drift}``: the direction pipeline from the command line.
 
 A run folder (``--dir``) holds everything one model's pipeline produces::
 
-    acts/<kind>_<split>_<position>.safetensors   activations (+ .json metadata); kind: harmful, qa, benign
-    harmfulness.safetensors                        harmful - harmless(first --harmless kind) @ <search> prefill
-    harmfulness_<kind>.safetensors                 the same against each --harmless kind
+    acts/<kind>_<split>_<position>.safetensors   activations (+ .json metadata); kind: matched_harmful,
+                                                   matched_benign (the default contrast), harmful, qa, benign
+    harmfulness.safetensors                        harmful - harmless (first --harmless contrast) @ <search> prefill
+    harmfulness_<kind>.safetensors                 the same for each --harmless contrast (matched, qa, benign)
     harmfulness_all.safetensors                    against all --harmless kinds pooled (with several kinds)
     refusal.safetensors                            harmful - harmless @ last prompt token, no prefill (Arditi)
-    attack_search.safetensors                      attack <search> - natural <search> (with --natural N)
-    cosines.json                                   cosine(refusal, harmfulness) per layer
-    layer_scores.json / .png / .md                 held-out AUROC and Cohen's d per layer, chosen layer (select)
+    attack_search.safetensors                      prefilled <search> - the model's own first <search> on harmful
+                                                   prompts (RL-search-safety's contrast; with --natural N)
+    cosines.json                                   cosine(refusal / other contrasts, harmfulness) per layer
+    layer_scores.json / .png / .md                 val matched-pair AUROC and Cohen's d per layer, chosen layer
+    evaluate.json / .md, evaluate_<dir>.md / .png  the judges' held-out split: per-layer AUROC per slice (matched
+                                                   pairs apart), latent guards beside the query classifier
     steering.json / .png / .md                     steering sweep (steer)
     drift.json / .png / .md                        checkpoint drift (drift)
 
-Every step skips activations that are already collected with the same provenance, so re-running is cheap.
+Held-out discipline: directions are fitted on ``train``, layers and guard thresholds chosen on the ``val`` split of
+the matched contrast (its matched pairs for the layer), and the judges' ``heldout`` split is read only by
+``evaluate``. Every step skips activations that are already collected with the same provenance, so re-running is
+cheap.
 """
 
 from __future__ import annotations
@@ -26,8 +33,6 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["add_directions_parser", "main"]
-
-HARMLESS_KINDS = ("qa", "benign")
 
 
 def _layers_arg(value: str) -> Any:
@@ -56,32 +61,49 @@ def _acts_path(folder: Path, kind: str, split: str, position: str) -> Path:
     return folder / "acts" / f"{kind}_{split}_{position}.safetensors"
 
 
-def _collect_all(parts, folder: Path, args: argparse.Namespace, position: str, prefill: str,
-                 kinds: list[str]) -> dict[tuple[str, str], Any]:
+# The two prompt kinds of each contrast (activations.load_prompts kinds).
+SIDES = {"matched": ("matched_harmful", "matched_benign"), "qa": ("harmful", "qa"), "benign": ("harmful", "benign")}
+# Every direction's layer is chosen on these: the validation split of the matched contrast (its pairs).
+VAL_SIDES = SIDES["matched"]
+
+
+def _collect(parts, folder: Path, args: argparse.Namespace, position: str, prefill: str,
+             specs: list[tuple[str, str, int | None]]) -> dict[tuple[str, str], Any]:
+    """Activations of each ``(kind, split, n)`` at ``position``, stored (and reused) under ``<dir>/acts``."""
     from search_gym.directions.activations import ActivationConfig, collect_activations, load_prompts
 
     config = ActivationConfig(position=position, prefill=prefill, template=args.template, few_shot=args.few_shot,
                               layers=args.layers, batch_size=args.batch_size)
-    sizes = {"train": args.n_train, "heldout": args.n_heldout}
     out = {}
-    for kind in ["harmful", *kinds]:
-        for split, n in sizes.items():
-            prompts = load_prompts(kind, split, n, seed=args.seed)
-            out[(kind, split)] = collect_activations(parts, prompts, config, label=f"{kind}/{split}",
-                                                     out=_acts_path(folder, kind, split, position),
-                                                     progress=args.progress)
-            _print(f"  {kind}/{split} @ {position}: {len(out[(kind, split)])} prompts "
-                   f"({out[(kind, split)].meta.get('seconds', 0):.1f} s)")
+    for kind, split, n in specs:
+        if (kind, split) in out:
+            continue
+        # A bundled set's train draw leaves out the judges' val carve: layers are chosen on val.
+        prompts = load_prompts(kind, split, n, seed=args.seed, without_val=True)
+        out[(kind, split)] = collect_activations(parts, prompts, config, label=f"{kind}/{split}",
+                                                 out=_acts_path(folder, kind, split, position),
+                                                 progress=args.progress)
+        _print(f"  {kind}/{split} @ {position}: {len(out[(kind, split)])} prompts "
+               f"({out[(kind, split)].meta.get('seconds', 0):.1f} s)")
     return out
 
 
+def _specs(kinds: list[str], args: argparse.Namespace) -> list[tuple[str, str, int | None]]:
+    specs = []
+    for kind in kinds:
+        for side in SIDES[kind]:
+            specs.append((side, "train", args.n_train))
+    specs += [(side, "val", args.n_val) for side in VAL_SIDES]
+    # the first recipe's held-out draws (bundled held-out splits), so its old figures stay reproducible
+    for kind in kinds:
+        if kind != "matched" and args.n_heldout:
+            specs += [(side, "heldout", args.n_heldout) for side in SIDES[kind]]
+    return specs
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from search_gym.directions.activations import (
-        ActivationSet,
-        collect_activations,
-        collect_natural_search,
-        load_prompts,
-    )
+    from search_gym.directions.activations import ActivationSet, load_prompts
+    from search_gym.directions.contrasts import prefill_vs_own_search
     from search_gym.directions.directions import (
         attack_search_direction,
         cosine_per_layer,
@@ -92,54 +114,74 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
     kinds = [k.strip() for k in args.harmless.split(",") if k.strip()]
-    if not kinds or any(k not in HARMLESS_KINDS for k in kinds):
-        raise SystemExit(f"--harmless takes a comma list of {HARMLESS_KINDS}")
+    if not kinds or any(k not in SIDES for k in kinds):
+        raise SystemExit(f"--harmless takes a comma list of {tuple(SIDES)}")
     parts = _load_model(args.model, args.device, args.dtype)
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     (folder / "extract.json").write_text(json.dumps(settings, indent=1, default=str))
     _print(f"model {parts.name}; activations at the <search> prefill")
-    search = _collect_all(parts, folder, args, "search", "<search>", kinds)
+    search = _collect(parts, folder, args, "search", "<search>", _specs(kinds, args))
     _print("activations at the last prompt token, no prefill (refusal direction)")
-    last = _collect_all(parts, folder, args, "last_prompt", "", kinds[:1])
-    meta = {"num_layers": search[("harmful", "train")].meta["num_layers"]}
+    last = _collect(parts, folder, args, "last_prompt", "", _specs(kinds[:1], args))
+    num_layers = next(iter(search.values())).meta["num_layers"]
     directions = {}
     for kind in kinds:
-        d = harmfulness_direction(search[("harmful", "train")], search[(kind, "train")], method=args.method)
-        d.meta.update(meta, harmless=kind)
+        harmful, harmless = SIDES[kind]
+        d = harmfulness_direction(search[(harmful, "train")], search[(harmless, "train")], method=args.method)
+        d.meta.update(num_layers=num_layers, harmless=kind, contrast=kind, harmful_kind=harmful,
+                      harmless_kind=harmless)
         d.save(folder / f"harmfulness_{kind}.safetensors")
         directions[kind] = d
     main = directions[kinds[0]]
     main.save(folder / "harmfulness.safetensors")
     if len(kinds) > 1:
-        pooled = ActivationSet.concat([search[(kind, "train")] for kind in kinds], label="+".join(kinds))
-        d = harmfulness_direction(search[("harmful", "train")], pooled, method=args.method)
-        d.meta.update(meta, harmless="+".join(kinds))
+        pooled = ActivationSet.concat([search[(SIDES[kind][1], "train")] for kind in kinds], label="+".join(kinds))
+        harmful_sides = {SIDES[kind][0] for kind in kinds}
+        harmful = (search[(SIDES[kinds[0]][0], "train")] if len(harmful_sides) == 1 else
+                   ActivationSet.concat([search[(side, "train")] for side in sorted(harmful_sides)],
+                                        label="+".join(sorted(harmful_sides))))
+        d = harmfulness_direction(harmful, pooled, method=args.method)
+        d.meta.update(num_layers=num_layers, harmless="+".join(kinds), contrast="pooled")
         d.save(folder / "harmfulness_all.safetensors")
-    refusal = refusal_direction(last[("harmful", "train")], last[(kinds[0], "train")], method=args.method)
-    refusal.meta.update(meta, harmless=kinds[0])
+    harmful, harmless = SIDES[kinds[0]]
+    refusal = refusal_direction(last[(harmful, "train")], last[(harmless, "train")], method=args.method)
+    refusal.meta.update(num_layers=num_layers, harmless=kinds[0], contrast=kinds[0])
     refusal.save(folder / "refusal.safetensors")
-    cosines = cosine_per_layer(refusal, main)
-    (folder / "cosines.json").write_text(json.dumps({"refusal_vs_harmfulness": cosines}, indent=1))
+    cosines = {"refusal_vs_harmfulness": cosine_per_layer(refusal, main)}
+    for kind in kinds[1:]:
+        cosines[f"harmfulness_{kind}_vs_harmfulness"] = cosine_per_layer(directions[kind], main)
     _print("cosine(refusal, harmfulness) per layer: "
-           + ", ".join(f"{layer}:{c:.2f}" for layer, c in cosines.items()))
+           + ", ".join(f"{layer}:{c:.2f}" for layer, c in cosines["refusal_vs_harmfulness"].items()))
     if args.natural > 0:
-        prompts = load_prompts("harmful", "train", args.natural, seed=args.seed)
-        natural = collect_natural_search(parts, prompts, template=args.template, few_shot=args.natural_few_shot,
-                                         layers=args.layers, batch_size=args.batch_size)
-        natural.save(folder / "acts" / "harmful_train_natural_search.safetensors")
-        attack = collect_activations(parts, prompts, template=args.template, few_shot=args.natural_few_shot,
-                                     layers=args.layers, batch_size=args.batch_size, label="harmful/attack",
-                                     out=folder / "acts" / "harmful_train_attack_search.safetensors")
-        _print(f"natural <search> in {len(natural)}/{len(prompts)} prompts")
-        if len(natural) >= 2:
-            d = attack_search_direction(attack, natural, method=args.method)
-            d.meta.update(meta)
+        # RL-search-safety's contrast: the attack's <search> minus the model's own first <search>, harmful prompts
+        prompts = load_prompts(harmful, "train", args.natural, seed=args.seed, without_val=True)
+        attack, own = prefill_vs_own_search(parts, prompts, template=args.template, few_shot=args.natural_few_shot,
+                                            layers=args.layers, batch_size=args.batch_size,
+                                            max_new_tokens=args.natural_max_new_tokens, label=harmful)
+        own.save(folder / "acts" / f"{harmful}_train_own_search.safetensors")
+        attack.save(folder / "acts" / f"{harmful}_train_attack_search.safetensors")
+        _print(f"the model wrote <search> itself on {len(own)}/{len(prompts)} prompts")
+        if len(own) >= 2:
+            d = attack_search_direction(attack, own, method=args.method)
+            d.meta.update(num_layers=num_layers, contrast="prefill_vs_own")
             d.save(folder / "attack_search.safetensors")
-            cos = cosine_per_layer(d, main)
-            (folder / "cosines.json").write_text(json.dumps(
-                {"refusal_vs_harmfulness": cosines, "attack_search_vs_harmfulness": cos}, indent=1))
+            cosines["attack_search_vs_harmfulness"] = cosine_per_layer(d, main)
+    (folder / "cosines.json").write_text(json.dumps(cosines, indent=1))
     _print(f"directions written to {folder}")
     return 0
+
+
+def _direction_position(direction: Any, name: str) -> str:
+    return (direction.meta.get("pos") or {}).get("position") or ("last_prompt" if name == "refusal" else "search")
+
+
+def _val_sets(folder: Path, position: str):
+    from search_gym.directions.activations import ActivationSet
+
+    paths = [_acts_path(folder, side, "val", position) for side in VAL_SIDES]
+    if not all(p.exists() for p in paths):
+        return None
+    return tuple(ActivationSet.load(p) for p in paths)
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
@@ -152,28 +194,46 @@ def _cmd_select(args: argparse.Namespace) -> int:
         plot_layer_scores,
         scores_markdown,
     )
+    from search_gym.directions.validation import val_pair_scores
 
     folder = Path(args.dir)
     name = args.direction
     path = folder / f"{name}.safetensors"
     direction = Direction.load(path)
-    position = (direction.meta.get("pos") or {}).get("position") or ("last_prompt" if name == "refusal" else "search")
-    harmful = ActivationSet.load(_acts_path(folder, "harmful", "heldout", position))
+    position = _direction_position(direction, name)
     scores = {}
-    for kind in HARMLESS_KINDS:
-        held = _acts_path(folder, kind, "heldout", position)
-        if held.exists():
-            scores[f"vs {kind}"] = layer_scores(direction, harmful, ActivationSet.load(held))
-    if not scores:
-        raise SystemExit(f"no held-out harmless activations in {folder / 'acts'}: run extract first")
-    # choose on the comparison the direction was trained for; a pooled direction on the mean of its comparisons
-    trained_on = [k for k in str(direction.meta.get("harmless", "")).split("+") if f"vs {k}" in scores]
-    if len(trained_on) > 1:
-        reference = "mean of " + ", ".join(f"vs {k}" for k in trained_on)
-        basis = mean_scores([scores[f"vs {k}"] for k in trained_on])
-    else:
-        reference = f"vs {trained_on[0]}" if trained_on else next(iter(scores))
+    val = _val_sets(folder, position)
+    if val is not None:
+        # the discipline: choose on the validation split's matched pairs; held-out rows are for reporting only
+        harmful, benign = val
+        try:
+            scores["val pairs"] = val_pair_scores(direction, harmful, benign)
+        except ValueError as exc:  # a small --n-val draw can leave (almost) no pair whole
+            _print(f"warning: {exc}; choosing on all val rows of the matched contrast instead")
+        scores["val matched"] = layer_scores(direction, harmful, benign)
+        reference = "val pairs" if "val pairs" in scores else "val matched"
         basis = scores[reference]
+    else:
+        # a run folder from before the matched contrast: its held-out activations, as it was chosen then
+        harmful_path = _acts_path(folder, "harmful", "heldout", position)
+        if not harmful_path.exists():
+            raise SystemExit(f"no validation activations in {folder / 'acts'}: run extract first")
+        harmful = ActivationSet.load(harmful_path)
+        for kind in ("qa", "benign"):
+            held = _acts_path(folder, kind, "heldout", position)
+            if held.exists():
+                scores[f"vs {kind}"] = layer_scores(direction, harmful, ActivationSet.load(held))
+        if not scores:
+            raise SystemExit(f"no held-out harmless activations in {folder / 'acts'}: run extract first")
+        trained_on = [k for k in str(direction.meta.get("harmless", "")).split("+") if f"vs {k}" in scores]
+        if len(trained_on) > 1:
+            reference = "mean of " + ", ".join(f"vs {k}" for k in trained_on)
+            basis = mean_scores([scores[f"vs {k}"] for k in trained_on])
+        else:
+            reference = f"vs {trained_on[0]}" if trained_on else next(iter(scores))
+            basis = scores[reference]
+        _print(f"warning: {folder} has no matched val activations; choosing on held-out rows ({reference}) as "
+               "before. Re-run extract to choose on validation pairs.")
     chosen = choose_layer(basis, num_layers=direction.meta.get("num_layers"), max_depth=args.max_depth,
                           min_layer=args.min_layer)
     direction = direction.with_chosen_layer(chosen)
@@ -190,9 +250,122 @@ def _cmd_select(args: argparse.Namespace) -> int:
          "scores": {k: [s.to_dict() for s in v] for k, v in scores.items()}}, indent=1))
     (folder / f"{stem}.md").write_text(table + "\n")
     _plot(plot_layer_scores, scores, args.plot or folder / f"{stem}.png", chosen=chosen,
-          title=f"{name} direction ({direction.meta.get('model', '')}): held-out separation")
+          title=f"{name} direction ({direction.meta.get('model', '')}): separation on {reference.split(' ')[0]}")
     _print(table)
     _print(f"chosen layer {chosen} ({reference}), saved in {path}")
+    return 0
+
+
+def _guard_for(direction: Any, folder: Path, layer: int):
+    """The latent guard of a direction: threshold on the matched contrast's val split when the folder has it,
+    else (an older run folder) on the direction's own train contrast."""
+    from search_gym.directions.activations import ActivationSet
+    from search_gym.directions.guard import LatentGuard
+
+    val = _val_sets(folder, "search")
+    if val is not None:
+        return LatentGuard.calibrate(direction, *val, layer=layer)
+    harmful = direction.meta.get("harmful_kind", "harmful")
+    harmless = direction.meta.get("harmless_kind", direction.meta.get("harmless", "qa"))
+    return LatentGuard.calibrate(direction, ActivationSet.load(_acts_path(folder, harmful, "train", "search")),
+                                 ActivationSet.load(_acts_path(folder, harmless, "train", "search")), layer=layer)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from search_gym.directions.activations import ActivationSet, collect_activations
+    from search_gym.directions.directions import Direction
+    from search_gym.directions.selection import plot_layer_scores
+    from search_gym.directions.validation import (
+        calibrate_guard,
+        guard_scores,
+        heldout_rows,
+        layer_table_markdown,
+        slice_layer_scores,
+        summary_markdown,
+        summary_row,
+        val_pair_scores,
+    )
+    from search_gym.safety.judge_eval import evaluate_judges, report_markdown, score_judge, write_report
+
+    folder = Path(args.dir)
+    names = ([n.strip() for n in args.directions.split(",") if n.strip()] if args.directions else
+             sorted(p.name[: -len(".safetensors")] for p in folder.glob("*.safetensors")
+                    if p.name.startswith(("harmfulness", "attack_search"))))
+    if not names:
+        raise SystemExit(f"no directions in {folder}: run extract and select first")
+    directions = {n: Direction.load(folder / f"{n}.safetensors") for n in names}
+    main_kind = directions.get("harmfulness") and directions["harmfulness"].meta.get("harmless")
+    if not args.directions and main_kind and f"harmfulness_{main_kind}" in directions:
+        del directions["harmfulness"]  # the same direction as harmfulness_<its contrast>, scored once
+    val = _val_sets(folder, "search")
+    if val is None:
+        raise SystemExit(f"no matched val activations in {folder / 'acts'}: run extract (this version) first")
+    model = args.model or next(iter(directions.values())).meta.get("model")
+    parts = _load_model(model, args.device, args.dtype)
+    rows = heldout_rows(args.n_rows, seed=args.seed)
+    first = next(iter(directions.values()))
+    _print(f"{len(rows)} held-out rows of the judges' split, read at the <search> prefill")
+    acts = collect_activations(parts, [(r["id"], r["text"]) for r in rows], position="search", prefill="<search>",
+                               template=(first.meta.get("pos") or {}).get("template") or "search_r1",
+                               few_shot=(first.meta.get("pos") or {}).get("few_shot") or 0,
+                               layers=list(first.layers), batch_size=args.batch_size, label="judges/heldout",
+                               out=folder / "acts" / f"judges_heldout{'' if not args.n_rows else args.n_rows}"
+                                                     f"_search.safetensors", progress=args.progress)
+    per_direction, scored, summary = {}, [], []
+    for name, direction in directions.items():
+        if _direction_position(direction, name) != "search":
+            continue
+        if direction.chosen_layer is None:
+            _print(f"skipping {name}: no chosen layer (run `search-gym directions select --direction {name}`)")
+            continue
+        table = slice_layer_scores(direction, acts, rows)
+        try:
+            selection = {"val pairs (selection)": val_pair_scores(direction, *val)}
+        except ValueError:
+            selection = {}
+        per_direction[name] = {"chosen_layer": direction.chosen_layer, "contrast": direction.meta.get("contrast"),
+                               "selection": direction.meta.get("selection"),
+                               "scores": {k: [s.to_dict() for s in v] for k, v in (selection | table).items()}}
+        summary.append(summary_row(name, selection | table, direction.chosen_layer))
+        guard = calibrate_guard(direction, *val, name=f"latent_guard[{name}@{direction.chosen_layer}]")
+        cal = guard.calibration
+        scored.append(guard_scores(guard, acts, rows, note=(
+            f"direction {name} ({direction.meta.get('contrast')}) at layer {direction.chosen_layer}, Youden "
+            f"threshold on the matched val split (TPR {cal.tpr:.3f}, FPR {cal.fpr:.3f} there)")))
+        if direction.meta.get("contrast") in ("qa", "benign"):
+            # its first recipe: threshold from its own train contrast (what the guard of the first default did)
+            harm, harmless = direction.meta.get("harmful_kind", "harmful"), direction.meta.get("harmless_kind")
+            train = [_acts_path(folder, harm, "train", "search"), _acts_path(folder, harmless, "train", "search")]
+            if harmless and all(p.exists() for p in train):
+                old = calibrate_guard(direction, *(ActivationSet.load(p) for p in train),
+                                      name=f"latent_guard[{name}@{direction.chosen_layer}, train threshold]")
+                scored.append(guard_scores(old, acts, rows, note=(
+                    f"direction {name} at layer {direction.chosen_layer}, Youden threshold on its own train "
+                    f"contrast ({harm} vs {harmless}), the first recipe")))
+        (folder / f"evaluate_{name}.md").write_text(
+            f"# {name}: AUROC per layer on the judges' held-out split ({len(rows)} rows)\n\n"
+            + layer_table_markdown(table, chosen=direction.chosen_layer, extra=selection) + "\n")
+        _plot(plot_layer_scores, {k: v for k, v in (selection | table).items()
+                                  if k in ("val pairs (selection)", "overall", "pairs: requests", "pairs: queries",
+                                           "harmful prompts vs QA")},
+              folder / f"evaluate_{name}.png", chosen=direction.chosen_layer,
+              title=f"{name} ({direction.meta.get('model', '')}): per-layer separation")
+    if args.classifier:
+        from search_gym.safety.instrument import make_judge
+
+        scored.append(score_judge(make_judge(args.classifier), rows, name=args.classifier))
+    report = evaluate_judges(scored, rows)
+    report["directions"] = per_direction
+    report["summary"] = summary
+    report["rows"] = len(rows)
+    write_report(report, folder / "evaluate.json")
+    text = report_markdown(report, title=f"Latent guards and the query classifier on the judges' held-out split "
+                                          f"({len(rows)} rows)")
+    text = f"## Summary ({len(rows)} held-out rows)\n\n{summary_markdown(report)}\n\n{text}"
+    (folder / "evaluate.md").write_text(text + "\n")
+    for name, entry in per_direction.items():
+        _print((folder / f"evaluate_{name}.md").read_text())
+    _print(text)
     return 0
 
 
@@ -206,9 +379,8 @@ def _import_judge(spec: str):
 
 
 def _cmd_steer(args: argparse.Namespace) -> int:
-    from search_gym.directions.activations import ActivationSet, load_prompts
+    from search_gym.directions.activations import load_prompts
     from search_gym.directions.directions import Direction
-    from search_gym.directions.guard import LatentGuard
     from search_gym.directions.steering import SteeringConfig, steering_sweep
 
     folder = Path(args.dir)
@@ -220,11 +392,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     parts = _load_model(model, args.device, args.dtype)
     judge = None
     if args.judge == "latent":
-        judge = LatentGuard.calibrate(
-            direction,
-            ActivationSet.load(_acts_path(folder, "harmful", "train", "search")),
-            ActivationSet.load(_acts_path(folder, direction.meta.get("harmless", "qa"), "train", "search")),
-            layer=layer)
+        judge = _guard_for(direction, folder, layer)
     elif ":" in args.judge:
         judge = _import_judge(args.judge)
     elif args.judge:
@@ -287,8 +455,9 @@ def _model_options(parser: argparse.ArgumentParser, default_model: str | None) -
 
 
 def add_directions_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``directions`` with its four subcommands to a ``search-gym`` subparsers object; returns its parser."""
-    parser = subparsers.add_parser("directions", help="harmfulness / refusal directions: extract, select, steer, drift",
+    """Add ``directions`` with its five subcommands to a ``search-gym`` subparsers object; returns its parser."""
+    parser = subparsers.add_parser("directions", help="harmfulness / refusal directions: extract, select, evaluate, "
+                                                      "steer, drift",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="directions_command", required=True)
 
@@ -296,22 +465,32 @@ def add_directions_parser(subparsers: Any) -> argparse.ArgumentParser:
     extract.add_argument("--dir", required=True, help="run folder (created)")
     _model_options(extract, "smollm2")
     extract.add_argument("--n-train", type=int, default=128, help="prompts per class from the train splits")
-    extract.add_argument("--n-heldout", type=int, default=64, help="prompts per class from the held-out splits")
-    extract.add_argument("--harmless", default="qa,benign",
-                         help="harmless classes, comma separated: qa (Wikipedia questions), benign (edgy but fine); "
+    extract.add_argument("--n-val", type=int, default=None,
+                         help="validation prompts per side of the matched contrast (default: all, so every "
+                              "matched pair is complete); layers and guard thresholds are chosen on them")
+    extract.add_argument("--n-heldout", type=int, default=64,
+                         help="prompts per class from the bundled held-out splits, for the qa / benign kinds only "
+                              "(the first recipe's figures); the judges' held-out split is read by `evaluate`")
+    extract.add_argument("--harmless", default="matched",
+                         help="contrasts, comma separated: matched (benign requests in the harmful ones' forms, "
+                              "the default), qa (Wikipedia questions: the first default), benign (edgy but fine); "
                               "the first one defines the main direction")
     extract.add_argument("--template", default="search_r1", help="prompt template of the user turn")
     extract.add_argument("--few-shot", type=int, default=0, help="worked examples before the prompt")
     extract.add_argument("--layers", default="all", type=_layers_arg, help="'all' or comma-separated layers")
     extract.add_argument("--method", default="diff_of_means", choices=["diff_of_means", "pca"], help="estimator")
     extract.add_argument("--natural", type=int, default=0,
-                         help="also compute the attack-search vs natural-search direction on N harmful prompts "
-                              "(generates until the model writes <search>)")
-    extract.add_argument("--natural-few-shot", type=int, default=2, help="few-shot examples for natural search")
+                         help="also compute RL-search-safety's contrast on N harmful train prompts: the prefilled "
+                              "<search> minus the model's own first <search> (generates until it writes one)")
+    extract.add_argument("--natural-few-shot", type=int, default=2,
+                         help="few-shot examples for the own-search generation (small models need them; "
+                              "RL-search-safety's models used 0)")
+    extract.add_argument("--natural-max-new-tokens", type=int, default=64,
+                         help="tokens the model may write before its first <search>")
     extract.add_argument("--progress", action="store_true", help="print progress per shard")
     extract.set_defaults(func=_cmd_extract)
 
-    select = sub.add_parser("select", help="held-out AUROC / Cohen's d per layer, choose the layer, plot")
+    select = sub.add_parser("select", help="AUROC / Cohen's d per layer on the val matched pairs, choose, plot")
     select.add_argument("--dir", required=True, help="run folder written by extract")
     select.add_argument("--direction", default="harmfulness",
                         help="harmfulness, refusal, harmfulness_<kind> or harmfulness_all")
@@ -319,6 +498,19 @@ def add_directions_parser(subparsers: Any) -> argparse.ArgumentParser:
     select.add_argument("--min-layer", type=int, default=0, help="only layers from this one")
     select.add_argument("--plot", default=None, help="PNG path (default: <dir>/layer_scores.png)")
     select.set_defaults(func=_cmd_select)
+
+    evaluate = sub.add_parser("evaluate", help="directions and latent guards on the judges' held-out split, "
+                                               "per layer, matched pairs apart, beside the query classifier")
+    evaluate.add_argument("--dir", required=True, help="run folder written by extract and select")
+    _model_options(evaluate, None)
+    evaluate.add_argument("--directions", default=None,
+                          help="comma-separated direction stems (default: every harmfulness* and attack_search)")
+    evaluate.add_argument("--n-rows", type=int, default=None,
+                          help="a stratified sample of the held-out rows, pairs kept whole (default: all)")
+    evaluate.add_argument("--classifier", default="query_classifier",
+                          help="text judge scored on the same rows for comparison ('' for none)")
+    evaluate.add_argument("--progress", action="store_true", help="print progress per shard")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     steer = sub.add_parser("steer", help="steering sweep: coeff x scale at the chosen layer")
     steer.add_argument("--dir", required=True, help="run folder written by extract (and select)")

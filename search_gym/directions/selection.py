@@ -1,10 +1,17 @@
-"""Which layer's direction to use: separation of held-out projections, per layer, plotted.
+"""Which layer's direction to use: separation of projections of other prompts, per layer, plotted.
 
-For every layer the held-out positive and negative activations are projected on the direction computed from the
-*training* split at that layer, and two numbers say how well they separate:
+For every layer the positive and negative activations of prompts the direction was not fitted on are projected on
+the direction computed from the *training* split at that layer, and these numbers say how well they separate:
 
 - AUROC of the projections (rank based, ties count one half): threshold-free, 0.5 = chance;
-- Cohen's d of the projections (mean gap over the pooled standard deviation): how far apart, in spread units.
+- Cohen's d of the projections (mean gap over the pooled standard deviation): how far apart, in spread units;
+- for matched pairs (``layer_scores(..., paired=True)``), the pair accuracy: how often the harmful twin projects
+  above its benign twin.
+
+Which prompts: the layer is chosen on the *validation* split's matched pairs (``search-gym directions select``
+does so whenever the run folder has them), so that the held-out split stays for reporting
+(:mod:`search_gym.directions.validation`). Matched pairs, because harmful and benign twins share a topic and a
+form, and only they tell a harm direction from a style direction.
 
 AUROC saturates at 1.0 on easy contrasts (harmful requests vs Wikipedia questions separate at almost every layer
 of any model), so :func:`choose_layer` takes the best AUROC and breaks near-ties by Cohen's d. It skips the last
@@ -24,8 +31,8 @@ import torch
 from search_gym.directions.activations import ActivationSet
 from search_gym.directions.directions import Direction
 
-__all__ = ["LayerScore", "auroc", "choose_layer", "cohens_d", "layer_scores", "mean_scores", "plot_layer_scores",
-           "scores_markdown"]
+__all__ = ["LayerScore", "auroc", "choose_layer", "cohens_d", "layer_scores", "mean_scores", "pair_accuracy",
+           "plot_layer_scores", "projection_scores", "scores_markdown"]
 
 
 @dataclass
@@ -38,6 +45,9 @@ class LayerScore:
     gap: float  # mean_pos - mean_neg of the held-out projections
     mean_pos: float  # mean projection of held-out positives
     mean_neg: float  # mean projection of held-out negatives
+    pair_accuracy: float | None = None  # paired rows only: fraction of pairs whose positive projects higher (ties 1/2)
+    n_pos: int = 0
+    n_neg: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,16 +87,38 @@ def cohens_d(pos: Any, neg: Any) -> float:
     return float(gap / pooled.sqrt())
 
 
+def pair_accuracy(pos: Any, neg: Any) -> float:
+    """Fraction of aligned pairs ``(pos[i], neg[i])`` where the positive scores higher, ties counting one half."""
+    pos = torch.as_tensor(pos, dtype=torch.float64).reshape(-1)
+    neg = torch.as_tensor(neg, dtype=torch.float64).reshape(-1)
+    if len(pos) != len(neg) or not len(pos):
+        raise ValueError(f"pair accuracy needs aligned, non-empty pairs ({len(pos)} vs {len(neg)} rows)")
+    return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())
+
+
 def layer_scores(direction: Direction, pos: ActivationSet | torch.Tensor,
-                 neg: ActivationSet | torch.Tensor) -> list[LayerScore]:
-    """AUROC and effect size of held-out projections at every layer of ``direction``."""
-    p = direction.project(pos)
-    n = direction.project(neg)
+                 neg: ActivationSet | torch.Tensor, *, paired: bool = False) -> list[LayerScore]:
+    """AUROC and effect size of projections at every layer of ``direction`` (computed from other prompts).
+
+    ``paired``: row ``i`` of ``pos`` and of ``neg`` are twins (a matched pair, e.g. from
+    :func:`~search_gym.directions.contrasts.twin_indices`); :attr:`LayerScore.pair_accuracy` is then filled in.
+    """
+    return projection_scores(direction.layers, direction.project(pos), direction.project(neg), paired=paired)
+
+
+def projection_scores(layers: Sequence[int], pos: torch.Tensor, neg: torch.Tensor, *,
+                      paired: bool = False) -> list[LayerScore]:
+    """:class:`LayerScore` per layer from projections already made: ``pos`` ``[N, L]``, ``neg`` ``[M, L]``."""
+    p, n = torch.as_tensor(pos).double(), torch.as_tensor(neg).double()
+    if paired and p.shape[0] != n.shape[0]:
+        raise ValueError(f"paired scores need as many positives as negatives ({p.shape[0]} vs {n.shape[0]})")
     out = []
-    for j, layer in enumerate(direction.layers):
-        out.append(LayerScore(layer=layer, auroc=auroc(p[:, j], n[:, j]), cohens_d=cohens_d(p[:, j], n[:, j]),
+    for j, layer in enumerate(layers):
+        out.append(LayerScore(layer=int(layer), auroc=auroc(p[:, j], n[:, j]), cohens_d=cohens_d(p[:, j], n[:, j]),
                               gap=float(p[:, j].mean() - n[:, j].mean()), mean_pos=float(p[:, j].mean()),
-                              mean_neg=float(n[:, j].mean())))
+                              mean_neg=float(n[:, j].mean()),
+                              pair_accuracy=pair_accuracy(p[:, j], n[:, j]) if paired else None,
+                              n_pos=int(p.shape[0]), n_neg=int(n.shape[0])))
     return out
 
 
