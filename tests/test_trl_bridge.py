@@ -83,12 +83,13 @@ class ScriptedGenerator:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self.syncs = 0
 
     def seed(self, seed: int) -> None:
         pass
 
     def sync_weights(self) -> None:
-        pass
+        self.syncs += 1
 
     def generate(self, requests):
         out, seen = [], {}
@@ -181,6 +182,15 @@ def test_trl_scores_a_scripted_rollout_with_our_masks_and_rewards(model_dir, tok
     assert torch.allclose(out["advantages"], expected, atol=1e-5)
     metrics = trainer._metrics["train"]
     assert metrics["search/em"] == [0.5] and metrics["search/searches_per_episode"] == [0.5]
+
+    # A generator with its own weights (vLLM) gets the policy's before the first rollout and after each step.
+    generator = rollout._collector.generator
+    assert generator.syncs == 1
+    rollout(["q0", "q0"], trainer)
+    assert generator.syncs == 1
+    trainer.state.global_step = 1
+    rollout(["q0", "q0"], trainer)
+    assert generator.syncs == 2
 
 
 def test_grpo_trainer_trains_two_steps_through_the_rollout_func(model_dir, tokenizer, tiny_qa_path,

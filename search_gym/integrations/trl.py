@@ -166,7 +166,9 @@ class SearchRollout:
             once; more prompts are played in chunks).
         generator: None (default: :class:`HFGenerator` over the model TRL trains, sampling at the trainer's
             ``temperature`` / ``top_p``, inside TRL's ``unwrap_model_for_generation`` so DeepSpeed ZeRO-3 weights
-            are gathered), a :class:`Generator`, or ``callable(trainer) -> Generator`` called once.
+            are gathered), a :class:`Generator`, or ``callable(trainer) -> Generator`` called once, e.g.
+            ``lambda t: VLLMGenerator(t.model, tokenizer, model_path=...)``. Its ``sync_weights`` is called
+            before the first rollout and after every optimiser step.
         few_shot, max_turn_tokens, max_prompt_tokens, max_obs_tokens: as :class:`RolloutCollector`.
         max_response_tokens: the response budget; default the trainer's ``max_completion_length`` (minus the end
             token), so TRL's ``dr_grpo`` normaliser and our budget agree.
@@ -201,6 +203,7 @@ class SearchRollout:
         self._ids_by_prompt: dict[str, str] = {}
         self._known_ids: set[str] | None = None
         self._calls = 0
+        self._synced_step: int | None = None  # the trainer step whose weights the generator has
 
     # ------------------------------------------------------------------ data
 
@@ -246,15 +249,24 @@ class SearchRollout:
             with unwrap_model_for_generation(trainer.model_wrapped, accelerator,
                                              gather_deepspeed3_params=args.ds3_gather_for_generation,
                                              gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs) as model:
-                episodes = self._collector_for(trainer, model).collect(question_ids, 1, seed=seed)
+                episodes = self._play(trainer, self._collector_for(trainer, model), question_ids, seed)
         else:
-            episodes = self._collector_for(trainer, None).collect(question_ids, 1, seed=seed)
+            episodes = self._play(trainer, self._collector_for(trainer, None), question_ids, seed)
         self.last_episodes = episodes
         if self.log_metrics:
             _log_episode_metrics(trainer, episodes)
         tokenizer = self._collector.tokenizer
         return rollout_fields(episodes, end_token_id=tokenizer.eos_token_id if self.end_with_eos else None,
                               fill_token_id=tokenizer.pad_token_id)
+
+    def _play(self, trainer: Any, collector: RolloutCollector, question_ids: list[str], seed: int) -> list:
+        # TRL never calls our generator's sync_weights: push the policy's weights once per optimiser step (and on the
+        # first call, which may follow a resume), as TRL does for its own vLLM engine. HFGenerator's is a no-op.
+        step = trainer.state.global_step
+        if self._synced_step != step:
+            collector.generator.sync_weights()
+            self._synced_step = step
+        return collector.collect(question_ids, 1, seed=seed)
 
     def _collector_for(self, trainer: Any, model: Any) -> RolloutCollector:
         """The collector, built on the first call (and again if TRL hands over another model object)."""
