@@ -39,6 +39,11 @@ def _layers_arg(value: str) -> Any:
     return value if value == "all" else [int(x) for x in value.split(",")]
 
 
+def _count_arg(value: str) -> int | None:
+    """A prompt count, or ``all`` (None: every prompt of the split)."""
+    return None if value == "all" else int(value)
+
+
 def _print(text: str) -> None:
     print(text, flush=True)
 
@@ -96,7 +101,7 @@ def _specs(kinds: list[str], args: argparse.Namespace) -> list[tuple[str, str, i
     specs += [(side, "val", args.n_val) for side in VAL_SIDES]
     # the first recipe's held-out draws (bundled held-out splits), so its old figures stay reproducible
     for kind in kinds:
-        if kind != "matched" and args.n_heldout:
+        if kind != "matched" and args.n_heldout != 0:
             specs += [(side, "heldout", args.n_heldout) for side in SIDES[kind]]
     return specs
 
@@ -464,11 +469,12 @@ def add_directions_parser(subparsers: Any) -> argparse.ArgumentParser:
     extract = sub.add_parser("extract", help="collect activations and compute the directions")
     extract.add_argument("--dir", required=True, help="run folder (created)")
     _model_options(extract, "smollm2")
-    extract.add_argument("--n-train", type=int, default=128, help="prompts per class from the train splits")
-    extract.add_argument("--n-val", type=int, default=None,
+    extract.add_argument("--n-train", type=_count_arg, default=128,
+                         help="prompts per class from the train splits, or 'all'")
+    extract.add_argument("--n-val", type=_count_arg, default=None,
                          help="validation prompts per side of the matched contrast (default: all, so every "
                               "matched pair is complete); layers and guard thresholds are chosen on them")
-    extract.add_argument("--n-heldout", type=int, default=64,
+    extract.add_argument("--n-heldout", type=_count_arg, default=64,
                          help="prompts per class from the bundled held-out splits, for the qa / benign kinds only "
                               "(the first recipe's figures); the judges' held-out split is read by `evaluate`")
     extract.add_argument("--harmless", default="matched",
