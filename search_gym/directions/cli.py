@@ -126,8 +126,9 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     (folder / "extract.json").write_text(json.dumps(settings, indent=1, default=str))
     _print(f"model {parts.name}; activations at the <search> prefill")
     search = _collect(parts, folder, args, "search", "<search>", _specs(kinds, args))
-    _print("activations at the last prompt token, no prefill (refusal direction)")
-    last = _collect(parts, folder, args, "last_prompt", "", _specs(kinds[:1], args))
+    if args.refusal:
+        _print("activations at the last prompt token, no prefill (refusal direction)")
+        last = _collect(parts, folder, args, "last_prompt", "", _specs(kinds[:1], args))
     num_layers = next(iter(search.values())).meta["num_layers"]
     directions = {}
     for kind in kinds:
@@ -149,14 +150,16 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         d.meta.update(num_layers=num_layers, harmless="+".join(kinds), contrast="pooled")
         d.save(folder / "harmfulness_all.safetensors")
     harmful, harmless = SIDES[kinds[0]]
-    refusal = refusal_direction(last[(harmful, "train")], last[(harmless, "train")], method=args.method)
-    refusal.meta.update(num_layers=num_layers, harmless=kinds[0], contrast=kinds[0])
-    refusal.save(folder / "refusal.safetensors")
-    cosines = {"refusal_vs_harmfulness": cosine_per_layer(refusal, main)}
+    cosines = {}
+    if args.refusal:
+        refusal = refusal_direction(last[(harmful, "train")], last[(harmless, "train")], method=args.method)
+        refusal.meta.update(num_layers=num_layers, harmless=kinds[0], contrast=kinds[0])
+        refusal.save(folder / "refusal.safetensors")
+        cosines["refusal_vs_harmfulness"] = cosine_per_layer(refusal, main)
+        _print("cosine(refusal, harmfulness) per layer: "
+               + ", ".join(f"{layer}:{c:.2f}" for layer, c in cosines["refusal_vs_harmfulness"].items()))
     for kind in kinds[1:]:
         cosines[f"harmfulness_{kind}_vs_harmfulness"] = cosine_per_layer(directions[kind], main)
-    _print("cosine(refusal, harmfulness) per layer: "
-           + ", ".join(f"{layer}:{c:.2f}" for layer, c in cosines["refusal_vs_harmfulness"].items()))
     if args.natural > 0:
         # RL-search-safety's contrast: the attack's <search> minus the model's own first <search>, harmful prompts
         prompts = load_prompts(harmful, "train", args.natural, seed=args.seed, without_val=True)
@@ -493,6 +496,8 @@ def add_directions_parser(subparsers: Any) -> argparse.ArgumentParser:
                               "RL-search-safety's models used 0)")
     extract.add_argument("--natural-max-new-tokens", type=int, default=64,
                          help="tokens the model may write before its first <search>")
+    extract.add_argument("--no-refusal", dest="refusal", action="store_false",
+                         help="skip the refusal direction (its last-prompt activations double the work)")
     extract.add_argument("--progress", action="store_true", help="print progress per shard")
     extract.set_defaults(func=_cmd_extract)
 
@@ -512,7 +517,8 @@ def add_directions_parser(subparsers: Any) -> argparse.ArgumentParser:
     evaluate.add_argument("--directions", default=None,
                           help="comma-separated direction stems (default: every harmfulness* and attack_search)")
     evaluate.add_argument("--n-rows", type=int, default=None,
-                          help="a stratified sample of the held-out rows, pairs kept whole (default: all)")
+                          help="at most this many held-out rows: every matched-pair row plus a stratified sample "
+                               "of the others (default: all)")
     evaluate.add_argument("--classifier", default="query_classifier",
                           help="text judge scored on the same rows for comparison ('' for none)")
     evaluate.add_argument("--progress", action="store_true", help="print progress per shard")

@@ -49,12 +49,18 @@ LAYER_SLICES = ("overall", "overall: requests", "overall: queries", "pairs: requ
 
 
 def heldout_rows(n: int | None = None, seed: int = 0) -> list[dict]:
-    """The judges' held-out rows (:func:`~search_gym.safety.judge_eval.eval_rows`); ``n``: a stratified sample that
-    keeps matched pairs whole (:func:`~search_gym.safety.judge_eval.stratified_sample`)."""
+    """The judges' held-out rows (:func:`~search_gym.safety.judge_eval.eval_rows`). ``n`` (for CPU-sized runs):
+    every matched-pair row, plus a stratified sample of the other rows
+    (:func:`~search_gym.safety.judge_eval.stratified_sample`) up to ``n`` rows in all, in the split's order."""
     from search_gym.safety.judge_eval import eval_rows, stratified_sample
 
     rows = eval_rows("heldout")
-    return stratified_sample(rows, n, seed) if n else rows
+    if not n or n >= len(rows):
+        return rows
+    twins = [r for r in rows if r["set"] == "pairs"]
+    rest = [r for r in rows if r["set"] != "pairs"]
+    keep = {r["id"] for r in twins} | {r["id"] for r in stratified_sample(rest, max(0, n - len(twins)), seed)}
+    return [r for r in rows if r["id"] in keep]
 
 
 def _slices(rows: Sequence[dict]) -> dict[str, list[dict]]:
