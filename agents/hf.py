@@ -514,7 +514,8 @@ class HFAgent(BaseAgent):
                 self.model.to(resolve_device(device))
             self.device = next(self.model.parameters()).device
             self.model_name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
-        self.model.eval()
+        if not isinstance(model, torch.nn.Module):
+            self.model.eval()  # loaded here; a model passed in (a policy being trained) keeps its mode
         if max_new_tokens < 1 or not 0 <= min_new_tokens <= max_new_tokens:
             raise ValueError("need max_new_tokens >= 1 and 0 <= min_new_tokens <= max_new_tokens")
         if temperature < 0 or not 0 < top_p <= 1:
@@ -639,8 +640,13 @@ class HFAgent(BaseAgent):
         stops = self.stop if stop is None else tuple(stop)
         size = self.batch_size or max(1, len(prompt_ids))
         steps: list[AgentStep] = []
-        for start in range(0, len(prompt_ids), size):
-            steps += self._generate([list(p) for p in prompt_ids[start : start + size]], max_new, stops)
+        was_training = self.model.training
+        self.model.eval()  # no dropout while sampling; the caller's mode comes back afterwards
+        try:
+            for start in range(0, len(prompt_ids), size):
+                steps += self._generate([list(p) for p in prompt_ids[start : start + size]], max_new, stops)
+        finally:
+            self.model.train(was_training)
         return steps
 
     def _rng(self):
