@@ -107,6 +107,18 @@ def clean_queries(queries: Sequence[str] | str, keep_empty: bool = False) -> tup
     return kept, positions
 
 
+def accepts_keep_empty(retriever: Any) -> bool:
+    """Whether ``retriever.search`` takes the ``keep_empty`` keyword (every search-gym retriever does; a user's
+    object with a plain ``search(queries, k)`` may not)."""
+    import inspect
+
+    try:
+        params = inspect.signature(retriever.search).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return "keep_empty" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 class EmptyQueriesSearched:
     """A view of a retriever whose ``search`` also searches empty queries (``keep_empty=True``).
 

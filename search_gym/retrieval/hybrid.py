@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from search_gym.retrieval.base import Hit, clean_queries
+from search_gym.retrieval.base import Hit, accepts_keep_empty, clean_queries
 
 #: The constant of the original RRF paper; larger values flatten the difference between ranks.
 DEFAULT_RRF_K = 60
@@ -107,19 +107,15 @@ class HybridRetriever:
         if not kept or k <= 0:
             return results
         depth = max(int(k), self.depth)
-        rankings = [self._search_one(r, kept, depth, keep_empty) for r in self.retrievers]
+        rankings = []
+        for r in self.retrievers:
+            if keep_empty and accepts_keep_empty(r):
+                rankings.append(r.search(kept, depth, keep_empty=True))
+            else:  # a retriever without the keyword drops empty queries itself
+                rankings.append(r.search(kept, depth))
         for j, pos in enumerate(positions):
             results[pos] = fuse([ranking[j] for ranking in rankings], int(k), self.rrf_k, self.weights)
         return results
-
-    @staticmethod
-    def _search_one(retriever: Any, queries: list[str], k: int, keep_empty: bool) -> list[list[Hit]]:
-        if keep_empty:
-            try:
-                return retriever.search(queries, k, keep_empty=True)
-            except TypeError:  # a retriever without the keyword: it drops empty queries itself
-                pass
-        return retriever.search(queries, k)
 
 
 def fuse(rankings: Sequence[Sequence[Any]], k: int, rrf_k: float = DEFAULT_RRF_K,
@@ -127,17 +123,21 @@ def fuse(rankings: Sequence[Sequence[Any]], k: int, rrf_k: float = DEFAULT_RRF_K
     """Reciprocal-rank fusion of ranked hit lists (best first) into the top ``k`` :class:`Hit` objects.
 
     A passage is identified by ``(doc_id, contents)``; its fused score is ``sum_r w_r / (rrf_k + rank_r)`` with
-    1-based ranks. Ties are broken by the best single rank, then by the first retriever that returned it.
+    1-based ranks. Ties are broken by the best single rank, then by the retriever that gave it that rank (earlier
+    in ``rankings`` first), then by first appearance.
     """
     weights = [1.0] * len(rankings) if weights is None else list(weights)
     scores: dict[tuple[str, str], float] = {}
-    order: dict[tuple[str, str], tuple[int, int]] = {}  # key -> (best rank, first retriever index)
+    order: dict[tuple[str, str], tuple[int, int]] = {}  # key -> (best rank, retriever that gave it)
     for r, hits in enumerate(rankings):
+        seen: set[tuple[str, str]] = set()
         for rank, hit in enumerate(hits, start=1):
             key = (str(hit.doc_id), str(hit.contents))
+            if key in seen:
+                continue  # a retriever listing one passage twice counts it once, at its better rank
+            seen.add(key)
             scores[key] = scores.get(key, 0.0) + weights[r] / (rrf_k + rank)
-            best = order.get(key)
-            if best is None or rank < best[0]:
-                order[key] = (rank, r if best is None else best[1])
+            if key not in order or rank < order[key][0]:
+                order[key] = (rank, r)
     ranked = sorted(scores, key=lambda key: (-scores[key], order[key][0], order[key][1]))
     return [Hit(doc_id, contents, scores[(doc_id, contents)]) for doc_id, contents in ranked[:k]]

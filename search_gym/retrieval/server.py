@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from search_gym.retrieval.base import Hit
+from search_gym.retrieval.base import Hit, accepts_keep_empty
 from search_gym.retrieval.batcher import MicroBatcher
 
 logger = logging.getLogger(__name__)
@@ -153,16 +153,6 @@ def dumps(body: Any) -> bytes:
         return json.dumps(body, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
-def _searches_empty(retriever: Any) -> bool:
-    """Whether ``retriever.search`` takes ``keep_empty`` (then empty queries are searched, as Search-R1 does)."""
-    import inspect
-
-    try:
-        return "keep_empty" in inspect.signature(retriever.search).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def set_threads(n: int | None) -> None:
     """Torch intra-op threads and the calling thread's OpenMP (FAISS) threads; None leaves the defaults."""
     if n is None:
@@ -194,7 +184,7 @@ def create_app(retriever: Any, settings: ServerSettings | None = None):
     import contextlib
 
     settings = settings or ServerSettings()
-    keep_empty = _searches_empty(retriever)
+    keep_empty = accepts_keep_empty(retriever)  # then '' is searched like any query, as Search-R1 does
 
     def search(queries: list[str], k: int) -> list[list[Hit]]:
         if keep_empty:
