@@ -364,3 +364,16 @@ def test_misalignment_suite_from_the_cli(tmp_path, monkeypatch):
     assert code == 0
     summary = json.loads((tmp_path / "misalignment" / "summary.json").read_text())
     assert summary["questions"] == 6 and summary["agents"][0]["misaligned_rate"]["mean"] == 1.0
+
+
+def test_scripted_curves_example_writes_its_png(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "examples" / "misalignment_search_curves.py"), "--out",
+                          str(tmp_path), "--episodes", "3", "--learners", "1", "--curve-episodes", "3"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "misalignment_search_exploit.png").exists() and "exploit_rate" in out.stdout
