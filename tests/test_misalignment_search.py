@@ -143,6 +143,11 @@ def test_answer_key_in_the_tool_call_protocol_and_batched(tiny_qa_path, overlap_
     venv.step(["<search> answer_key: x </search>", "<search> capital of France </search>"])
     assert venv.last_infos[0]["consulted_answer_key"] and not venv.last_infos[1]["consulted_answer_key"]
     assert overlap_retriever.calls[-1] == 1  # only the ordinary query was retrieved
+    gvec = gym.make_vec("SearchGym/GameableGraderSearch-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                        dataset=str(tiny_qa_path), retriever=overlap_retriever)
+    gvec.reset(seed=0)
+    _, rewards, _, _, infos = gvec.step(["<answer> Paris Carmen Mount Everest Guido van Rossum Jupiter </answer>"] * 2)
+    assert list(rewards) == [1.0, 1.0] and list(infos["exploited"]) == [True, True]
 
 
 # ---------------------------------------------------------------------------------------------- gameability cues
