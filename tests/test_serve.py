@@ -506,6 +506,15 @@ def test_remote_retriever_splits_large_batches(bm25_server, bm25_local):
     assert remote.stats["requests"] == 3
 
 
+def test_remote_retriever_keeps_requests_under_the_body_limit(bm25_server, bm25_local):
+    """400 long 4-byte-per-character queries are 13 MB of JSON: sent in ~4 MiB requests, never a 413."""
+    queries = [f"capital {i} " + "\U0001F600" * 8100 for i in range(400)]
+    remote = RemoteRetriever(bm25_server.url, cache_size=0)
+    assert remote.search(queries, k=1) == bm25_local.search(queries, k=1)
+    assert remote.stats["requests"] == 4
+    assert remote.search(["Zürich, São Paulo, 東京 capital"], k=2) == bm25_local.search(["Zürich, São Paulo, 東京 capital"], k=2)
+
+
 def test_remote_retriever_errors_are_clear(bm25_server):
     with pytest.raises(ValueError, match="HTTP 422.*limit"):  # a 4xx is the caller's mistake: not retried
         RemoteRetriever(bm25_server.url).search(["a"], k=5000)

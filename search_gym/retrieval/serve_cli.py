@@ -56,6 +56,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 def cmd_serve(args: argparse.Namespace) -> int:
     """Build (if needed) and load the index, then run uvicorn until interrupted."""
     try:
+        import fastapi  # noqa: F401  (create_app imports it; checked here for one clear message)
         import uvicorn
     except ImportError:
         print(INSTALL_HINT, file=sys.stderr)
