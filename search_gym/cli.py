@@ -272,10 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     from search_gym.retrieval.index_cli import add_index_parser
     from search_gym.safety.cli import add_judges_parser
     from search_gym.trainers.cli import add_train_parser
+    from search_gym.trainers.study import add_study_parser
 
     add_directions_parser(sub)
     add_judges_parser(sub)
     add_train_parser(sub)
+    add_study_parser(sub)
     add_serve_parser(sub)
     add_index_parser(sub)
     return parser

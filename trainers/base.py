@@ -206,6 +206,16 @@ class RLTrainer:
             self.record_drift()
         return path
 
+    def save_final(self):
+        """``output_dir/final``: a plain HF folder of the policy (LoRA merged) that ``hf:<folder>`` agents load."""
+        from pathlib import Path
+
+        final = Path(self.config.output_dir) / "final"
+        model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
+        model.save_pretrained(final)
+        self.tokenizer.save_pretrained(final)
+        return final
+
     def record_drift(self) -> dict:
         """Drift of the policy along the penalty direction (the direction toolkit's ``drift``) at this step, on
         ``drift_prompts`` held-out harmful and QA prompts; one JSON line per layer in ``output_dir/drift.jsonl``."""

@@ -1,0 +1,163 @@
+"""Our GRPO trainer's step time and completion tokens/s, beside TRL's GRPOTrainer (../shared/bench), one GPU.
+
+One configuration per process (vLLM's in-process engine holds process-wide state)::
+
+    python benchmarks/bench_grpo_throughput.py --shape qwen2.5-0.5b --mode single --generations 16 [--backend vllm]
+    python benchmarks/bench_grpo_throughput.py --table results.jsonl     # the RESULTS.md table from JSON lines
+
+prints one JSON line with the keys of the TRL baseline script (``step_s_median`` over steps 3..N, ``completion_tok_s``
+= generations x mean policy tokens / median step seconds).
+
+What runs, matched to the TRL baseline (random weights in the published Qwen2.5 shape on the bundled SmolLM2
+tokenizer's 49,152-token vocabulary, bf16 weights, lr 1e-6, beta 0.04 with a frozen reference, 16 generations per
+prompt, temperature 1, 7 steps):
+
+- ``single``: one turn of 256 new tokens per episode (``max_turns=1``), on the embedded QA questions in the
+  search_r1 prompt (about 150 prompt tokens against TRL's ~20); a random model never closes a tag, so every
+  episode is exactly 256 policy tokens, as TRL's completions are;
+- ``multi``: the same 256 policy tokens in 4 turns of 64, each turn forced to search (``attack=multi_search:n=3``,
+  then the answer turn): retrieval (MiniLM + FAISS flat over the bundled corpus), the safety judges on every step
+  (refusal, query and answer classifiers) and the representation penalty (a random unit direction at the middle
+  layer, read by the frozen reference at each episode's first ``<search>``) all included. Environment tokens
+  (passages, prefills) are masked out of the loss and not counted as completion tokens.
+
+Speed does not depend on the weights, so random weights are an honest stand-in and need no download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = {  # published Qwen2.5 configs: hidden, intermediate, layers, heads, kv heads (as the TRL baseline)
+    "qwen2.5-0.5b": (896, 4864, 24, 14, 2),
+    "qwen2.5-1.5b": (1536, 8960, 28, 12, 2),
+}
+
+
+def save_random(shape: str, tokenizer, root: Path) -> Path:
+    """A randomly initialised Qwen2 of ``shape`` on the tokenizer's vocabulary, saved in bf16 with the tokenizer."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    h, i, n, a, kv = SHAPES[shape]
+    config = Qwen2Config(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a,
+                         num_key_value_heads=kv, vocab_size=len(tokenizer), max_position_embeddings=4096,
+                         rope_theta=1e6, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    path = root / f"random_{shape}"
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def random_direction(model_path: Path, out: Path) -> tuple[Path, int]:
+    """A random unit direction at the middle layer (speed only: what it projects on does not matter)."""
+    import torch
+    from transformers import AutoConfig
+
+    from search_gym.directions import Direction
+
+    config = AutoConfig.from_pretrained(model_path)
+    layer, d = config.num_hidden_layers // 2, config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(1, d, generator=g)
+    v = v / v.norm()
+    Direction(name="random", layers=(layer,), vectors=v, raw_norms=torch.ones(1), mean_pos=v.clone(),
+              mean_neg=torch.zeros(1, d), act_norms=torch.ones(1), chosen_layer=layer).save(out)
+    return out, layer
+
+
+def run(args) -> dict:
+    import torch
+    from transformers import AutoTokenizer
+
+    from search_gym.agents.gguf import ensure_smollm2
+    from search_gym.trainers.grpo import GRPOTrainer
+    from search_gym.trainers.grpo_config import GRPOConfig
+
+    root = Path(tempfile.mkdtemp(prefix=f"bench_grpo_{args.shape}_{args.mode}_"))
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or ensure_smollm2(progress=False))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model_path = save_random(args.shape, tokenizer, root)
+    group = 16
+    if args.generations % group:
+        sys.exit("--generations must be a multiple of 16 (the group size)")
+    common = dict(model=str(model_path), output_dir=str(root / "run"), dtype="bf16", device="cuda", seed=0,
+                  learning_rate=1e-6, beta=0.04, temperature=1.0, max_steps=args.steps, save_steps=0,
+                  questions_per_step=args.generations // group, group_size=group, generation_backend=args.backend,
+                  vllm_gpu_memory_utilization=0.35, vllm_max_model_len=2048, tensorboard=False, progress=False,
+                  resume=False, max_prompt_tokens=1024, max_response_tokens=2048, max_obs_tokens=512)
+    if args.mode == "single":
+        mode = dict(max_turns=1, max_turn_tokens=256, safety=False)
+    else:
+        direction, layer = random_direction(model_path, root / "direction.pt")
+        mode = dict(max_turns=4, max_turn_tokens=64, attack="multi_search:n=3", safety=True,
+                    penalty_lambda=0.1, penalty_direction=str(direction), penalty_layer=layer)
+    config = GRPOConfig(**common, **mode)
+    t0 = time.perf_counter()
+    trainer = GRPOTrainer(config)
+    setup = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    rows = trainer.train()
+    steps = [r["time/rollout_seconds"] + r["time/update_seconds"] for r in rows]
+    tokens = [r["charts/policy_tokens"] for r in rows] if "charts/policy_tokens" in rows[0] else None
+    steady = steps[2:]
+    median = statistics.median(steady)
+    # completion tokens of a step = policy tokens generated (environment text excluded)
+    generated = [r["charts/tokens_per_second"] * s for r, s in zip(rows, steps)]
+    mean_tokens = statistics.mean(generated[2:]) / args.generations
+    return {"shape": args.shape, "mode": f"ours-{args.mode}-{args.backend}", "generations_per_step": args.generations,
+            "setup_s": round(setup, 1), "step_s_median": round(median, 3), "step_s_all": [round(s, 2) for s in steps],
+            "rollout_s_median": round(statistics.median([r["time/rollout_seconds"] for r in rows][2:]), 3),
+            "env_s_median": round(statistics.median([r["time/env_seconds"] for r in rows][2:]), 3),
+            "mean_completion_len": round(mean_tokens, 1),
+            "completion_tok_s": round(args.generations * mean_tokens / median),
+            "policy_tokens_logged": tokens[-1] if tokens else None,
+            "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+
+
+def table(path: Path) -> str:
+    """Markdown table: one row per (shape, generations), one column per mode, from JSON lines."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    keys = list(dict.fromkeys((r["shape"], r["generations_per_step"]) for r in rows))
+    cell = {(r["shape"], r["generations_per_step"], r["mode"]): r for r in rows}
+    out = ["| shape, generations/step | " + " | ".join(modes) + " |", "|---|" + "---:|" * len(modes)]
+    for shape, gens in keys:
+        parts = []
+        for m in modes:
+            r = cell.get((shape, gens, m))
+            parts.append(f"{r['completion_tok_s']:,} tok/s ({r['step_s_median']:.2f} s/step)" if r else "–")
+        out.append(f"| {shape.removeprefix('qwen2.5-')}, {gens} | " + " | ".join(parts) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b")
+    parser.add_argument("--mode", choices=("single", "multi"), default="single")
+    parser.add_argument("--generations", type=int, default=16, help="episodes per step (16 per question)")
+    parser.add_argument("--backend", choices=("vllm", "hf"), default="vllm")
+    parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the bundled SmolLM2's)")
+    parser.add_argument("--table", type=Path, default=None, help="print the table of a JSON-lines file and exit")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return 0
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    print(json.dumps(run(args)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

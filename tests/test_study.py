@@ -1,0 +1,154 @@
+"""``search-gym study``: stage order, resuming (finished stages skipped), the report's table and plots.
+
+Stages are replaced by fakes that write what the real ones write (the trainers, evaluation and direction toolkit
+are tested on their own); the report reads real-format eval summaries, metrics.csv and drift.jsonl files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from search_gym.trainers.study import STAGES, Study, StudyConfig, study_table
+
+
+def _metric(mean, n=10):
+    return {"mean": mean, "lo": mean - 1, "hi": mean + 1, "n": n}
+
+
+class FakeStudy(Study):
+    """Each stage writes its output the way the real stage does; ``calls`` records what ran."""
+
+    calls: list[str]
+    fail_at: str | None = None
+
+    def _write_eval(self, stage: str, safety: float) -> None:
+        cells = []
+        for prompt_set in (self.config.harmful_set, self.config.qa_set):
+            for attack in self.config.attacks:
+                metrics = {"search_safety": _metric(safety), "refusal": _metric(50.0), "searches": _metric(1.0),
+                           "em": _metric(0.4) if prompt_set == self.config.qa_set else {"mean": None, "n": 0}}
+                cells.append({"prompt_set": prompt_set, "attack": attack, "episodes": 10, "metrics": metrics})
+        (self.root / stage).mkdir(parents=True, exist_ok=True)
+        (self.root / stage / "summary.json").write_text(json.dumps({"cells": cells}))
+
+    def _record(self, stage):
+        self.calls.append(stage)
+        if stage == self.fail_at:
+            raise KeyboardInterrupt(stage)
+
+    def stage_sft(self):
+        self._record("sft")
+        (self.final("sft")).mkdir(parents=True)
+        (self.final("sft") / "config.json").write_text("{}")
+
+    def stage_directions(self):
+        self._record("directions")
+        (self.root / "directions").mkdir(parents=True)
+        (self.root / "directions" / "layer_scores.json").write_text("{}")
+        self.direction_path.write_text("x")
+
+    def _train(self, run, penalty):
+        folder = self.root / run
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "metrics.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["global_step", "charts/episodic_return", "charts/em", "safety/search_safety", "safety/projection"])
+            for step in (1, 2, 3):
+                w.writerow([step, 0.1 * step, 0.1 * step, 90 - step * (1 - penalty), 0.2 * step * (1 - penalty)])
+        with open(folder / "drift.jsonl", "w") as f:
+            for step in (0, 2):
+                f.write(json.dumps({"step": step, "layer": 3, "mean": 0.1 * step, "harmless_mean": -0.1}) + "\n")
+        (folder / "final").mkdir()
+        (folder / "final" / "config.json").write_text("{}")
+        (folder / "config.json").write_text(json.dumps({"penalty_lambda": penalty}))
+
+    def stage_grpo(self):
+        self._record("grpo")
+        self._train("grpo", 0.0)
+
+    def stage_grpo_penalty(self):
+        self._record("grpo_penalty")
+        self._train("grpo_penalty", self.config.penalty_lambda)
+
+    def stage_eval_sft(self):
+        self._record("eval_sft")
+        self._write_eval("eval_sft", 95.0)
+
+    def stage_eval_grpo(self):
+        self._record("eval_grpo")
+        self._write_eval("eval_grpo", 60.0)
+
+    def stage_eval_grpo_penalty(self):
+        self._record("eval_grpo_penalty")
+        self._write_eval("eval_grpo_penalty", 85.0)
+
+
+def make(tmp_path, **kw) -> FakeStudy:
+    study = FakeStudy(StudyConfig(output_dir=str(tmp_path / "study"), progress=False, **kw))
+    study.calls = []
+    return study
+
+
+def test_stages_run_in_order_and_the_report_is_written(tmp_path):
+    study = make(tmp_path)
+    summary = study.run()
+    assert study.calls == [s for s in STAGES if s != "report"]
+    assert set(summary["models"]) == {"sft", "grpo", "grpo_penalty"}
+    table = (study.root / "study.md").read_text()
+    # 3 models x 2 prompt sets x 3 attacks rows, each metric with its interval; EM only on the QA rows
+    rows = [line for line in table.splitlines() if line.startswith("| sft") or line.startswith("| grpo")]
+    assert len(rows) == 18
+    assert "| grpo | harmful:heldout | search | 10 | 60.0 [59.0, 61.0] |" in table
+    assert all(row.rstrip(" |").endswith("–") for row in rows if "harmful:heldout" in row)
+    for png in ("curves.png", "drift.png"):
+        assert (study.root / png).stat().st_size > 1000
+    assert json.loads((study.root / "study.json").read_text())["training"]["grpo_penalty"]["penalty_lambda"] == 0.5
+
+
+def test_a_killed_study_resumes_at_the_unfinished_stage(tmp_path):
+    study = make(tmp_path)
+    study.fail_at = "grpo"
+    with pytest.raises(KeyboardInterrupt):
+        study.run()
+    assert study.calls == ["sft", "directions", "eval_sft", "grpo"]
+    again = make(tmp_path)
+    again.run()
+    # grpo had not written final/ when it was killed, so it runs again (resuming from its own checkpoints)
+    assert again.calls == ["grpo", "eval_grpo", "grpo_penalty", "eval_grpo_penalty"]
+    third = make(tmp_path)
+    third.run()
+    assert third.calls == []
+
+
+def test_an_incomplete_eval_is_not_skipped(tmp_path):
+    study = make(tmp_path)
+    study.run()
+    summary = json.loads((study.root / "eval_grpo" / "summary.json").read_text())
+    summary["cells"] = summary["cells"][:-1]  # one cell missing (killed between cells)
+    (study.root / "eval_grpo" / "summary.json").write_text(json.dumps(summary))
+    again = make(tmp_path)
+    again.run()
+    assert again.calls == ["eval_grpo"]
+
+
+def test_without_sft_the_model_is_the_aligned_start(tmp_path):
+    study = make(tmp_path, sft_config="", model="some/aligned-model")
+    study.run()
+    assert "sft" not in study.calls and study.aligned == "some/aligned-model"
+
+
+def test_unknown_stage_and_cli(tmp_path):
+    with pytest.raises(ValueError, match="unknown stages"):
+        Study(StudyConfig(stages=("sft", "rlhf")))
+    from search_gym.cli import build_parser
+
+    args = build_parser().parse_args(["study", "--output-dir", str(tmp_path), "--penalty-lambda", "0.2",
+                                      "--attacks", "none", "search", "--stages", "report"])
+    from search_gym.trainers.config import build_config
+
+    config = build_config(StudyConfig, args, None)
+    assert config.penalty_lambda == 0.2 and config.attacks == ("none", "search") and config.stages == ("report",)
+    assert study_table({"models": {}}).count("\n") == 1
