@@ -261,11 +261,12 @@ def section_recall(args) -> list[dict]:
     from search_gym.retrieval.index_build import estimate_resources
 
     datasets = []
-    base, queries, desc = real_vectors(args.real_vectors)
-    if args.save_real:
-        np.savez(args.save_real, base=base, queries=queries)
-    datasets.append((f"REAL: {desc} ({len(base):,} x {base.shape[1]}, {len(queries)} QA questions)", base,
-                     queries, "real"))
+    if args.real_vectors != "none":
+        base, queries, desc = real_vectors(args.real_vectors)
+        if args.save_real:
+            np.savez(args.save_real, base=base, queries=queries)
+        datasets.append((f"REAL: {desc} ({len(base):,} x {base.shape[1]}, {len(queries)} QA questions)", base,
+                         queries, "real"))
     if args.recall_n:
         datasets.append((f"RANDOM unit vectors ({args.recall_n:,} x {args.dim}; pessimistic)",
                          random_unit(args.recall_n, args.dim, seed=0), random_unit(args.queries, args.dim, seed=1),
@@ -284,7 +285,7 @@ def section_recall(args) -> list[dict]:
             if dim % per:
                 continue
             m = dim // per
-            for opq in ([False, True] if per >= 4 else [False]):
+            for opq in ([False, True] if per >= 4 and not args.no_opq else [False]):
                 t0 = time.perf_counter()
                 index, params = make_index("ivfpq", x, pq_m=m, opq=opq)
                 build_s = time.perf_counter() - t0
@@ -408,11 +409,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="queries per call in the batched timing")
     parser.add_argument("--singles", type=int, default=100, help="single-query calls timed")
     parser.add_argument("--threads", type=int, default=None, help="FAISS / torch threads (default: all cores)")
-    parser.add_argument("--real-vectors", default=None, help=".npz with 'base' and 'queries' (real embeddings)")
+    parser.add_argument("--real-vectors", default=None,
+                        help=".npz with 'base' and 'queries' (real embeddings); 'none' skips the real set")
     parser.add_argument("--save-real", default=None, help="write the real vectors used to this .npz")
     parser.add_argument("--recall-n", type=int, default=200_000, help="random vectors for the random recall (0: skip)")
     parser.add_argument("--dims-per-byte", nargs="+", type=int, default=[8, 4, 3, 2])
     parser.add_argument("--nprobes", nargs="+", type=int, default=[16, 64, 256])
+    parser.add_argument("--no-opq", action="store_true", help="recall: skip the OPQ variants (slow to train)")
     parser.add_argument("--device", default="cpu", help="encoding device: cpu, cuda, cuda:1")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="encoder dtype")
     parser.add_argument("--encode-batch", type=int, default=32)

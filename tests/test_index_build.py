@@ -321,3 +321,17 @@ def test_cli_build_then_search(corpus, tiny_encoder, tmp_path, capsys):
     assert code == 0 and f"index ready in {out}" in capsys.readouterr().out
     retriever = DenseRetriever(corpus, encoder=tiny_encoder, index_type="hnsw", index_dir=out, progress=False)
     assert retriever.search([contents(33)], k=1)[0][0].doc_id == "33" and retriever.builds == 0
+
+
+def test_wiki18_env_searches_the_built_index(corpus, tiny_encoder, tiny_qa_path, tmp_path):
+    from search_gym.envs.wiki18 import Wiki18SearchEnv
+
+    out = tmp_path / "env-ivfpq"
+    build_index(config(corpus, tiny_encoder, out, index="ivfpq", pq_m=16), echo=quiet)
+    retriever = RetrieverConfig(corpus_path=str(corpus), encoder=tiny_encoder, index_type="ivfpq", index_dir=str(out))
+    env = Wiki18SearchEnv(dataset=str(tiny_qa_path), retriever=retriever, topk=1)
+    env.reset(seed=0)
+    _, _, terminated, _, info = env.step(f"<search> {contents(0)} </search>")
+    assert not terminated
+    assert 'Doc 1(Title: "Paris") Paris is the capital' in info["env_text"]  # Search-R1's observation format
+    assert get_retriever(retriever).builds == 0  # the env used the folder as built
