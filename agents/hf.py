@@ -462,6 +462,9 @@ class HFAgent(BaseAgent):
         stop: stop strings (default ``STOP_STRINGS``); ``()`` generates until EOS or the length limit. Tool-call
             observations also stop at ``</tool_call>`` (unless ``stop=()``).
         batch_size: split ``act_batch`` into chunks of this many prompts (None: one batch).
+        cache_implementation: ``generate``'s KV cache ("static" preallocates it, which pays off with
+            ``torch.compile`` on a GPU; None keeps the dynamic cache; see benchmarks/bench_generation_cache.py).
+            Ignored while hidden states are captured (``layers``).
         model_kwargs: extra ``from_pretrained`` arguments (e.g. ``attn_implementation``).
     """
 
@@ -486,6 +489,7 @@ class HFAgent(BaseAgent):
         batch_size: int | None = None,
         trust_remote_code: bool = False,
         model_kwargs: dict | None = None,
+        cache_implementation: str | None = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -532,6 +536,7 @@ class HFAgent(BaseAgent):
             raise ValueError(f"few_shot must be a bool or 0..{len(FEW_SHOT_EXAMPLES)}")
         self.stop = tuple(stop or ())
         self.batch_size = batch_size
+        self.cache_implementation = cache_implementation
         self.eos_token_ids = self._eos_ids()
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.eos_token_ids[0]
@@ -569,6 +574,10 @@ class HFAgent(BaseAgent):
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
         )
+        if self.cache_implementation and not self.layers:
+            # capturing hidden states may feed one token past the generation budget (_feed_last_token), which a
+            # preallocated cache has no room for: hooks run on the dynamic cache
+            settings["cache_implementation"] = self.cache_implementation
         if self.temperature > 0:
             # temperature 1 here: _ChosenLogprobs divides by self.temperature and records the sampler's logprobs
             settings.update(do_sample=True, temperature=1.0, top_p=self.top_p, top_k=0, typical_p=1.0)

@@ -252,3 +252,21 @@ def test_make_agent_builds_every_backend(smollm2):
         make_agent("nope")
     with pytest.raises(ValueError, match="hidden states"):
         make_agent("openai", endpoint="chat", layers=[3])
+
+
+def test_static_kv_cache_generates_what_the_dynamic_one_does(tokenizer):
+    """cache_implementation="static" (the trainers' hf_cache_implementation) changes how the cache is held, not
+    what is generated: the same greedy ids and log-probabilities, also while hidden states are captured."""
+    from conftest import tiny_llama
+
+    model = tiny_llama(tokenizer, 0)
+    prompts = [tokenizer("Who wrote the opera Carmen and", add_special_tokens=False)["input_ids"],
+               tokenizer("Paris", add_special_tokens=False)["input_ids"]]
+    for layers in (None, (0, 1)):
+        runs = []
+        for cache in (None, "static"):
+            agent = HFAgent(model, tokenizer, temperature=0.0, few_shot=0, max_new_tokens=10, layers=layers,
+                            cache_implementation=cache)
+            runs.append([(s.completion_ids, s.logprobs) for s in agent.generate_ids(prompts)])
+        assert runs[0] == runs[1] or all(
+            a[0] == b[0] and max(abs(x - y) for x, y in zip(a[1], b[1])) < 1e-5 for a, b in zip(*runs))

@@ -7,6 +7,7 @@ between steps continues with the same next batch and loss as an uninterrupted on
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 
@@ -27,14 +28,24 @@ from search_gym.trainers.core import (
     save_checkpoint,
     set_seed,
 )
-from search_gym.trainers.rollout import HFGenerator, RolloutCollector, TokenEpisode, episode_metrics, make_rollout_env
+from search_gym.trainers.rollout import (
+    HFGenerator,
+    RolloutCollector,
+    TokenEpisode,
+    episode_metrics,
+    is_search_env,
+    make_chat_env,
+    make_collector,
+    make_rollout_env,
+)
 from search_gym.trainers.shaping import load_penalty
 
 
 def make_generator(config: RLConfig, model, tokenizer, start_path):
     """The rollout backend ``config.generation_backend`` names, on ``model``."""
     if config.generation_backend == "hf":
-        return HFGenerator(model, tokenizer, temperature=config.temperature, top_p=config.top_p, seed=config.seed)
+        return HFGenerator(model, tokenizer, temperature=config.temperature, top_p=config.top_p, seed=config.seed,
+                           cache_implementation=config.hf_cache_implementation)
     if config.generation_backend == "vllm":
         from search_gym.trainers.vllm_generation import VLLMGenerator
 
@@ -49,13 +60,39 @@ def make_generator(config: RLConfig, model, tokenizer, start_path):
     raise ValueError(f"generation_backend must be 'hf' or 'vllm', not {config.generation_backend!r}")
 
 
+def env_kwargs_of(config: RLConfig) -> dict:
+    """``config.env_kwargs`` as a dict (a JSON object string, a mapping from a YAML config, or empty)."""
+    import json
+
+    value = config.env_kwargs
+    if isinstance(value, dict):
+        return dict(value)
+    value = json.loads(value) if value and str(value).strip() else {}
+    if not isinstance(value, dict):
+        raise ValueError(f"env_kwargs must be a JSON object, not {config.env_kwargs!r}")
+    return value
+
+
+def make_env(config: RLConfig, num_envs: int):
+    """The rollout env of ``config``: a ``SearchVectorEnv`` for search ids (the search fields, then
+    ``env_kwargs``), else a ``SyncVectorEnv`` of ``env_id`` made with ``env_kwargs`` only."""
+    if not is_search_env(config.env_id):
+        return make_chat_env(config.env_id, num_envs, **env_kwargs_of(config))
+    kwargs = dict(split=config.split, retriever=config.retriever, template=config.template, max_turns=config.max_turns,
+                  topk=config.topk, parse_mode=config.parse_mode, reward=config.reward, attack=config.attack,
+                  safety=config.safety)
+    return make_rollout_env(config.env_id, num_envs, **{**kwargs, **env_kwargs_of(config)})
+
+
 class RLTrainer:
     """Base of :class:`GRPOTrainer` and :class:`PPOTrainer`; subclasses implement :meth:`update`.
 
     Args:
         config: an :class:`RLConfig` subclass.
         model / tokenizer: an already loaded policy (tests pass tiny models); default loads ``config.model``.
-        env: a ``SearchVectorEnv`` to roll out in (default: ``config.env_id`` with the config's env options).
+        env: a ``SearchVectorEnv`` to roll out in, or a vector of chat-message text envs (``SyncVectorEnv``,
+            played by ``ChatRolloutCollector``; episode starts are reset seeds ``0..episode_seeds-1``); default
+            :func:`make_env` of the config.
         generator: a rollout backend (default: :class:`HFGenerator` on the policy).
         reference: the frozen starting model (default: loaded from the starting weights when the KL term or the
             penalty needs it).
@@ -79,17 +116,14 @@ class RLTrainer:
             tokenizer.pad_token = tokenizer.eos_token
         num_envs = config.num_envs or config.questions_per_step * config.group_size
         if env is None:
-            env = make_rollout_env(config.env_id, num_envs, split=config.split, retriever=config.retriever,
-                                   template=config.template, max_turns=config.max_turns, topk=config.topk,
-                                   parse_mode=config.parse_mode,
-                                   reward=config.reward, attack=config.attack, safety=config.safety)
+            env = make_env(config, num_envs)
         self.env = env
         self.generator = generator or make_generator(config, model, tokenizer, self.start_path)
-        self.collector = RolloutCollector(env, self.generator, few_shot=config.few_shot,
-                                          max_turn_tokens=config.max_turn_tokens,
-                                          max_prompt_tokens=config.max_prompt_tokens,
-                                          max_response_tokens=config.max_response_tokens,
-                                          max_obs_tokens=config.max_obs_tokens)
+        self.collector = make_collector(env, self.generator, few_shot=config.few_shot,
+                                        max_turn_tokens=config.max_turn_tokens,
+                                        max_prompt_tokens=config.max_prompt_tokens,
+                                        max_response_tokens=config.max_response_tokens,
+                                        max_obs_tokens=config.max_obs_tokens)
         needs_reference = self.uses_reference() or (config.penalty_direction and config.penalty_source == "reference")
         if reference is None and needs_reference:
             if self.start_path is None:
@@ -102,7 +136,10 @@ class RLTrainer:
         self.optimizer, self.scheduler = make_optimizer(model, config, self.extra_parameters())
         self.step = 0
         self.logger = RunLogger(config.output_dir, config, tensorboard=config.tensorboard)
-        self.question_ids = [q.id for q in env.envs[0].questions]
+        if isinstance(self.collector, RolloutCollector):
+            self.question_ids = [q.id for q in env.envs[0].questions]
+        else:  # chat envs: an episode start is a reset seed
+            self.question_ids = list(range(config.episode_seeds))
 
     # ------------------------------------------------------------------ hooks for subclasses
 
@@ -193,7 +230,8 @@ class RLTrainer:
             if (config.save_steps and self.step % config.save_steps == 0) or self.step == config.max_steps:
                 self.save()
             bar.update(1)
-            bar.set_postfix(ret=f"{metrics['charts/episodic_return']:.3f}", em=f"{metrics['charts/em']:.2f}")
+            bar.set_postfix(ret=f"{metrics['charts/episodic_return']:.3f}",
+                            em=f"{metrics.get('charts/em', math.nan):.2f}")  # chat envs have no EM
         bar.close()
         self.logger.close()
         return logged

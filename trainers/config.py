@@ -83,6 +83,8 @@ class RLConfig(TrainConfig):
     generation_backend: str = _help("rollout generation: 'hf' (the policy itself, any device) or 'vllm' (an "
                                     "in-process vLLM engine on the same GPU, weights pushed after every step)",
                                     default="hf")
+    hf_cache_implementation: str | None = _help("KV cache of the HF backend's generate: None (dynamic) or 'static' "
+                                                "(preallocated; pays off with torch.compile on a GPU)", default=None)
     vllm_gpu_memory_utilization: float = _help("GPU share of the colocated vLLM engine", default=0.3)
     vllm_max_model_len: int = _help("longest prompt + response the vLLM engine serves", default=4096)
     vllm_enable_sleep_mode: bool = _help("free the vLLM engine's memory during the update (slower; for long "
@@ -102,3 +104,9 @@ class RLConfig(TrainConfig):
     drift_every: int = _help("record the policy's drift along the penalty direction at every N-th saved checkpoint "
                              "(drift.jsonl; 0: off)", default=0)
     drift_prompts: int = _help("held-out harmful and QA prompts read for drift", default=32)
+    env_kwargs: str = _help("keyword arguments for env_id as a JSON object (a YAML config may give a mapping), "
+                            "over the registered defaults and, for search envs, over the fields above; e.g. "
+                            "'{\"context\": \"conversation\"}' for SelfInterestedExploration-v0", default="")
+    episode_seeds: int = _help("envs without a question set (chat envs such as SelfInterestedExploration-v0, "
+                               "played by ChatRolloutCollector): episodes start from reset seeds 0..N-1, one "
+                               "group per seed (the env draws its scenario from the seed)", default=64)
