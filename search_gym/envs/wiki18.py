@@ -12,7 +12,10 @@ WIKI18_HINT = (
     "PeterJinGo/wiki-18-corpus dataset on the Hugging Face hub, ~14 GB unpacked). Download it and pass "
     "corpus_path=/path/to/wiki-18.jsonl; the e5-base-v2 index is built on first use and resumes if interrupted. "
     "The default index is exact flat search, as Search-R1 serves it (e5_Flat.index; ~65 GB of float32 vectors "
-    "in RAM); index_type='ivfpq' is approximate and fits in a few GB."
+    "in RAM); index_type='ivfpq' is approximate and fits in a few GB. `search-gym index build` prints what each "
+    "index needs, uses Search-R1's prebuilt e5_Flat.index without re-encoding, and writes a folder to pass as "
+    "retriever=RetrieverConfig(corpus_path=..., encoder='e5-base-v2', index_type=..., index_dir=...) "
+    "(docs/retrieval.md)."
 )
 
 
