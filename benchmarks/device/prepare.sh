@@ -4,6 +4,7 @@
 #     bash benchmarks/device/prepare.sh wheels     # only .whl/
 #     bash benchmarks/device/prepare.sh data       # only .devdata/
 #     bash benchmarks/device/prepare.sh plan       # print the carry lists of the run calls
+#     bash benchmarks/device/prepare.sh vllm       # .vllm/: vLLM 0.20.2 + its wheels, in parts
 # Fills two git-ignored folders at the repository root for the lent GPU machine (Python 3.12, torch 2.11 cu130,
 # transformers 5.17, no network):
 #   .whl/      py3.12 x86_64 wheels of exactly what that machine lacks, plus a wheel of search-gym itself
@@ -170,10 +171,28 @@ for i, c in enumerate(calls, 1):
 PY
 }
 
+# vLLM 0.20.2 (the wheel for torch 2.11 + CUDA 13) and the wheels it needs beyond the image
+# (../shared/gpu-wheels/vllm-0.20.2-py312-deps.txt), as one tar in parts under .vllm/ (unpack.sh installs them
+# once every part has arrived). ~312 MB: six back-to-back calls.
+prepare_vllm() {
+  grep -qxF "/.vllm/" .git/info/exclude || echo "/.vllm/" >> .git/info/exclude
+  LIST="$ROOT/../shared/gpu-wheels/vllm-0.20.2-py312-deps.txt"
+  mkdir -p .vllm/dl
+  grep -v '^#' "$LIST" | grep -v '^gguf' | grep . > .vllm/requirements.txt   # gguf is in .whl/ already
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    $(for n in 35 34 31 28 27 26 24 17; do echo --platform manylinux_2_${n}_x86_64; done) \
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .vllm/dl -r .vllm/requirements.txt
+  rm -f .vllm/vllm.tar.part-* .vllm/SHA256SUMS
+  tar -C .vllm -cf - dl | split -b "${PART_MB}M" -d -a 2 - .vllm/vllm.tar.part-
+  (cd .vllm && sha256sum vllm.tar.part-* > SHA256SUMS)
+  ls -l .vllm
+}
+
 case "$WHAT" in
   wheels) prepare_wheels ;;
   data) prepare_data ;;
   all) prepare_wheels; prepare_data ;;
   plan) print_plan ;;
-  *) echo "usage: $0 [all|wheels|data|plan]" >&2; exit 2 ;;
+  vllm) prepare_vllm ;;
+  *) echo "usage: $0 [all|wheels|data|plan|vllm]" >&2; exit 2 ;;
 esac

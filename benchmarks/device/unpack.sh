@@ -81,6 +81,27 @@ fi
 [ -d "$SITE/search_gym" ] || { echo "unpack: search_gym is not in $SITE: carry .whl in this or an earlier call" >&2; exit 1; }
 
 
+# 4b. vLLM, when its parts travel (.vllm/vllm.tar.part-*, SHA256SUMS; prepare.sh vllm), over several calls
+if [ -f .vllm/SHA256SUMS ]; then
+  VSTORE=${SG_VLLM_STORE:-/tmp/vllmstore}
+  mkdir -p "$VSTORE"
+  cp -f .vllm/SHA256SUMS .vllm/vllm.tar.part-* "$VSTORE/" 2>/dev/null
+  if [ ! -f "$SITE/.vllm" ]; then
+    vparts=$(grep -o 'vllm\.tar\.part-[0-9]*' "$VSTORE/SHA256SUMS" | sort)
+    vmissing=$(for p in $vparts; do [ -f "$VSTORE/$p" ] || echo -n "$p "; done)
+    if [ -n "$vmissing" ]; then
+      echo "unpack: vLLM parts still missing: $vmissing"
+    else
+      t=$(now)
+      (cd "$VSTORE" && sha256sum -c --quiet SHA256SUMS) || { echo "unpack: a vLLM part is corrupt" >&2; exit 1; }
+      (cd "$VSTORE" && cat $vparts | tar -xf -) && "$PY" -m pip install -q --no-index --no-deps --no-compile \
+        --no-cache-dir --upgrade --target "$SITE" "$VSTORE"/dl/*.whl && touch "$SITE/.vllm" \
+        || { echo "unpack: vLLM install failed" >&2; exit 1; }
+      echo "unpack: vLLM installed into $SITE ($(took "$t"))"
+    fi
+  fi
+fi
+
 # 5. the exports
 cat > "$DEST/env.sh" <<ENV
 export PYTHONPATH=$SITE:$DEST/assets\${PYTHONPATH:+:\$PYTHONPATH}
