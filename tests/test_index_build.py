@@ -335,3 +335,26 @@ def test_wiki18_env_searches_the_built_index(corpus, tiny_encoder, tiny_qa_path,
     assert not terminated
     assert 'Doc 1(Title: "Paris") Paris is the capital' in info["env_text"]  # Search-R1's observation format
     assert get_retriever(retriever).builds == 0  # the env used the folder as built
+
+
+def test_streamed_flat_file_is_what_faiss_writes_and_loads_memory_mapped(tmp_path, corpus, tiny_encoder):
+    import faiss
+
+    from search_gym.retrieval.dense import write_flat_index
+
+    x = np.random.default_rng(0).standard_normal((1000, 24)).astype(np.float32)
+    index = faiss.IndexFlatIP(24)
+    index.add(x)
+    faiss.write_index(index, str(tmp_path / "faiss.index"))
+    write_flat_index(tmp_path / "streamed.index", [x[:300], x[300:600], x[600:]], 1000, 24)
+    assert (tmp_path / "streamed.index").read_bytes() == (tmp_path / "faiss.index").read_bytes()
+    with pytest.raises(ValueError, match="of 1001 rows got 1000"):
+        write_flat_index(tmp_path / "short.index", [x], 1001, 24)
+
+    result = build_index(config(corpus, tiny_encoder, tmp_path / "flat"), echo=quiet)
+    assert result.retriever.mmap  # the builder maps what it wrote instead of reading 4dN bytes into RAM
+    plain = DenseRetriever(corpus, encoder=tiny_encoder, index_dir=tmp_path / "flat", progress=False)
+    q = plain.encode_queries([contents(5), contents(50)])
+    for a, b in zip(plain.search_embeddings(q, 4), result.retriever.search_embeddings(q, 4)):
+        np.testing.assert_array_equal(a, b)
+    assert plain.builds == 0

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -149,6 +150,8 @@ class DenseRetriever(CorpusIndex):
         progress: show progress bars while building.
         search_threads: FAISS threads per search call (None = FAISS's default, all cores). 1 is often faster
             for small batches on a small shared CPU; see :func:`faiss_threads`.
+        mmap: flat only: memory-map index.faiss instead of reading it into this process's memory (the OS page
+            cache holds it, shared between processes; the first searches read it from disk).
     """
 
     kind = "dense"
@@ -176,6 +179,7 @@ class DenseRetriever(CorpusIndex):
         shard_dir: str | Path | None = None,
         progress: bool = True,
         search_threads: int | None = None,
+        mmap: bool = False,
     ):
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
@@ -199,6 +203,7 @@ class DenseRetriever(CorpusIndex):
         self.shard_dir = str(shard_dir) if shard_dir is not None else None
         self.progress = progress
         self.search_threads = search_threads
+        self.mmap = bool(mmap)
         self.name = f"dense-{self.encoder.slug}-{index_type}"
         self._init_index(corpus_path, index_dir)
 
@@ -278,7 +283,12 @@ class DenseRetriever(CorpusIndex):
         meta = read_meta(folder)
         assert meta is not None
         offsets = np.load(folder / "offsets.npy", mmap_mode="r")
-        index = faiss.read_index(str(folder / "index.faiss"))
+        if self.mmap and self.index_type == "flat":
+            # The vectors stay in the page cache (shared by every process mapping the file, evictable) instead of
+            # being copied into each process's memory.
+            index = faiss.read_index(str(folder / "index.faiss"), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        else:
+            index = faiss.read_index(str(folder / "index.faiss"))
         if index.ntotal != len(offsets) - 1 or index.ntotal != meta["count"]:
             raise RuntimeError(f"index at {folder} is inconsistent ({index.ntotal} vectors, "
                                f"{len(offsets) - 1} offsets); delete the folder to rebuild it")
@@ -424,6 +434,11 @@ class DenseRetriever(CorpusIndex):
             tmp.unlink(missing_ok=True)
             tmp.symlink_to(target)
             tmp.replace(folder / "index.faiss")  # replaces a previous file or link, never writes through it
+        elif self.index_type == "flat":
+            # Streamed to disk shard by shard: a 21M x 768 flat index (64.6 GB) is written with one shard in RAM.
+            params = {}
+            with atomic_output(folder / "index.faiss") as tmp:
+                write_flat_index(tmp, chunks, n, dim, progress=progress)
         else:
             index, params = self._make_index(chunks, n, dim, progress)
             with atomic_output(folder / "index.faiss") as tmp:
@@ -464,18 +479,13 @@ class DenseRetriever(CorpusIndex):
         )
 
     def _make_index(self, chunks: list[Any], n: int, dim: int, progress: bool) -> tuple[Any, dict[str, Any]]:
-        """A FAISS index of the rows of ``chunks`` (arrays or memory maps of ``shard_size`` rows, the last shorter)."""
+        """An HNSW or IVF-PQ index of the rows of ``chunks`` (arrays or memory maps of ``shard_size`` rows, the last
+        shorter); flat indexes are streamed to disk by :func:`write_flat_index` instead."""
         import faiss
 
         def batches():
             for x in chunks:
                 yield np.ascontiguousarray(x, dtype=np.float32)
-
-        if self.index_type == "flat":
-            index = faiss.IndexFlatIP(dim)
-            for x in batches():
-                index.add(x)
-            return index, {}
 
         if self.index_type == "hnsw":
             defaults = PARAM_DEFAULTS["hnsw"]
@@ -566,6 +576,34 @@ class DenseRetriever(CorpusIndex):
         self.load()
         assert self._store is not None
         return self._store.get(int(i))
+
+
+def write_flat_index(path: str | Path, chunks: Sequence[Any], n: int, dim: int, progress: bool = False) -> None:
+    """Write a FAISS ``IndexFlatIP`` file from row chunks without holding the index in memory.
+
+    The bytes are exactly what ``faiss.write_index(IndexFlatIP)`` writes (checked by a test): fourcc ``IxFI``, d
+    (int32), ntotal (int64), two legacy int64 fields (1 << 20), is_trained (1 byte), metric (int32, 0 = inner
+    product), the number of floats (uint64) and the float32 rows.
+    """
+    import struct
+
+    header = b"IxFI" + struct.pack("<iqqqBi", dim, n, 1 << 20, 1 << 20, 1, 0) + struct.pack("<Q", n * dim)
+    bar = _progress(total=n, desc="flat index", unit="psg", disable=not progress)
+    written = 0
+    with open(path, "wb") as f:
+        f.write(header)
+        for x in chunks:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            if x.ndim != 2 or x.shape[1] != dim:
+                raise ValueError(f"chunk of shape {x.shape} in a {dim}-d flat index")
+            f.write(x.tobytes())
+            written += len(x)
+            bar.update(len(x))
+        f.flush()
+        os.fsync(f.fileno())
+    bar.close()
+    if written != n:
+        raise ValueError(f"flat index of {n} rows got {written}")
 
 
 def _dumps(obj: Any) -> str:

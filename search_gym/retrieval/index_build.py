@@ -192,7 +192,8 @@ def estimate_resources(n: int, dim: int, index_type: str, *, encoder_bytes: floa
                        pq_nbits: int | None = None, opq: bool = False) -> ResourceEstimate:
     """RAM and disk an index of ``n`` vectors of ``dim`` float32 needs, term by term.
 
-    * flat: the vectors, ``n * dim * 4`` bytes, in RAM to search (Search-R1's e5_Flat.index: 21M x 768 x 4 = 64.5 GB).
+    * flat: the vectors, ``n * dim * 4`` bytes, in RAM to search (Search-R1's e5_Flat.index: 21M x 768 x 4 = 64.6 GB);
+      the build streams them to disk, so it holds one shard, not the index.
     * hnsw: the vectors plus the graph (:func:`hnsw_bytes_per_vector`).
     * ivfpq: ``m * nbits / 8`` bytes of code and an 8-byte id per vector, ``nlist * dim * 4`` of centroids, the PQ
       codebooks ``2**nbits * dim * 4`` (and an OPQ matrix ``dim * dim * 4``). While adding, FAISS grows every list
@@ -212,7 +213,7 @@ def estimate_resources(n: int, dim: int, index_type: str, *, encoder_bytes: floa
     if index_type == "flat":
         index = vectors
         lines.append(f"vectors {n:,} x {dim} x 4 B = {human_bytes(vectors)}")
-        build_extra = chunk
+        build_extra = chunk - index  # written to disk shard by shard, never whole in RAM
     elif index_type == "hnsw":
         m = hnsw_m if hnsw_m is not None else PARAM_DEFAULTS["hnsw"]["M"]
         params = {"M": m}
@@ -314,13 +315,19 @@ def make_build_retriever(config: IndexBuildConfig, device: str | None = None, pq
     batch = config.batch_size or (64 if device == "cpu" else 512)
     return DenseRetriever(
         Path(os.path.expanduser(config.corpus)), encoder=config.encoder, index_type=config.index,
-        index_dir=config.out, device=device, batch_size=batch, nprobe=config.nprobe,
+        index_dir=_expand(config.out), device=device, batch_size=batch, nprobe=config.nprobe,
         hnsw_ef_search=config.hnsw_ef_search, hnsw_m=config.hnsw_m,
         hnsw_ef_construction=config.hnsw_ef_construction, nlist=config.nlist,
         pq_m=pq_m if pq_m is not None else config.pq_m, pq_nbits=config.pq_nbits,
         pq_opq=True if config.opq else None, shard_size=config.shard_size, keep_shards=config.keep_shards,
-        shard_dir=config.shard_dir, progress=config.progress,
+        shard_dir=_expand(config.shard_dir), progress=config.progress,
+        # The build ends by loading what it wrote; a memory-mapped flat index costs no RAM for that.
+        mmap=config.index == "flat",
     )
+
+
+def _expand(path: str | None) -> str | None:
+    return os.path.expanduser(path) if path is not None else None
 
 
 @dataclass
