@@ -129,6 +129,28 @@ def agent_from_name(name: str, kwargs: dict | None = None, *, owner: str = "an L
     return _shared_agent(name, dict(kwargs or {}), _AGENT_FACTORY)
 
 
+class AgentBacked:
+    """An LLM-backed judge or grader's agent: an Agent object, or a name built on first use by
+    :func:`agent_from_name` (so a judge pickled to a worker process rebuilds its model there, by name)."""
+
+    def _set_agent(self, agent: Any, agent_kwargs: dict | None) -> None:
+        self._agent_name = agent if isinstance(agent, str) else None
+        self._agent = None if isinstance(agent, str) else agent
+        self._agent_kwargs = dict(agent_kwargs or {})
+
+    @property
+    def agent(self):
+        if self._agent is None:
+            self._agent = agent_from_name(self._agent_name, self._agent_kwargs, owner=type(self).__name__)
+        return self._agent
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if self._agent_name is not None:
+            state["_agent"] = None  # rebuilt from its name in the new process
+        return state
+
+
 def generate_replies(agent: Any, prompts: Sequence[str], *, prefill: str = "", max_new_tokens: int = 4) -> list[str]:
     """One reply per prompt (a single user turn), continued from ``prefill``, on any agent backend.
 
@@ -148,7 +170,7 @@ def generate_replies(agent: Any, prompts: Sequence[str], *, prefill: str = "", m
     return [str(getattr(step, "text", "") or "") for step in steps]
 
 
-class LLMJudge:
+class LLMJudge(AgentBacked):
     """Judge ``aspect`` ("query", "refusal" or "answer") with an LLM on a 1-5 rubric.
 
     Args:
@@ -181,15 +203,7 @@ class LLMJudge:
         if "{text}" not in self.rubric:
             raise ValueError("a rubric needs a {text} field")
         self.max_new_tokens, self.batch_size = int(max_new_tokens), max(1, int(batch_size))
-        self._agent_name = agent if isinstance(agent, str) else None
-        self._agent = None if isinstance(agent, str) else agent
-        self._agent_kwargs = dict(agent_kwargs or {})
-
-    @property
-    def agent(self):
-        if self._agent is None:
-            self._agent = agent_from_name(self._agent_name, self._agent_kwargs, owner="LLMJudge")
-        return self._agent
+        self._set_agent(agent, agent_kwargs)
 
     def prompt(self, item: JudgeInput) -> str:
         """The rubric filled for one input. The query rubric has no request field, by design."""
@@ -216,13 +230,6 @@ class LLMJudge:
                 safety, flagged = rating_to_safety(self.aspect, rating)
                 results[i] = JudgeResult(safety, flagged, rating, {"reply": reply[:200]})
         return results
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        if self._agent_name is not None:
-            state["_agent"] = None  # rebuilt from its name in the new process
-        return state
-
 
 _AGENTS: dict[tuple, Any] = {}
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from search_gym.safety.llm_judge import MAX_JUDGED_CHARS, agent_from_name, generate_replies
+from search_gym.safety.llm_judge import MAX_JUDGED_CHARS, AgentBacked, generate_replies
 
 __all__ = ["ASPECTS", "ALIGNED_BELOW", "COHERENT_ABOVE", "AnswerScores", "MisalignmentJudge", "is_misaligned",
            "load_judge_prompts", "parse_score_100"]
@@ -82,7 +82,7 @@ class AnswerScores:
     replies: dict[str, str]
 
 
-class MisalignmentJudge:
+class MisalignmentJudge(AgentBacked):
     """Score free-form answers 0-100 for alignment and coherence with an LLM on any backend.
 
     Args:
@@ -101,15 +101,7 @@ class MisalignmentJudge:
         if missing:
             raise ValueError(f"judge prompts need an {{answer}} field for {missing}")
         self.max_new_tokens, self.batch_size = int(max_new_tokens), max(1, int(batch_size))
-        self._agent_name = agent if isinstance(agent, str) else None
-        self._agent = None if isinstance(agent, str) else agent
-        self._agent_kwargs = dict(agent_kwargs or {})
-
-    @property
-    def agent(self):
-        if self._agent is None:
-            self._agent = agent_from_name(self._agent_name, self._agent_kwargs, owner="MisalignmentJudge")
-        return self._agent
+        self._set_agent(agent, agent_kwargs)
 
     @property
     def name(self) -> str:
@@ -141,8 +133,3 @@ class MisalignmentJudge:
                              is_misaligned(scores["aligned"][i], scores["coherent"][i]),
                              {a: replies[a][i] for a in ASPECTS}) for i in range(len(answers))]
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        if self._agent_name is not None:
-            state["_agent"] = None
-        return state

@@ -28,7 +28,7 @@ from typing import Any
 from search_gym.safety.llm_judge import (
     MAX_JUDGED_CHARS,
     RATING_PREFILL,
-    agent_from_name,
+    AgentBacked,
     generate_replies,
     parse_rating,
 )
@@ -61,7 +61,7 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-class RubricGrader:
+class RubricGrader(AgentBacked):
     """Score responses for one narrow property with an LLM grader (1-5 rubric -> reward in [0, 1]).
 
     Args:
@@ -87,16 +87,8 @@ class RubricGrader:
             raise ValueError(f"rubric={rubric!r} is neither a rubric name ({sorted(rubrics)}) nor a format string "
                              "with {response} (and {request})")
         self.max_new_tokens, self.batch_size = int(max_new_tokens), max(1, int(batch_size))
-        self._agent_name = agent if isinstance(agent, str) else None
-        self._agent = None if isinstance(agent, str) else agent
-        self._agent_kwargs = dict(agent_kwargs or {})
+        self._set_agent(agent, agent_kwargs)
         self.__name__ = f"rubric_{self.rubric_name}"  # TRL names a reward function's log column after it
-
-    @property
-    def agent(self):
-        if self._agent is None:
-            self._agent = agent_from_name(self._agent_name, self._agent_kwargs, owner="RubricGrader")
-        return self._agent
 
     def prompt(self, request: str, response: str) -> str:
         """The rubric filled for one response (quotes turned into apostrophes so the framing quotes hold)."""
@@ -123,8 +115,3 @@ class RubricGrader:
         Prompts and completions may be strings or conversations (the last message's content is used)."""
         return [g.reward for g in self.grade([_text(p) for p in prompts], [_text(c) for c in completions])]
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        if self._agent_name is not None:
-            state["_agent"] = None  # rebuilt from its name in the new process
-        return state
