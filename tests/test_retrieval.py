@@ -347,7 +347,8 @@ def test_config_help_and_pickle(corpus):
     cfg = RetrieverConfig(kind="bm25", corpus_path=corpus)
     assert isinstance(cfg.corpus_path, str)
     assert pickle.loads(pickle.dumps(cfg)) == cfg
-    assert set(RetrieverConfig.help()) == {"kind", "corpus_path", "encoder", "index_type", "index_dir", "device"}
+    assert set(RetrieverConfig.help()) == {"kind", "corpus_path", "encoder", "index_type", "index_dir", "device",
+                                           "rrf_k", "url", "timeout_s", "retry_s"}
     assert all(RetrieverConfig.help().values())
     with pytest.raises(ValueError):
         RetrieverConfig(kind="colbert")

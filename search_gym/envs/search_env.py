@@ -183,7 +183,8 @@ class SearchEnv(gym.Env):
     - ``split``: ``"train"`` / ``"test"`` for wiki_qa, ``"train"`` / ``"heldout"`` for prompt sets, the FlashRAG
       splits for hub sets (nq: train/dev/test, hotpotqa: train/dev), the file name's split for a folder. A single
       file has no splits: every row is served and ``split`` is only the label reported in ``info["split"]``.
-    - ``retriever``: a ``RetrieverConfig``, a dict of its fields, ``"dense"`` / ``"bm25"``, or any object with
+    - ``retriever``: a ``RetrieverConfig``, a dict of its fields, ``"dense"`` / ``"bm25"`` / ``"hybrid"``, a
+      retrieval server's URL ``"http://host:port"`` (``search-gym serve`` or Search-R1's), or any object with
       ``search(queries, k) -> list[list[Hit]]``. Built lazily on the first search; configs are shared per process.
     - ``corpus_path``, ``encoder``, ``index_type``: shortcuts that fill the retriever config (default: the
       embedded Wikipedia corpus, all-MiniLM-L6-v2, flat FAISS).
@@ -591,7 +592,8 @@ def _resolve_retriever(retriever: Any, corpus_path, encoder, index_type):
         else:
             config = retriever
         return replace(config, **overrides), None
-    raise TypeError("retriever must be a RetrieverConfig, a dict, 'dense'/'bm25', or an object with search()")
+    raise TypeError("retriever must be a RetrieverConfig, a dict, 'dense'/'bm25'/'hybrid', a server URL "
+                    "'http://host:port', or an object with search()")
 
 
 def _positive_int(name: str, value: Any) -> int:
