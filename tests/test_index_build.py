@@ -309,7 +309,8 @@ def test_cli_dry_run_prints_the_estimate_and_builds_nothing(corpus, tiny_encoder
                  "--pq-m", "8", "--out", str(out), "--dry-run", "--device", "cpu"])
     text = capsys.readouterr().out
     assert code == 0 and not out.exists()
-    assert "estimate for 60 passages x 32-d, ivfpq" in text and "codes + ids 60 x (5 + 8) B" in text  # 8 codes of 5 bits (60 rows)
+    assert "estimate for 60 passages x 32-d, ivfpq" in text
+    assert "codes + ids 60 x (5 + 8) B" in text  # 8 codes of 5 bits: 60 rows train at most 2**5 centroids
 
 
 def test_cli_build_then_search(corpus, tiny_encoder, tmp_path, capsys):

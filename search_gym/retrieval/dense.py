@@ -399,7 +399,8 @@ class DenseRetriever(CorpusIndex):
         if link is not None and self.index_type != "flat":
             raise ValueError("link= is for index_type='flat' (the file is used as the index itself)")
         if getattr(vectors, "ndim", None) != 2:
-            raise ValueError(f"vectors must be a 2-d (passages, dim) array, got shape {getattr(vectors, 'shape', None)}")
+            raise ValueError("vectors must be a 2-d (passages, dim) array, got shape "
+                             f"{getattr(vectors, 'shape', None)}")
         self._pending_vectors = (vectors, link, source)
         try:
             return self.build(progress=progress, force=force)

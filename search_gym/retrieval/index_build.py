@@ -74,7 +74,7 @@ class IndexBuildConfig:
     device: str = field(default="auto", metadata={
         "help": "encoder device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, mps"})
     batch_size: int | None = field(default=None, metadata={
-        "help": "encoder batch size; default 64 on cpu, 512 on a GPU"})
+        "help": "encoder batch size (unset: 64 on cpu, 512 on a GPU)"})
     shard_size: int = field(default=16384, metadata={
         "help": "passages per saved embedding shard: the unit of resumption after a kill"})
     shard_dir: str | None = field(default=None, metadata={
@@ -85,19 +85,19 @@ class IndexBuildConfig:
     memory_budget_gb: float | None = field(default=None, metadata={
         "help": "ivfpq: choose pq_m (bytes per passage) as large as fits this RAM budget for both build and "
                 "search (e.g. 16 for wiki-18 on a 16 GB budget); ignored when --pq-m is given"})
-    nlist: int | None = field(default=None, metadata={"help": "ivfpq: inverted lists; default 4*sqrt(N)"})
+    nlist: int | None = field(default=None, metadata={"help": "ivfpq: inverted lists (unset: 4*sqrt(N), at most N/39)"})
     pq_m: int | None = field(default=None, metadata={
-        "help": "ivfpq: PQ sub-quantizers = bytes per passage at 8 bits (must divide dim); default dim/8 or "
-                "from --memory-budget-gb"})
-    pq_nbits: int | None = field(default=None, metadata={"help": "ivfpq: bits per sub-quantizer code (default 8)"})
+        "help": "ivfpq: PQ sub-quantizers = bytes per passage at 8 bits (must divide dim; unset: dim/8, or "
+                "from --memory-budget-gb)"})
+    pq_nbits: int | None = field(default=None, metadata={"help": "ivfpq: bits per sub-quantizer code (unset: 8)"})
     opq: bool = field(default=False, metadata={"help": "ivfpq: learn an OPQ rotation before PQ"})
     nprobe: int | None = field(default=None, metadata={
-        "help": "ivfpq: lists searched per query, recorded as the folder's default (default 64)"})
-    hnsw_m: int | None = field(default=None, metadata={"help": "hnsw: graph degree M (default 32)"})
+        "help": "ivfpq: lists searched per query, recorded as the folder's default (unset: 64)"})
+    hnsw_m: int | None = field(default=None, metadata={"help": "hnsw: graph degree M (unset: 32)"})
     hnsw_ef_construction: int | None = field(default=None, metadata={
-        "help": "hnsw: build-time candidate list (default 100)"})
+        "help": "hnsw: build-time candidate list (unset: 100)"})
     hnsw_ef_search: int | None = field(default=None, metadata={
-        "help": "hnsw: query-time candidate list, recorded as the folder's default (default 128)"})
+        "help": "hnsw: query-time candidate list, recorded as the folder's default (unset: 128)"})
     force: bool = field(default=False, metadata={"help": "rebuild even when OUT holds a valid index"})
     dry_run: bool = field(default=False, metadata={"help": "print the estimate and stop"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
@@ -238,7 +238,8 @@ def estimate_resources(n: int, dim: int, index_type: str, *, encoder_bytes: floa
         lines.append(f"training sample {params['n_train']:,} x {dim} x 4 B{' x 2 (OPQ)' if opq else ''} = "
                      f"{human_bytes(train)} (build only)")
         build_extra = max(train, codes + chunk)  # training happens before adding; adding can double the lists
-    lines.append(f"passage offsets {n + 1:,} x 8 B = {human_bytes(offsets)}; query encoder ~{human_bytes(encoder_bytes)}")
+    lines.append(f"passage offsets {n + 1:,} x 8 B = {human_bytes(offsets)}; "
+                 f"query encoder ~{human_bytes(encoder_bytes)}")
     shards = vectors if encoding else 0.0
     if encoding:
         lines.append(f"embedding shards on disk {n:,} x {dim} x 4 B = {human_bytes(shards)} "
@@ -309,7 +310,8 @@ def resolve_device(device: str | None) -> str:
     return str(device)
 
 
-def make_build_retriever(config: IndexBuildConfig, device: str | None = None, pq_m: int | None = None) -> DenseRetriever:
+def make_build_retriever(config: IndexBuildConfig, device: str | None = None,
+                         pq_m: int | None = None) -> DenseRetriever:
     """The DenseRetriever that builds (and then serves) ``config``'s index."""
     device = device or resolve_device(config.device)
     batch = config.batch_size or (64 if device == "cpu" else 512)
