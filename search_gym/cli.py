@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=64, help="generation budget per turn for LLM agents")
     demo.add_argument("-n", "--num-episodes", type=int, default=20, help="number of questions")
     demo.add_argument("--num-envs", type=int, default=8, help="sub-environments stepped (and retrieved) together")
-    demo.add_argument("--retriever", default="dense", choices=["dense", "bm25"], help="retriever family")
+    demo.add_argument("--retriever", default="dense",
+                      help="retriever: dense, bm25, hybrid or a search-gym serve URL (http://host:port)")
     demo.add_argument("--max-turns", type=int, default=4, help="turns per episode before truncation")
     demo.add_argument("--parse-mode", default="strict", choices=["strict", "search_r1"],
                       help="tags-protocol rules: strict (default) or search_r1 (Search-R1's parser and turn loop)")

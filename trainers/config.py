@@ -56,7 +56,7 @@ class RLConfig(TrainConfig):
 
     env_id: str = _help("registered environment id", default="SearchGym/WikiQA-v0")
     split: str = _help("training split of the environment's questions", default="train")
-    retriever: str = _help("retriever family: dense or bm25", default="dense")
+    retriever: str = _help("retriever: dense, bm25, hybrid or a retrieval server URL (http://host:port)", default="dense")
     template: str = _help("prompt template: search_r1 or safety", default="search_r1")
     max_turns: int = _help("turns per episode (search_r1 parse mode: search turns, then one final turn)", default=4)
     parse_mode: str = _help("tags-protocol rules: strict or search_r1", default="strict")

@@ -21,7 +21,7 @@ class SFTConfig(TrainConfig):
     num_epochs: int = _help("passes over the trajectories when max_steps is 0", default=2)
     batch_size: int = _help("trajectories per optimiser step", default=16)
     save_steps: int = _help("save a checkpoint every N steps (and at the end)", default=100)
-    retriever: str = _help("retriever the oracle searches with: dense or bm25", default="dense")
+    retriever: str = _help("retriever the oracle searches with: dense, bm25, hybrid or a server URL", default="dense")
     template: str = _help("prompt template of the trajectories: search_r1 or safety", default="search_r1")
     max_turns: int = _help("turns per trajectory", default=4)
     qa_limit: int = _help("QA train questions to play with the oracle (0: all); only correct trajectories are kept",
