@@ -396,9 +396,10 @@ def build_index(config: IndexBuildConfig, on_shard: Callable[[int, int], None] |
     meta = retriever.meta
     echo(f"index ready in {folder}: {meta['count']:,} passages, {meta['index_type']} {meta['index_params']}, "
          f"{human_bytes(_folder_bytes(folder))} on disk")
-    echo("use it with RetrieverConfig(corpus_path=..., encoder=..., index_type=..., index_dir=...) or the same "
-         f"keyword arguments to gym.make: corpus_path={str(corpus)!r}, encoder={config.encoder!r}, "
-         f"index_type={config.index!r}, index_dir={str(folder)!r}")
+    echo(f"use it as retriever=RetrieverConfig(corpus_path={str(corpus.resolve())!r}, encoder={config.encoder!r}, "
+         f"index_type={config.index!r}, index_dir={str(folder)!r}) in gym.make / SearchEnv, or "
+         f"search-gym serve --corpus {corpus.resolve()} --encoder {config.encoder} --index-type {config.index} "
+         f"--index-dir {folder}")
     return BuildResult(folder, est, retriever, meta)
 
 
