@@ -200,12 +200,14 @@ class DenseRetriever(CorpusIndex):
         self.pq_opq = pq_opq
         self.shard_size = shard_size
         self.keep_shards = keep_shards
-        self.shard_dir = str(shard_dir) if shard_dir is not None else None
+        self.shard_dir = os.path.expanduser(str(shard_dir)) if shard_dir is not None else None
         self.progress = progress
         self.search_threads = search_threads
         self.mmap = bool(mmap)
         self.name = f"dense-{self.encoder.slug}-{index_type}"
-        self._init_index(corpus_path, index_dir)
+        # '~/indexes/wiki18' from a config or a YAML file means the home folder, not a folder named '~'.
+        expand = os.path.expanduser
+        self._init_index(expand(str(corpus_path)), expand(str(index_dir)) if index_dir is not None else None)
 
     def _init_runtime(self) -> None:
         super()._init_runtime()
