@@ -14,8 +14,8 @@ Sections (``--sections``, default all three):
 * ``recall``: recall@5 / @10 against exact flat search of IVF-PQ settings (m = dim/8, dim/4, dim/3, dim/2;
   OPQ on/off; several nprobe), on (a) REAL embeddings: the embedded corpus's 12,324 MiniLM (384-d) passage vectors
   with the 660 QA test questions as queries (``--real-vectors FILE.npz`` with arrays ``base`` and ``queries``, or
-  read from the built embedded index), and (b) ``--recall-n`` RANDOM 768-d vectors, a pessimistic bound (random
-  directions have no structure for PQ to exploit). Each setting's memory for 21M x 768 comes from
+  read from the built embedded index; ``none`` skips it), and (b) ``--recall-n`` RANDOM 768-d vectors (0 skips
+  them), which only show that random directions are a poor stand-in: they have no near neighbours to find. Each setting's memory for 21M x 768 comes from
   search_gym.retrieval.index_build.estimate_resources.
 * ``encode``: passages/s of a RANDOMLY INITIALISED BertModel in e5-base-v2's published shape (hidden 768, 12
   layers, 12 heads, intermediate 3072, vocab 30522, max 512 positions) on random token ids of ``--seq-len``
