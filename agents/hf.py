@@ -462,8 +462,8 @@ class HFAgent(BaseAgent):
         stop: stop strings (default ``STOP_STRINGS``); ``()`` generates until EOS or the length limit. Tool-call
             observations also stop at ``</tool_call>`` (unless ``stop=()``).
         batch_size: split ``act_batch`` into chunks of this many prompts (None: one batch).
-        cache_implementation: ``generate``'s KV cache ("static" preallocates it, which pays off with
-            ``torch.compile`` on a GPU; None keeps the dynamic cache; see benchmarks/bench_generation_cache.py).
+        cache_implementation: ``generate``'s KV cache ("static" preallocates it, the form ``torch.compile`` needs;
+            None keeps the dynamic cache; benchmarks/bench_generation_cache.py measures both on your hardware).
             Ignored while hidden states are captured (``layers``).
         model_kwargs: extra ``from_pretrained`` arguments (e.g. ``attn_implementation``).
     """

@@ -84,7 +84,8 @@ class RLConfig(TrainConfig):
                                     "in-process vLLM engine on the same GPU, weights pushed after every step)",
                                     default="hf")
     hf_cache_implementation: str | None = _help("KV cache of the HF backend's generate: None (dynamic) or 'static' "
-                                                "(preallocated; pays off with torch.compile on a GPU)", default=None)
+                                                "(preallocated, the form torch.compile needs; measure with "
+                                                "benchmarks/bench_generation_cache.py)", default=None)
     vllm_gpu_memory_utilization: float = _help("GPU share of the colocated vLLM engine", default=0.3)
     vllm_max_model_len: int = _help("longest prompt + response the vLLM engine serves", default=4096)
     vllm_enable_sleep_mode: bool = _help("free the vLLM engine's memory during the update (slower; for long "
