@@ -285,6 +285,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from search_gym.directions.selection import plot_layer_scores
     from search_gym.directions.validation import (
         calibrate_guard,
+        chosen_layer_intervals,
         guard_scores,
         heldout_rows,
         layer_table_markdown,
@@ -334,7 +335,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         per_direction[name] = {"chosen_layer": direction.chosen_layer, "contrast": direction.meta.get("contrast"),
                                "selection": direction.meta.get("selection"),
                                "scores": {k: [s.to_dict() for s in v] for k, v in (selection | table).items()}}
-        summary.append(summary_row(name, selection | table, direction.chosen_layer))
+        row = summary_row(name, selection | table, direction.chosen_layer)
+        for slice_name, interval in chosen_layer_intervals(direction, acts, rows, direction.chosen_layer).items():
+            row[f"{slice_name} 95% CI"] = list(interval)
+        summary.append(row)
         guard = calibrate_guard(direction, *val, name=f"latent_guard[{name}@{direction.chosen_layer}]")
         cal = guard.calibration
         scored.append(guard_scores(guard, acts, rows, note=(

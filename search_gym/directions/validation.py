@@ -33,7 +33,9 @@ from search_gym.directions.selection import LayerScore, projection_scores
 __all__ = [
     "LAYER_SLICES",
     "best_layer",
+    "auroc_interval",
     "calibrate_guard",
+    "chosen_layer_intervals",
     "guard_scores",
     "heldout_rows",
     "layer_table_markdown",
@@ -81,19 +83,16 @@ def _twins(members: Sequence[dict]) -> tuple[list[dict], list[dict]]:
     return [sides[k][1] for k in keys], [sides[k][0] for k in keys]
 
 
-def slice_layer_scores(direction: Direction, acts: ActivationSet, rows: Sequence[dict],
-                       slices: Sequence[str] = LAYER_SLICES) -> dict[str, list[LayerScore]]:
-    """Per slice, a :class:`LayerScore` per layer of ``direction`` on ``rows`` (their ids index ``acts``).
-
-    Slices whose name starts with ``pairs`` are scored on their complete matched pairs, aligned, so their
-    :attr:`LayerScore.pair_accuracy` is filled in; the others on all their harmful vs all their benign rows."""
+def _slice_projections(direction: Direction, acts: ActivationSet, rows: Sequence[dict],
+                       slices: Sequence[str]) -> dict[str, tuple[Any, Any, bool]]:
+    """Per slice: (harmful projections ``[N, L]``, benign projections ``[M, L]``, paired)."""
     index = {pid: k for k, pid in enumerate(acts.ids)}
     missing = [r["id"] for r in rows if r["id"] not in index]
     if missing:
         raise KeyError(f"{len(missing)} rows have no activations (first: {missing[:3]})")
     projections = direction.project(acts)  # [N, L] over the direction's layers
     by_slice = _slices(rows)
-    out: dict[str, list[LayerScore]] = {}
+    out = {}
     for name in slices:
         members = by_slice.get(name, [])
         if name.startswith("pairs"):
@@ -105,10 +104,49 @@ def slice_layer_scores(direction: Direction, acts: ActivationSet, rows: Sequence
             paired = False
         if len(pos) < 2 or len(neg) < 2:
             continue
-        p = projections[[index[r["id"]] for r in pos]]
-        n = projections[[index[r["id"]] for r in neg]]
-        out[name] = projection_scores(direction.layers, p, n, paired=paired)
+        out[name] = (projections[[index[r["id"]] for r in pos]], projections[[index[r["id"]] for r in neg]], paired)
     return out
+
+
+def auroc_interval(pos: Any, neg: Any, *, paired: bool = False, n_boot: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the AUROC of scores ``pos`` vs ``neg``: pairs are resampled together when
+    ``paired``, each class on its own otherwise."""
+    import numpy as np
+
+    from search_gym.directions.selection import auroc
+
+    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        if paired:
+            take = rng.integers(0, len(pos), len(pos))
+            values.append(auroc(pos[take], neg[take]))
+        else:
+            values.append(auroc(pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))]))
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def chosen_layer_intervals(direction: Direction, acts: ActivationSet, rows: Sequence[dict], layer: int, *,
+                           slices: Sequence[str] = LAYER_SLICES, n_boot: int = 1000,
+                           seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95% bootstrap interval of each slice's AUROC at ``layer`` (the chosen one)."""
+    j = direction.index(layer)
+    return {name: auroc_interval(p[:, j], n[:, j], paired=paired, n_boot=n_boot, seed=seed)
+            for name, (p, n, paired) in _slice_projections(direction, acts, rows, slices).items()}
+
+
+def slice_layer_scores(direction: Direction, acts: ActivationSet, rows: Sequence[dict],
+                       slices: Sequence[str] = LAYER_SLICES) -> dict[str, list[LayerScore]]:
+    """Per slice, a :class:`LayerScore` per layer of ``direction`` on ``rows`` (their ids index ``acts``).
+
+    Slices whose name starts with ``pairs`` are scored on their complete matched pairs, aligned, so their
+    :attr:`LayerScore.pair_accuracy` is filled in; the others on all their harmful vs all their benign rows."""
+    return {name: projection_scores(direction.layers, p, n, paired=paired)
+            for name, (p, n, paired) in _slice_projections(direction, acts, rows, slices).items()}
 
 
 def val_pair_scores(direction: Direction, harmful: ActivationSet, benign: ActivationSet) -> list[LayerScore]:
@@ -199,6 +237,11 @@ def _f(value: Any, digits: int = 3) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def _ci(row: dict, slice_name: str) -> str:
+    value, interval = row.get(f"{slice_name} @chosen"), row.get(f"{slice_name} 95% CI")
+    return _f(value) + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+
 def summary_markdown(report: dict[str, Any]) -> str:
     """Two compact tables of an ``evaluate`` report: each direction's AUROC at its chosen layer (and the best
     held-out layer, for reporting only), then every judge's threshold metrics on the main slices."""
@@ -210,10 +253,10 @@ def summary_markdown(report: dict[str, Any]) -> str:
         contrast = (report.get("directions", {}).get(name) or {}).get("contrast") or ""
         lines.append(
             f"| {name} ({contrast}) | {row['chosen_layer']} | {_f(row.get('val pairs (selection) @chosen'))} | "
-            f"{_f(row.get('overall @chosen'))} | {_f(row.get('overall: requests @chosen'))} | "
-            f"{_f(row.get('overall: queries @chosen'))} | {_f(row.get('pairs: requests @chosen'))} "
-            f"({_f(row.get('pairs: requests pair acc @chosen'))}) | {_f(row.get('pairs: queries @chosen'))} "
-            f"({_f(row.get('pairs: queries pair acc @chosen'))}) | {_f(row.get('harmful prompts vs QA @chosen'))} | "
+            f"{_ci(row, 'overall')} | {_ci(row, 'overall: requests')} | "
+            f"{_ci(row, 'overall: queries')} | {_ci(row, 'pairs: requests')} "
+            f"({_f(row.get('pairs: requests pair acc @chosen'))}) | {_ci(row, 'pairs: queries')} "
+            f"({_f(row.get('pairs: queries pair acc @chosen'))}) | {_ci(row, 'harmful prompts vs QA')} | "
             f"{_f(row.get('pairs: requests best'))} ({row.get('pairs: requests best layer', '-')}) |")
     lines += ["", "| judge | AUROC overall | TPR overall | FPR overall | AUROC pairs (requests / queries) | "
               "pair acc | TPR / FPR pairs | FPR benign styled | FPR QA | issue's texts flagged |",
