@@ -38,6 +38,7 @@ from search_gym.trainers.rollout import (
     make_collector,
     make_rollout_env,
 )
+from search_gym.trainers.distributed import make_parallel, reduce_metrics
 from search_gym.trainers.shaping import load_penalty
 
 
@@ -96,15 +97,30 @@ class RLTrainer:
         generator: a rollout backend (default: :class:`HFGenerator` on the policy).
         reference: the frozen starting model (default: loaded from the starting weights when the KL term or the
             penalty needs it).
+        accelerator: an ``accelerate.Accelerator`` for data-parallel training (default: one is made when the
+            process was started by ``accelerate launch`` / ``torchrun`` with several processes; see
+            :mod:`search_gym.trainers.distributed`). Each rank then rolls out ``questions_per_step / world_size``
+            questions of every step and ``num_envs`` counts one rank's sub-environments.
     """
 
     algorithm = "rl"
 
-    def __init__(self, config: RLConfig, *, model=None, tokenizer=None, env=None, generator=None, reference=None):
+    def __init__(self, config: RLConfig, *, model=None, tokenizer=None, env=None, generator=None, reference=None,
+                 accelerator=None):
         self.config = config
+        self.parallel = make_parallel(accelerator)
+        ranks = self.parallel.world_size
+        if config.questions_per_step % ranks:
+            raise ValueError(f"questions_per_step ({config.questions_per_step}) is the global batch, split into whole "
+                             f"question groups across the {ranks} processes: make it a multiple of {ranks}")
         set_seed(config.seed)
         if model is None:
-            model, tokenizer, device = load_policy(config)
+            load_config = config
+            if self.parallel.enabled and config.device is None:
+                from dataclasses import replace
+
+                load_config = replace(config, device=str(self.parallel.accelerator.device))  # this rank's GPU
+            model, tokenizer, device = load_policy(load_config)
             self.start_path = resolve_model_path(config.model)
         else:
             if tokenizer is None:
@@ -114,7 +130,7 @@ class RLTrainer:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        num_envs = config.num_envs or config.questions_per_step * config.group_size
+        num_envs = config.num_envs or config.questions_per_step // ranks * config.group_size
         if env is None:
             env = make_env(config, num_envs)
         self.env = env
@@ -134,8 +150,14 @@ class RLTrainer:
         self.penalty = load_penalty(config, reader)
         self.setup()
         self.optimizer, self.scheduler = make_optimizer(model, config, self.extra_parameters())
+        # ``train_model`` runs the forwards that are differentiated (DDP under several processes, so backward
+        # averages gradients across ranks); ``self.model`` stays the plain module for generation, scoring without
+        # gradients and saving. One process: the same object.
+        self.train_model, self.optimizer = self.parallel.prepare(model, self.optimizer)
         self.step = 0
-        self.logger = RunLogger(config.output_dir, config, tensorboard=config.tensorboard)
+        # Only rank 0 writes the run folder (logs, config.json, checkpoints).
+        self.logger = RunLogger(config.output_dir, config, tensorboard=config.tensorboard) if self.parallel.is_main \
+            else _NoLogger()
         if isinstance(self.collector, RolloutCollector):
             self.question_ids = [q.id for q in env.envs[0].questions]
         else:  # chat envs: an episode start is a reset seed
@@ -172,7 +194,15 @@ class RLTrainer:
         return out
 
     def rollout_seed(self, step: int) -> int:
-        return int(np.random.default_rng([self.config.seed, step, 7]).integers(2**31 - 1))
+        # Each rank samples its own rollouts (rank 0 keeps the single-process seed); still a function of
+        # (seed, step, rank), so a resumed or repeated run samples the same.
+        key = [self.config.seed, step, 7] + ([self.parallel.rank] if self.parallel.rank else [])
+        return int(np.random.default_rng(key).integers(2**31 - 1))
+
+    def local_questions(self, questions: list) -> list:
+        """This rank's contiguous share of a step's questions (all of them in one process)."""
+        per = len(questions) // self.parallel.world_size
+        return questions[self.parallel.rank * per : (self.parallel.rank + 1) * per]
 
     # ------------------------------------------------------------------ loop
 
@@ -187,7 +217,7 @@ class RLTrainer:
         return step
 
     def collect(self, step: int) -> list[TokenEpisode]:
-        episodes = self.collector.collect(self.questions_for_step(step), self.config.group_size,
+        episodes = self.collector.collect(self.local_questions(self.questions_for_step(step)), self.config.group_size,
                                           seed=self.rollout_seed(step))
         if self.penalty is not None:
             self.penalty.apply(episodes, self.reference if self.config.penalty_source == "reference" else self.model)
@@ -200,7 +230,7 @@ class RLTrainer:
         if start:
             self.generator.sync_weights()  # an engine with its own copy starts from the resumed weights
         logged = []
-        bar = progress_bar(config.max_steps, start, config.progress, f"{self.algorithm}")
+        bar = progress_bar(config.max_steps, start, config.progress and self.parallel.is_main, f"{self.algorithm}")
         for step in range(start, config.max_steps):
             t0 = time.perf_counter()
             stats_before = (self.collector.stats.generated_tokens, self.collector.stats.env_seconds)
@@ -223,6 +253,7 @@ class RLTrainer:
                 "time/update_seconds": wall - t_rollout,
                 "time/env_seconds": self.collector.stats.env_seconds - stats_before[1],
             })
+            metrics = reduce_metrics(self.parallel, metrics)
             self.step = step + 1
             if config.logging_steps and (self.step % config.logging_steps == 0 or self.step == config.max_steps):
                 self.logger.log(self.step, metrics)
@@ -237,11 +268,14 @@ class RLTrainer:
         return logged
 
     def save(self):
-        path = save_checkpoint(self.config.output_dir, self.step, self.model, self.tokenizer, self.optimizer,
-                               self.scheduler, modules=self.modules(), total_limit=self.config.save_total_limit,
-                               extra={"algorithm": self.algorithm})
-        if self.config.drift_every and self.penalty is not None and self.step % self.config.drift_every == 0:
-            self.record_drift()
+        path = None
+        if self.parallel.is_main:  # every rank holds the same weights and optimiser state
+            path = save_checkpoint(self.config.output_dir, self.step, self.model, self.tokenizer, self.optimizer,
+                                   self.scheduler, modules=self.modules(), total_limit=self.config.save_total_limit,
+                                   extra={"algorithm": self.algorithm})
+            if self.config.drift_every and self.penalty is not None and self.step % self.config.drift_every == 0:
+                self.record_drift()
+        self.parallel.barrier()  # no rank runs ahead of (or resumes from) a checkpoint still being written
         return path
 
     def save_final(self):
@@ -249,9 +283,13 @@ class RLTrainer:
         from pathlib import Path
 
         final = Path(self.config.output_dir) / "final"
+        if not self.parallel.is_main:  # rank 0 writes the one copy of the shared weights
+            self.parallel.barrier()
+            return final
         model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
         model.save_pretrained(final)
         self.tokenizer.save_pretrained(final)
+        self.parallel.barrier()
         return final
 
     def record_drift(self) -> dict:
@@ -289,6 +327,19 @@ class RLTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
+
+
+class _NoLogger:
+    """The logger of ranks other than 0: they compute the same reduced metrics but write nothing."""
+
+    def truncate(self, step: int) -> None:
+        pass
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def score_logprobs(model, batch, chunks, temperature: float) -> torch.Tensor:

@@ -125,8 +125,14 @@ class GRPOTrainer(RLTrainer):
     def update(self, episodes) -> dict[str, float]:
         config = self.config
         device = self.device
+        parallel, local_n = self.parallel, len(episodes)
         rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
-        advantages = group_advantages(rewards, config.group_size, config.scale_rewards).to(device)
+        # Data parallel: rank r holds episodes offset..offset+local_n of the global batch (whole groups). The
+        # advantages are computed on every rank's rewards, so 'batch' scaling uses the global std.
+        rewards = parallel.all_gather(rewards)
+        offset = parallel.rank * local_n
+        advantages = group_advantages(rewards, config.group_size, config.scale_rewards)
+        advantages = advantages[offset : offset + local_n].to(device)
         batch = collate(episodes, self.tokenizer.pad_token_id).to(device)
         chunks = self.forward_chunks(len(episodes))
         # With one pass the batch is on-policy: the ratio is exp(logp - logp.detach()) = 1, as in TRL.
@@ -134,14 +140,35 @@ class GRPOTrainer(RLTrainer):
         ref_logps = score_logprobs(self.reference, batch, chunks, config.temperature) if config.beta else None
         eps_high = config.epsilon if config.epsilon_high is None else config.epsilon_high
         sums: dict[str, float] = {}
-        count = 0
+        counts: dict[str, int] = {}
         self.model.train()
         for iteration in range(config.num_iterations):
-            for rows in self.minibatches(len(episodes), self.step, iteration):
+            # Minibatches of the global batch (the single-process ones); each rank takes its rows of each.
+            for global_rows in self.minibatches(local_n * parallel.world_size, self.step, iteration):
+                rows = [i - offset for i in global_rows if offset <= i < offset + local_n]
+                # A rank without rows in this minibatch still runs a (zero-weight) backward: DDP's gradient
+                # all-reduce needs every rank.
+                placeholder = not rows
+                rows = rows or [0]
                 sub = batch.select(rows)
                 index = torch.as_tensor(rows, device=device)
-                logps, entropy, _ = token_logprobs(self.model, sub.input_ids, sub.attention_mask,
+                logps, entropy, _ = token_logprobs(self.train_model, sub.input_ids, sub.attention_mask,
                                                    temperature=config.temperature, with_entropy=True)
+                num_items = sub.loss_mask.sum() if config.loss_type == "dapo" else None
+                if parallel.enabled:
+                    # The loss divides by the episodes / tokens of the global minibatch; DDP then averages the
+                    # ranks' gradients (divides by world_size), so each rank's share is scaled by world_size.
+                    local_tokens = sub.loss_mask.sum() * (0.0 if placeholder else 1.0)
+                    global_tokens = parallel.all_reduce_sum(local_tokens)
+                    num_items = global_tokens if config.loss_type == "dapo" else None
+                    if placeholder:
+                        scale = 0.0
+                    elif config.loss_type in ("grpo", "dr_grpo"):  # local loss divides by the local episodes
+                        scale = len(rows) / len(global_rows) * parallel.world_size
+                    elif config.loss_type == "bnpo":  # ... by the local tokens
+                        scale = float(local_tokens.clamp(min=1.0) / global_tokens.clamp(min=1.0)) * parallel.world_size
+                    else:  # dapo already divides by the global tokens
+                        scale = float(parallel.world_size)
                 loss, stats = grpo_loss(
                     logps,
                     None if old_logps is None else old_logps[index],
@@ -155,18 +182,23 @@ class GRPOTrainer(RLTrainer):
                     importance_sampling_level=config.importance_sampling_level,
                     max_completion_length=config.max_response_tokens,
                     # dapo divides by the tokens of one optimiser step's batch (TRL: of its accumulation window)
-                    num_items=sub.loss_mask.sum() if config.loss_type == "dapo" else None,
+                    num_items=num_items,
                     bias_correction_kl=config.use_bias_correction_kl,
                 )
+                if parallel.enabled:
+                    loss = loss * scale
                 loss.backward()
                 grad_norm = self.clip_and_step()
-                stats = {k: float(v) for k, v in stats.items()}
-                stats.update(policy_loss=float(loss.detach()), entropy=float(masked_mean(entropy.detach(), sub.loss_mask)),
-                             grad_norm=grad_norm)
+                if placeholder:  # its loss is 0 and the gradient norm the job's; its other statistics are no data
+                    stats = {"policy_loss": 0.0, "grad_norm": grad_norm}
+                else:
+                    stats = {k: float(v) for k, v in stats.items()}
+                    stats.update(policy_loss=float(loss.detach()),
+                                 entropy=float(masked_mean(entropy.detach(), sub.loss_mask)), grad_norm=grad_norm)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
-                count += 1
-        metrics = {f"losses/{k}": v / max(1, count) for k, v in sums.items()}
+                    counts[key] = counts.get(key, 0) + 1
+        metrics = {f"losses/{k}": v / max(1, counts[k]) for k, v in sums.items()}
         metrics["charts/advantage_abs"] = float(advantages.abs().mean())
-        metrics["charts/reward_std"] = float(rewards.std()) if len(rewards) > 1 else 0.0
+        metrics["charts/reward_std"] = float(rewards.std()) if len(rewards) > 1 else 0.0  # of the global batch
         return metrics

@@ -74,6 +74,11 @@ class PPOTrainer(RLTrainer):
         return self.config.kl_coef != 0.0
 
     def setup(self) -> None:
+        if self.parallel.enabled:
+            # Not yet: the value head is outside the DDP module (its gradients would not be averaged) and the
+            # token means and advantage whitening are per rank. GRPO is data parallel.
+            raise NotImplementedError("PPOTrainer runs in one process; use GRPO for accelerate data-parallel "
+                                      "training")
         hidden = self.model.config.get_text_config().hidden_size if hasattr(self.model.config, "get_text_config") \
             else self.model.config.hidden_size
         self.value_head = ValueHead(hidden).to(self.device)
