@@ -134,6 +134,12 @@ class RLTrainer:
         if env is None:
             env = make_env(config, num_envs)
         self.env = env
+        if generator is None and self.parallel.enabled and config.generation_backend == "vllm":
+            # An in-process engine would join the trainer's process group (vLLM needs its external_launcher
+            # executor for that, as TRL's colocate mode uses); not wired up yet.
+            raise NotImplementedError("generation_backend='vllm' runs in one process; under accelerate data "
+                                      "parallelism use generation_backend='hf', or TRL's GRPOTrainer through "
+                                      "search_gym.integrations.trl")
         self.generator = generator or make_generator(config, model, tokenizer, self.start_path)
         self.collector = make_collector(env, self.generator, few_shot=config.few_shot,
                                         max_turn_tokens=config.max_turn_tokens,
