@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -140,9 +141,9 @@ def test_two_processes_take_the_one_process_steps(tokenizer, smollm2_folder, tin
     assert launch.returncode == 0, log[-4000:]
     ranks = [torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
 
+    start = make_start(tokenizer)
     for name in [*CASES, RESUMED]:
         one, (r0, r1) = single[name]["params"], (ranks[0][name]["params"], ranks[1][name]["params"])
-        start = {k: v for k, v in make_start(tokenizer).items()}
         assert any(not torch.equal(one[k], start[k]) for k in one), name  # the step moved the weights
         for key in one:
             assert torch.equal(r0[key], r1[key]), (name, key)  # both ranks hold the same weights
@@ -172,9 +173,7 @@ def _same_but_timing(a: list[dict], b: list[dict]) -> bool:
     return [keep(r) for r in a] == [keep(r) for r in b]
 
 
-def test_questions_per_step_must_split_over_the_ranks(tokenizer, tiny_qa_path, tiny_corpus_path, tmp_path):
-    import pytest
-
+def test_questions_per_step_must_split_over_the_ranks(tmp_path):
     class FakeAccelerator:  # enough of an Accelerator for the check that runs before anything is made
         num_processes, process_index, is_main_process, device = 3, 0, True, torch.device("cpu")
 
