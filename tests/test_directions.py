@@ -611,6 +611,11 @@ def test_cli_extract_select_steer_drift(tiny, tokenizer, tmp_path, capsys):
                  "--directions", "harmfulness,harmfulness_qa"]) == 0
     report = json.loads((run / "evaluate.json").read_text())
     assert set(report["directions"]) == {"harmfulness", "harmfulness_qa"}
+    # held-out rows are read in the validation rows' context (template, few-shot, prefill), whatever the direction
+    held = json.loads(next((run / "acts").glob("judges_heldout*_search.safetensors.json")).read_text())
+    val = json.loads((run / "acts" / "matched_harmful_val_search.safetensors.json").read_text())
+    assert {k: held[k] for k in ("template", "few_shot", "prefill", "position", "layers")} == {
+        k: val[k] for k in ("template", "few_shot", "prefill", "position", "layers")}
     scores = report["directions"]["harmfulness"]["scores"]
     assert {"val pairs (selection)", "overall", "pairs: requests", "pairs: queries"} <= set(scores)
     assert len(scores["overall"]) == N_LAYERS and scores["pairs: requests"][0]["pair_accuracy"] is not None

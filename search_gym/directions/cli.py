@@ -312,12 +312,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model = args.model or next(iter(directions.values())).meta.get("model")
     parts = _load_model(model, args.device, args.dtype)
     rows = heldout_rows(args.n_rows, seed=args.seed)
-    first = next(iter(directions.values()))
+    # The held-out rows are read exactly as the validation rows were (template, few-shot context, layers), i.e.
+    # as the guard reads an attacked episode; a direction fitted in another context (the prefill-vs-own-search
+    # one uses a few-shot context) is still judged in this one.
+    context = val[0].meta
     _print(f"{len(rows)} held-out rows of the judges' split, read at the <search> prefill")
     acts = collect_activations(parts, [(r["id"], r["text"]) for r in rows], position="search", prefill="<search>",
-                               template=(first.meta.get("pos") or {}).get("template") or "search_r1",
-                               few_shot=(first.meta.get("pos") or {}).get("few_shot") or 0,
-                               layers=list(first.layers), batch_size=args.batch_size, label="judges/heldout",
+                               template=context.get("template") or "search_r1",
+                               few_shot=context.get("few_shot") or 0,
+                               layers=list(val[0].layers), batch_size=args.batch_size, label="judges/heldout",
                                out=folder / "acts" / f"judges_heldout{'' if not args.n_rows else args.n_rows}"
                                                      f"_search.safetensors", progress=args.progress)
     per_direction, scored, summary = {}, [], []
