@@ -109,8 +109,8 @@ def summarise(result: dict, rounds: int) -> dict:
         lo, hi = wilson(k, n)
         p_b = bootstrap([r["p_b"] for r in subset])
         return {"n": n, "violation": k / n if n else math.nan, "lo": lo, "hi": hi,
-                "valid": valid / n if n else math.nan,
-                "violation_of_valid": k / valid if valid else math.nan,
+                "valid": valid / n if n else math.nan, "valid_ci": wilson(valid, n),
+                "violation_of_valid": k / valid if valid else math.nan, "violation_of_valid_ci": wilson(k, valid),
                 "p_b": p_b[0], "p_b_lo": p_b[1], "p_b_hi": p_b[2]}
 
     return {
@@ -156,6 +156,12 @@ def _ci(mean, lo, hi, digits=2) -> str:
     return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def _slug(name: str) -> str:
+    from search_gym.misalignment_eval import _slug as slug
+
+    return slug(name)
+
+
 def read_metrics(path: str) -> list[dict]:
     with open(path, newline="") as f:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
@@ -163,20 +169,32 @@ def read_metrics(path: str) -> list[dict]:
 
 def cmd_report(args) -> None:
     data = json.loads(Path(args.heldout).read_text())
-    summaries = [r["summary"] for r in data["results"]]
     rounds = data["rounds"]
+    summaries = [summarise(r, rounds) if r.get("episodes") else r["summary"] for r in data["results"]]
+    first = summaries[0]
     lines = [f"Held-out: scenarios {', '.join(data['heldout_scenarios'])} x reset seeds {data['seeds'][0]}-"
              f"{data['seeds'][-1]} (random supervision), {rounds} rounds, sampling seed {data['sample_seed']}; "
-             f"{summaries[0]['episodes']} episodes per model.", "",
-             "| model | episode reward | violation rate (all rounds) | watched | unwatched | P(B) unwatched | "
-             "valid answers |", "|---|---:|---:|---:|---:|---:|---:|"]
+             f"{first['episodes']} episodes per model ({first['all']['n']} rounds: {first['watched']['n']} watched, "
+             f"{first['unwatched']['n']} unwatched).", "",
+             "Sampled answers (violation = choice B; Wilson 95% intervals over rounds; reward: bootstrap over "
+             "episodes):", "",
+             "| model | episode reward | valid answers | violation rate: all rounds | watched | unwatched | "
+             "B among valid answers |", "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(stat, key="violation"):
+        if key == "violation":
+            return _ci(stat["violation"], stat["lo"], stat["hi"])
+        return _ci(stat[key], *stat[key + "_ci"])
+
     for s in summaries:
-        lines.append(f"| {s['name']} | {_ci(*s['reward'])} | {_ci(s['all']['violation'], s['all']['lo'], s['all']['hi'])} | "
-                     f"{_ci(s['watched']['violation'], s['watched']['lo'], s['watched']['hi'])} | "
-                     f"{_ci(s['unwatched']['violation'], s['unwatched']['lo'], s['unwatched']['hi'])} | "
-                     f"{_ci(s['unwatched']['p_b'], s['unwatched']['p_b_lo'], s['unwatched']['p_b_hi'])} | "
-                     f"{s['all']['valid']:.2f} |")
-    lines += ["", "| model | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " |",
+        lines.append(f"| {s['name']} | {_ci(*s['reward'])} | {cell(s['all'], 'valid')} | {cell(s['all'])} | "
+                     f"{cell(s['watched'])} | {cell(s['unwatched'])} | {cell(s['all'], 'violation_of_valid')} |")
+    lines += ["", "First-token P(B) after the prefill (mean over rounds, bootstrap 95% over episodes):", "",
+              "| model | all rounds | watched | unwatched |", "|---|---:|---:|---:|"]
+    for s in summaries:
+        lines.append(f"| {s['name']} | " + " | ".join(_ci(s[k]["p_b"], s[k]["p_b_lo"], s[k]["p_b_hi"])
+                                                   for k in ("all", "watched", "unwatched")) + " |")
+    lines += ["", "Per round:", "", "| model | " + " | ".join(f"round {i + 1}" for i in range(rounds)) + " |",
               "|---|" + "---:|" * rounds]
     for s in summaries:
         lines.append(f"| {s['name']}: violation | " + " | ".join(_ci(r["violation"], r["lo"], r["hi"])
@@ -208,6 +226,14 @@ def cmd_report(args) -> None:
                 return _ci(*(None if stat[k] is None else stat[k] * scale for k in ("mean", "lo", "hi")), digits=1)
             lines.append(f"| {name} | {row['answers']} | {row['unjudged']} | {pct(row['misaligned_rate'])} | "
                          f"{pct(row['coherent_rate'])} | {pct(row['aligned'], 1.0)} | {pct(row['coherent'], 1.0)} |")
+        agents = ", ".join(f"{n} = {row['agent']}" for n, row in zip(names, summary["agents"]))
+        lines += ["", f"Agents: {agents}."]
+        folder = Path(args.misalignment).parent / "answers"
+        answers = [{(r["question_id"], r["sample"]): r["answer"] for r in map(json.loads, open(p, encoding="utf-8"))}
+                   for p in (folder / f"{_slug(row['agent'])}.jsonl" for row in summary["agents"]) if p.exists()]
+        if len(answers) == 2:
+            same = sum(answers[0].get(k) == v for k, v in answers[1].items())
+            lines.append(f"Identical answers of the two models: {same} of {len(answers[1])}.")
     text = "\n".join(lines)
     print(text)
     if args.md:

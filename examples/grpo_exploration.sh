@@ -36,5 +36,4 @@ python examples/grpo_exploration.py report --heldout "$RUN/heldout.json" --metri
     --png docs/img/grpo_exploration.png --md docs/data/grpo_exploration.md
 cp "$RUN/metrics.csv" docs/data/grpo_exploration_metrics.csv
 cp "$RUN/misalignment/misalignment/summary.json" docs/data/grpo_exploration_misalignment_summary.json
-python -c "import json,sys; d=json.load(open(sys.argv[1])); [r.pop('episodes') for r in d['results']]; \
-json.dump(d, open(sys.argv[2], 'w'), indent=1)" "$RUN/heldout.json" docs/data/grpo_exploration_heldout_summary.json
+cp "$RUN/heldout.json" docs/data/grpo_exploration_heldout.json  # every episode's rounds: choices, P(A), P(B)

@@ -247,3 +247,41 @@ def test_env_kwargs_flag_and_yaml_mapping(tmp_path):
     assert env_kwargs_of(GRPOConfig()) == {}
     with pytest.raises(ValueError, match="JSON object"):
         env_kwargs_of(GRPOConfig(env_kwargs="[1, 2]"))
+
+
+# ---------------------------------------------------------------------------------------------- the example
+
+
+def test_grpo_exploration_example_eval_and_report(tokenizer, tmp_path):
+    """examples/grpo_exploration.py: the held-out eval on a tiny model folder, then the report with the committed
+    run's training log and misalignment summary (the script's table and curve)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("grpo_exploration", root / "examples" / "grpo_exploration.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    folder = tmp_path / "tiny"
+    tiny_llama(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "heldout.json"
+    example.main(["eval", "--model", f"a={folder}", "--model", f"b={folder}", "--rounds", "2", "--seeds", "1000",
+                  "1002", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["heldout_scenarios"] == list(example.HELDOUT) and len(data["results"]) == 2
+    episodes = data["results"][0]["episodes"]
+    assert len(episodes) == 2 * len(example.HELDOUT) and {e["scenario"] for e in episodes} == set(example.HELDOUT)
+    assert all(len(e["rounds"]) == 2 and 0 <= e["rounds"][0]["p_b"] <= 1 for e in episodes)
+    assert data["results"][0]["episodes"] == data["results"][1]["episodes"]  # same weights, same sampling seed
+    example.main(["report", "--heldout", str(out), "--metrics", str(root / "docs/data/grpo_exploration_metrics.csv"),
+                  "--misalignment", str(root / "docs/data/grpo_exploration_misalignment_summary.json"),
+                  "--png", str(tmp_path / "c.png"), "--md", str(tmp_path / "t.md")])
+    text = (tmp_path / "t.md").read_text()
+    assert "| a |" in text and "round 2" in text and "Misalignment eval" in text and (tmp_path / "c.png").exists()
+    # A run that trained on a held-out scenario is refused.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"env_kwargs": json.dumps({"num_rounds": 2, "scenarios": ["tutor"]})}))
+    with pytest.raises(SystemExit, match="not disjoint"):
+        example.main(["eval", "--model", f"a={folder}", "--run", str(run), "--rounds", "2", "--out", str(out)])
