@@ -35,25 +35,25 @@ import tempfile
 import time
 from pathlib import Path
 
-SHAPES = {  # published Qwen2.5 configs: hidden, intermediate, layers, heads, kv heads (as the TRL baseline)
-    "qwen2.5-0.5b": (896, 4864, 24, 14, 2),
-    "qwen2.5-1.5b": (1536, 8960, 28, 12, 2),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _models import RANDOM_CONFIGS  # noqa: E402  (the published Qwen2.5 shapes)
+
+SHAPES = ("qwen2.5-0.5b", "qwen2.5-1.5b")  # the rows of the TRL baseline's reference table
 
 
 def save_random(shape: str, tokenizer, root: Path) -> Path:
-    """A randomly initialised Qwen2 of ``shape`` on the tokenizer's vocabulary, saved in bf16 with the tokenizer."""
+    """A randomly initialised Qwen2 of ``shape`` on the tokenizer's vocabulary (as the TRL baseline script does),
+    saved in bf16 with the tokenizer."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    h, i, n, a, kv = SHAPES[shape]
-    config = Qwen2Config(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a,
-                         num_key_value_heads=kv, vocab_size=len(tokenizer), max_position_embeddings=4096,
-                         rope_theta=1e6, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    spec = dict(RANDOM_CONFIGS[shape], vocab_size=len(tokenizer), max_position_embeddings=4096,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
     torch.manual_seed(0)
     path = root / f"random_{shape}"
-    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
+    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -143,7 +143,7 @@ def table(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-0.5b")
+    parser.add_argument("--shape", choices=SHAPES, default="qwen2.5-0.5b")
     parser.add_argument("--mode", choices=("single", "multi"), default="single")
     parser.add_argument("--generations", type=int, default=16, help="episodes per step (16 per question)")
     parser.add_argument("--backend", choices=("vllm", "hf"), default="vllm")

@@ -26,6 +26,7 @@ from search_gym.trainers.core import (
     progress_bar,
     resolve_model_path,
     save_checkpoint,
+    save_final,
     set_seed,
 )
 from search_gym.trainers.rollout import (
@@ -285,16 +286,12 @@ class RLTrainer:
         return path
 
     def save_final(self):
-        """``output_dir/final``: a plain HF folder of the policy (LoRA merged) that ``hf:<folder>`` agents load."""
+        """``output_dir/final`` (:func:`~search_gym.trainers.core.save_final`), written by rank 0 only."""
         from pathlib import Path
 
         final = Path(self.config.output_dir) / "final"
-        if not self.parallel.is_main:  # rank 0 writes the one copy of the shared weights
-            self.parallel.barrier()
-            return final
-        model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
-        model.save_pretrained(final)
-        self.tokenizer.save_pretrained(final)
+        if self.parallel.is_main:  # rank 0 writes the one copy of the shared weights
+            save_final(self.config.output_dir, self.model, self.tokenizer)
         self.parallel.barrier()
         return final
 

@@ -206,6 +206,16 @@ def checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def save_final(output_dir: str | Path, model, tokenizer) -> Path:
+    """``output_dir/final``: a plain HF folder of ``model`` (LoRA merged) that ``hf:<folder>`` agents and RL runs
+    load."""
+    final = Path(output_dir) / "final"
+    plain = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    plain.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    return final
+
+
 def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler, *,
                     extra: dict | None = None, modules: dict[str, torch.nn.Module] | None = None,
                     total_limit: int = 0) -> Path:

@@ -178,21 +178,17 @@ class HFGenerator:
         """The generator samples from the trained module itself."""
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            out: list[Generation] = [None] * len(requests)  # type: ignore[list-item]
-            # One generate call per distinct budget keeps batches large (budgets differ only near the end).
-            by_budget: dict[int, list[int]] = {}
-            for i, r in enumerate(requests):
-                by_budget.setdefault(r.max_new_tokens, []).append(i)
-            for budget, idx in by_budget.items():
-                steps = self.agent.generate_ids([requests[i].input_ids for i in idx], max_new_tokens=budget)
-                for i, step in zip(idx, steps):
-                    out[i] = Generation(list(step.completion_ids or []), step.logprobs, step.text, step.finish_reason)
-            return out
-        finally:
-            self.model.train(was_training)
+        # HFAgent.generate_ids samples in eval mode and gives the policy its training mode back
+        out: list[Generation] = [None] * len(requests)  # type: ignore[list-item]
+        # One generate call per distinct budget keeps batches large (budgets differ only near the end).
+        by_budget: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_budget.setdefault(r.max_new_tokens, []).append(i)
+        for budget, idx in by_budget.items():
+            steps = self.agent.generate_ids([requests[i].input_ids for i in idx], max_new_tokens=budget)
+            for i, step in zip(idx, steps):
+                out[i] = Generation(list(step.completion_ids or []), step.logprobs, step.text, step.finish_reason)
+        return out
 
 
 class AgentGenerator:

@@ -34,6 +34,7 @@ from search_gym.trainers.core import (
     make_optimizer,
     progress_bar,
     save_checkpoint,
+    save_final,
     set_seed,
 )
 from search_gym.trainers.rollout import AgentGenerator, RolloutCollector, TokenEpisode
@@ -287,12 +288,8 @@ class SFTTrainer:
         return logged
 
     def save_final(self) -> Path:
-        """``output_dir/final``: a plain HF folder (LoRA merged) that ``hf:<folder>`` agents and RL runs load."""
-        final = Path(self.config.output_dir) / "final"
-        model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
-        model.save_pretrained(final)
-        self.tokenizer.save_pretrained(final)
-        return final
+        """``output_dir/final`` (:func:`~search_gym.trainers.core.save_final`)."""
+        return save_final(self.config.output_dir, self.model, self.tokenizer)
 
 
 def _with_steps(config: SFTConfig, steps: int) -> SFTConfig:
