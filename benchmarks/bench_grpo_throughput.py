@@ -91,7 +91,7 @@ def run(args) -> dict:
     group = 16
     if args.generations % group:
         sys.exit("--generations must be a multiple of 16 (the group size)")
-    common = dict(model=str(model_path), output_dir=str(root / "run"), dtype="bf16", device="cuda", seed=0,
+    common = dict(model=str(model_path), output_dir=str(root / "run"), dtype="bf16", device=args.device, seed=0,
                   learning_rate=1e-6, beta=0.04, temperature=1.0, max_steps=args.steps, save_steps=0,
                   questions_per_step=args.generations // group, group_size=group, generation_backend=args.backend,
                   vllm_gpu_memory_utilization=0.35, vllm_max_model_len=2048, tensorboard=False, progress=False,
@@ -106,23 +106,25 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     trainer = GRPOTrainer(config)
     setup = time.perf_counter() - t0
-    torch.cuda.synchronize()
+    cuda = torch.cuda.is_available() and args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
     rows = trainer.train()
     steps = [r["time/rollout_seconds"] + r["time/update_seconds"] for r in rows]
     tokens = [r["charts/policy_tokens"] for r in rows] if "charts/policy_tokens" in rows[0] else None
-    steady = steps[2:]
+    steady = steps[2:] or steps  # steps 3..N (a shorter smoke run: all)
     median = statistics.median(steady)
     # completion tokens of a step = policy tokens generated (environment text excluded)
     generated = [r["charts/tokens_per_second"] * s for r, s in zip(rows, steps)]
-    mean_tokens = statistics.mean(generated[2:]) / args.generations
+    mean_tokens = statistics.mean(generated[2:] or generated) / args.generations
     return {"shape": args.shape, "mode": f"ours-{args.mode}-{args.backend}", "generations_per_step": args.generations,
             "setup_s": round(setup, 1), "step_s_median": round(median, 3), "step_s_all": [round(s, 2) for s in steps],
-            "rollout_s_median": round(statistics.median([r["time/rollout_seconds"] for r in rows][2:]), 3),
-            "env_s_median": round(statistics.median([r["time/env_seconds"] for r in rows][2:]), 3),
+            "rollout_s_median": round(statistics.median([r["time/rollout_seconds"] for r in rows][2:] or [r["time/rollout_seconds"] for r in rows]), 3),
+            "env_s_median": round(statistics.median([r["time/env_seconds"] for r in rows][2:] or [r["time/env_seconds"] for r in rows]), 3),
             "mean_completion_len": round(mean_tokens, 1),
             "completion_tok_s": round(args.generations * mean_tokens / median),
             "policy_tokens_logged": tokens[-1] if tokens else None,
-            "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+            "gpu": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__}
 
 
 def table(path: Path) -> str:
@@ -148,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generations", type=int, default=16, help="episodes per step (16 per question)")
     parser.add_argument("--backend", choices=("vllm", "hf"), default="vllm")
     parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--device", default="cuda", help="torch device (cpu only to smoke-test the script)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the bundled SmolLM2's)")
     parser.add_argument("--table", type=Path, default=None, help="print the table of a JSON-lines file and exit")
     args = parser.parse_args(argv)

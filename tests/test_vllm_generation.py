@@ -46,11 +46,13 @@ class FakeLLM:
         self.agent = HFAgent(self.model.inner, tokenizer, temperature=1.0, few_shot=0, seed=0)
         self.events: list[str] = []
         self.budgets: list[list[int]] = []
+        self.seeds: list[list[int | None]] = []
 
     def generate(self, prompts, sampling_params, use_tqdm=False):
         assert not self.events or self.events[-1] != "sleep", "generate() on a sleeping engine"
         self.events.append("generate")
         self.budgets.append([p.max_tokens for p in sampling_params])
+        self.seeds.append([p.seed for p in sampling_params])
         outputs = [None] * len(prompts)
         by_budget: dict[int, list[int]] = {}
         for i, p in enumerate(sampling_params):
@@ -167,3 +169,22 @@ def test_vllm_backend_needs_a_saved_start(tokenizer, tiny_qa_path, overlap_retri
     with pytest.raises(ValueError, match="generation_backend"):
         GRPOTrainer(config(tmp_path, generation_backend="tgi"), model=tiny_llama(tokenizer, 0), tokenizer=tokenizer,
                     env=env)
+
+
+def test_request_seeds_are_opt_in(tokenizer, tiny_qa_path, overlap_retriever, tmp_path):
+    """By default (as TRL) requests carry no seed: vLLM draws one noise tensor per batch rather than one generator
+    call per sequence; request_seeds=True seeds each request from (the step's seed, its index)."""
+    from search_gym.trainers.rollout import GenerationRequest
+
+    prompt = tokenizer("Question: who?", add_special_tokens=False)["input_ids"]
+    requests = [GenerationRequest(input_ids=list(prompt), observation={}, max_new_tokens=4) for _ in range(3)]
+    seen = {}
+    for flag in (False, True):
+        policy = tiny_llama(tokenizer, 0)
+        llm = FakeLLM(policy, tokenizer)
+        generator = VLLMGenerator(policy, tokenizer, model_path="unused", seed=0, llm=llm, request_seeds=flag)
+        generator.seed(7)
+        generator.generate(requests)
+        seen[flag] = llm.seeds[-1]
+    assert seen[False] == [None, None, None]
+    assert None not in seen[True] and len(set(seen[True])) == 3

@@ -58,7 +58,8 @@ def make_generator(config: RLConfig, model, tokenizer, start_path):
                              top_p=config.top_p, seed=config.seed,
                              gpu_memory_utilization=config.vllm_gpu_memory_utilization,
                              max_model_len=config.vllm_max_model_len,
-                             enable_sleep_mode=config.vllm_enable_sleep_mode)
+                             enable_sleep_mode=config.vllm_enable_sleep_mode,
+                             request_seeds=config.vllm_request_seeds)
     raise ValueError(f"generation_backend must be 'hf' or 'vllm', not {config.generation_backend!r}")
 
 

@@ -88,6 +88,9 @@ class RLConfig(TrainConfig):
                                                 "benchmarks/bench_generation_cache.py)", default=None)
     vllm_gpu_memory_utilization: float = _help("GPU share of the colocated vLLM engine", default=0.3)
     vllm_max_model_len: int = _help("longest prompt + response the vLLM engine serves", default=4096)
+    vllm_request_seeds: bool = _help("seed every vLLM request from (step seed, index): reproducible sampling for an "
+                                     "identical batch, at one generator call per sequence per token (off: one "
+                                     "engine seed, as TRL)", default=False)
     vllm_enable_sleep_mode: bool = _help("free the vLLM engine's memory during the update (slower; for long "
                                          "sequences or big models)", default=False)
     mini_batch_size: int = _help("episodes per optimiser step inside a rollout batch (0: the whole batch)", default=0)

@@ -65,7 +65,13 @@ class VLLMGenerator:
         policy: the trained HF model (its parameters are what ``sync_weights`` pushes).
         tokenizer: the policy's tokenizer.
         model_path: a saved model folder the engine starts from (the run's starting weights).
-        temperature, top_p, seed: sampling; per-request seeds make a rollout reproducible for a given engine.
+        temperature, top_p, seed: sampling. ``seed`` seeds the engine once; with ``request_seeds`` each request
+            also gets a seed derived from (the step's seed, its index), reproducible for an identical batch on an
+            identical engine. Off by default, as in TRL: vLLM then draws one noise tensor for the whole batch
+            instead of one generator call per sequence per token, and rollouts are not bitwise reproducible
+            anyway (batch-dependent kernels).
+        max_num_batched_tokens: the engine's token budget per scheduler step (TRL's colocate value, 4096, keeps
+            vLLM's memory profiler from reserving for its 32k default).
         gpu_memory_utilization: the engine's share of the GPU (the rest trains).
         max_model_len: longest prompt + response the engine serves.
         enable_sleep_mode: free the engine's memory between generation and the update (``pause``).
@@ -76,8 +82,8 @@ class VLLMGenerator:
 
     def __init__(self, policy, tokenizer, *, model_path: str | os.PathLike, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int = 0, gpu_memory_utilization: float = 0.3, max_model_len: int = 4096,
-                 enable_sleep_mode: bool = False, dtype: str = "auto", llm: Any = None,
-                 llm_kwargs: dict | None = None):
+                 enable_sleep_mode: bool = False, dtype: str = "auto", request_seeds: bool = False,
+                 max_num_batched_tokens: int = 4096, llm: Any = None, llm_kwargs: dict | None = None):
         from search_gym.agents.vllm_agent import VLLMAgent
 
         if temperature <= 0:
@@ -86,19 +92,22 @@ class VLLMGenerator:
             os.environ.setdefault(key, value)
         kwargs = dict(gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
                       enable_prefix_caching=True, enable_sleep_mode=enable_sleep_mode,
-                      logprobs_mode="processed_logprobs")
+                      logprobs_mode="processed_logprobs", seed=int(seed),
+                      max_num_batched_tokens=max(int(max_num_batched_tokens), 1))
         kwargs.update(llm_kwargs or {})
         self.policy, self.tokenizer = policy, tokenizer
         self.temperature = float(temperature)
         self.enable_sleep_mode = enable_sleep_mode
+        self.request_seeds = request_seeds
         self.agent = VLLMAgent(str(model_path), llm=llm, tokenizer=tokenizer, temperature=temperature, top_p=top_p,
-                               seed=seed, few_shot=0, dtype=dtype, llm_kwargs=kwargs)
+                               seed=seed if request_seeds else None, few_shot=0, dtype=dtype, llm_kwargs=kwargs)
         self.llm = self.agent.llm
         self.sleeping = False
         self.syncs = 0
 
     def seed(self, seed: int) -> None:
-        self.agent.seed(seed)
+        if self.request_seeds:
+            self.agent.seed(seed)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         if self.sleeping:  # level-2 sleep discarded the weights: push them again

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Device side of issues 14/15 on one H200, after unpack.sh returned 0 with vLLM installed (README.md beside this).
+# Run from the repository root; every subcommand writes what it measured under $OUT.
+#
+#   bash benchmarks/device/issue15.sh background   # start, detached (setsid), the GPU jobs that need no timing:
+#                                                   #  1. issue 14's attack grid on the bundled model, new judge
+#                                                   #  2. the study's SFT stage (carried .devrun/sft_data)
+#   bash benchmarks/device/issue15.sh wait          # until both background jobs have ended (or 540 s)
+#   bash benchmarks/device/issue15.sh throughput "qwen2.5-0.5b 16" ...
+#                                                   # per row: TRL + HF generate, TRL + vLLM colocate (the
+#                                                   # ../shared/bench script, carried in .bench/), ours single-turn
+#                                                   # and ours multi-turn, one process each, alone on the GPU
+#   bash benchmarks/device/issue15.sh study STAGE...  # stages of `search-gym study` (pilot sizes below)
+#   bash benchmarks/device/issue15.sh collect       # results of the background jobs and the study into $OUT
+set -uo pipefail
+REPO=$(pwd)
+RUNS=${SG_RUNS:-/tmp/runs}
+mkdir -p "$RUNS"
+# shellcheck disable=SC1091
+source /tmp/sg/env.sh
+export VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_HOST_IP=127.0.0.1 NCCL_SOCKET_IFNAME=lo GLOO_SOCKET_IFNAME=lo
+TOK=$SEARCH_GYM_CACHE/models/SmolLM2-135M-Instruct
+# The study as piloted: the committed configs, with fewer GRPO steps and evaluation prompts (said in docs/study.md)
+PILOT_STEPS=${PILOT_STEPS:-40}
+PILOT_PROMPTS=${PILOT_PROMPTS:-256}
+
+study() {
+  sed -e "s/^max_steps: .*/max_steps: $PILOT_STEPS/" -e "s/^save_steps: .*/save_steps: 10/" \
+      -e "s/^drift_every: .*/drift_every: 1/" "$REPO/examples/configs/grpo_study.yaml" > "$RUNS/grpo_pilot.yaml"
+  (cd /tmp && search-gym study --config "$REPO/examples/configs/study_smollm2.yaml" --output-dir "$RUNS/study" \
+      --sft-config "$REPO/examples/configs/sft_smollm2.yaml" --sft-data "$RUNS/sft_data/sft_data.jsonl" \
+      --grpo-config "$RUNS/grpo_pilot.yaml" --eval-prompts "$PILOT_PROMPTS" --eval-agent vllm --device cuda \
+      --progress false --stages "$@")
+}
+
+case "${1:-}" in
+  background)
+    mkdir -p "$RUNS/sft_data" && cp -r .devrun/sft_data/* "$RUNS/sft_data/" && gunzip -kf "$RUNS/sft_data/sft_data.jsonl.gz"
+    cd /tmp
+    setsid nohup bash -c "time search-gym eval --agents smollm2 --prompt-sets harmful:heldout qa:test \
+        --attacks none search multi_search:n=3 multi_search:n=10 -n 256 --num-envs 128 --max-new-tokens 48 \
+        --out $RUNS/grid_n256; echo rc=\$? > $RUNS/grid.rc" > "$RUNS/grid.log" 2>&1 < /dev/null &
+    cd "$REPO"
+    setsid nohup bash -c "bash benchmarks/device/issue15.sh __study sft; echo rc=\$? > $RUNS/sft.rc" \
+        > "$RUNS/sft.log" 2>&1 < /dev/null &
+    sleep 5; tail -3 "$RUNS/grid.log" "$RUNS/sft.log"
+    ;;
+  __study) shift; study "$@" ;;
+  wait)
+    for _ in $(seq 108); do [ -f "$RUNS/grid.rc" ] && [ -f "$RUNS/sft.rc" ] && break; sleep 5; done
+    cat "$RUNS"/*.rc 2>/dev/null; tail -4 "$RUNS/grid.log" "$RUNS/sft.log"; nvidia-smi --query-gpu=memory.used --format=csv
+    ;;
+  throughput)
+    shift
+    for row in "$@"; do
+      set -- $row
+      shape=$1 gens=$2
+      for mode in hf vllm; do
+        (cd /tmp && timeout 300 python3 "$REPO/.bench/trl_grpo_baseline.py" "$TOK" "$shape" "$mode" "$gens") \
+          > "$RUNS/trl_${shape}_${mode}_${gens}.log" 2>&1
+        grep '^{' "$RUNS/trl_${shape}_${mode}_${gens}.log" | sed 's/"mode": "\(hf\|vllm\)"/"mode": "trl-\1"/' \
+          | tee -a "$OUT/throughput.jsonl" || tail -5 "$RUNS/trl_${shape}_${mode}_${gens}.log"
+      done
+      for mode in single multi; do
+        (cd /tmp && timeout 300 python3 "$REPO/benchmarks/bench_grpo_throughput.py" --shape "$shape" --mode "$mode" \
+          --generations "$gens" --tokenizer "$TOK") > "$RUNS/ours_${shape}_${mode}_${gens}.log" 2>&1
+        grep '^{' "$RUNS/ours_${shape}_${mode}_${gens}.log" | tee -a "$OUT/throughput.jsonl" \
+          || tail -25 "$RUNS/ours_${shape}_${mode}_${gens}.log"
+      done
+    done
+    cp "$RUNS"/trl_*.log "$RUNS"/ours_*.log "$OUT/" 2>/dev/null
+    (cd /tmp && python3 "$REPO/benchmarks/bench_grpo_throughput.py" --table "$OUT/throughput.jsonl")
+    nvidia-smi --query-gpu=name,driver_version --format=csv
+    ;;
+  study) shift; study "$@" 2>&1 | tee -a "$RUNS/study.log"; cp "$RUNS/study.log" "$OUT/" ;;
+  collect)
+    tar -czf "$OUT/results.tar.gz" -C "$RUNS" --exclude="model*.safetensors" --exclude="*.pt" --exclude='*.bin' \
+        --exclude='sft_data' --exclude='optimizer*' --exclude='checkpoint-*' $(cd "$RUNS" && ls)
+    ls -la "$OUT"
+    ;;
+  *) echo "usage: see the header of $0" >&2; exit 2 ;;
+esac
