@@ -14,7 +14,7 @@ from gymnasium.vector import AutoresetMode
 from search_gym.agents.hf import render_prompt
 from search_gym.envs import INVALID_ACTION_MESSAGE, SearchEnv, SearchVectorEnv
 from search_gym.envs.protocol import format_information
-from search_gym.trainers.core import collate, token_logprobs
+from search_gym.trainers.core import collate, first_loss_position, token_logprobs
 from search_gym.trainers.rollout import (
     ENV,
     POLICY,
@@ -491,5 +491,16 @@ def test_hf_rollouts_are_seeded_and_logprobs_match_a_forward(tiny_model, tokeniz
     assert torch.allclose(recorded, logps[mask], atol=1e-4, rtol=0)
     if temperature != 1.0:  # the check can tell the temperatures apart
         assert (recorded - at_one[mask]).abs().max() > 1e-3
+    # skipping the prompt's logits (logits_to_keep) changes nothing where the loss reads
+    first_col = first_loss_position(batch.loss_mask)
+    assert first_col > 0
+    with torch.no_grad():
+        kept, kept_entropy, _ = token_logprobs(tiny_model, batch.input_ids, batch.attention_mask,
+                                               temperature=temperature, with_entropy=True, first_position=first_col)
+        _, full_entropy, _ = token_logprobs(tiny_model, batch.input_ids, batch.attention_mask,
+                                            temperature=temperature, with_entropy=True)
+    assert kept.shape == logps.shape and torch.all(kept[:, :first_col] == 0)
+    assert torch.allclose(kept[mask], logps[mask], atol=1e-5, rtol=0)
+    assert torch.allclose(kept_entropy[:, first_col:], full_entropy[:, first_col:], atol=1e-5, rtol=0)
     # environment tokens carry no sampler log-probability
     assert np.all(np.asarray([v for e in first for v, m in zip(e.logprobs, e.loss_mask) if not m]) == 0.0)

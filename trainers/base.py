@@ -348,12 +348,13 @@ class _NoLogger:
 
 def score_logprobs(model, batch, chunks, temperature: float) -> torch.Tensor:
     """Per-token log-probabilities of a batch without gradients, in chunks of rows."""
-    from search_gym.trainers.core import token_logprobs
+    from search_gym.trainers.core import first_loss_position, token_logprobs
 
     out = torch.zeros_like(batch.loss_mask)
     with torch.no_grad():
         for rows in chunks:
             sub = batch.select(rows)
-            logps, _, _ = token_logprobs(model, sub.input_ids, sub.attention_mask, temperature=temperature)
+            logps, _, _ = token_logprobs(model, sub.input_ids, sub.attention_mask, temperature=temperature,
+                                         first_position=first_loss_position(sub.loss_mask))
             out[torch.as_tensor(rows, device=out.device)] = logps
     return out

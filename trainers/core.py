@@ -131,25 +131,41 @@ def collate(episodes: Sequence[Any], pad_id: int) -> TokenBatch:
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0,
-                   with_entropy: bool = False, with_hidden: bool = False):
+                   with_entropy: bool = False, with_hidden: bool = False, first_position: int = 0):
     """Per-token ``log p(x_{t+1} | x_<=t)`` at ``temperature`` ([B, S-1]), and optionally the entropy of each
     position's distribution and the final hidden states ([B, S, d], for a value head).
 
     Log-softmax is taken in float32 over ``logits / temperature``: the same distribution the rollout sampled
-    from, so importance ratios compare like with like.
+    from, so importance ratios compare like with like. ``first_position``: the first column of the result that is
+    needed (callers pass :func:`first_loss_position` of their loss mask); the logits of earlier positions (the
+    prompt) are not computed (HF's ``logits_to_keep``, as TRL does) and those columns are 0.
     """
+    seq = input_ids.size(1)
+    first = min(max(int(first_position), 0), seq - 1)
+    kwargs = {"logits_to_keep": seq - first} if first else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                output_hidden_states=with_hidden)
+                output_hidden_states=with_hidden, **kwargs)
     logits = out.logits[:, :-1].float()
     if temperature and temperature != 1.0:
         logits = logits / temperature
     logps = torch.log_softmax(logits, dim=-1)
-    chosen = logps.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    chosen = logps.gather(-1, input_ids[:, first + 1:].unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy:
-        entropy = -(logps.exp() * logps).sum(-1)
+        with torch.no_grad():  # a statistic: no [B, S, V] graph for it
+            entropy = -(logps.exp() * logps).sum(-1)
+    if first:
+        pad = chosen.new_zeros(chosen.size(0), first)
+        chosen = torch.cat([pad, chosen], dim=1)
+        entropy = None if entropy is None else torch.cat([pad, entropy], dim=1)
     hidden = out.hidden_states[-1] if with_hidden else None
     return chosen, entropy, hidden
+
+
+def first_loss_position(loss_mask: torch.Tensor) -> int:
+    """The first column any row of a ``[B, S-1]`` loss mask trains on (0 for an empty mask)."""
+    columns = loss_mask.bool().any(dim=0).nonzero()
+    return int(columns[0]) if len(columns) else 0
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

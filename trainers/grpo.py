@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from search_gym.trainers.base import RLTrainer, score_logprobs
-from search_gym.trainers.core import collate, masked_mean, token_logprobs
+from search_gym.trainers.core import collate, first_loss_position, masked_mean, token_logprobs
 from search_gym.trainers.grpo_config import GRPOConfig
 
 
@@ -153,7 +153,8 @@ class GRPOTrainer(RLTrainer):
                 sub = batch.select(rows)
                 index = torch.as_tensor(rows, device=device)
                 logps, entropy, _ = token_logprobs(self.train_model, sub.input_ids, sub.attention_mask,
-                                                   temperature=config.temperature, with_entropy=True)
+                                                   temperature=config.temperature, with_entropy=True,
+                                                   first_position=first_loss_position(sub.loss_mask))
                 num_items = sub.loss_mask.sum() if config.loss_type == "dapo" else None
                 if parallel.enabled:
                     # The loss divides by the episodes / tokens of the global minibatch; DDP then averages the

@@ -72,7 +72,12 @@ case "${1:-}" in
     (cd /tmp && python3 "$REPO/benchmarks/bench_grpo_throughput.py" --table "$OUT/throughput.jsonl")
     nvidia-smi --query-gpu=name,driver_version --format=csv
     ;;
-  study) shift; study "$@" 2>&1 | tee -a "$RUNS/study.log"; cp "$RUNS/study.log" "$OUT/" ;;
+  study)  # one process per stage: a vLLM engine does not give its GPU memory back inside a process
+    shift
+    for stage in "$@"; do
+      study "$stage" 2>&1 | tee -a "$RUNS/study.log" | grep -v "it/s\]" | tail -40
+    done
+    cp "$RUNS/study.log" "$OUT/" ;;
   collect)
     tar -czf "$OUT/results.tar.gz" -C "$RUNS" --exclude="model*.safetensors" --exclude="*.pt" --exclude='*.bin' \
         --exclude='sft_data' --exclude='optimizer*' --exclude='checkpoint-*' $(cd "$RUNS" && ls)
