@@ -54,6 +54,10 @@ class SamplingSpec:
     logprobs: int | None = 0
     seed: int | None = None
     min_tokens: int = 0
+    # the text HFAgent returns (special tokens kept, none of vLLM's spaces around them): both agents' text, and
+    # the token ids behind it, agree
+    skip_special_tokens: bool = False
+    spaces_between_special_tokens: bool = False
 
     def to_vllm(self):
         try:

@@ -95,7 +95,8 @@ def run(args) -> dict:
                   learning_rate=1e-6, beta=0.04, temperature=1.0, max_steps=args.steps, save_steps=0,
                   questions_per_step=args.generations // group, group_size=group, generation_backend=args.backend,
                   vllm_gpu_memory_utilization=0.35, vllm_max_model_len=2048, tensorboard=False, progress=False,
-                  resume=False, max_prompt_tokens=1024, max_response_tokens=2048, max_obs_tokens=512)
+                  resume=False, max_prompt_tokens=1024, max_response_tokens=2048, max_obs_tokens=512,
+                  forward_batch_size=args.forward_batch_size)
     if args.mode == "single":
         mode = dict(max_turns=1, max_turn_tokens=256, safety=False)
     else:
@@ -118,6 +119,7 @@ def run(args) -> dict:
     generated = [r["charts/tokens_per_second"] * s for r, s in zip(rows, steps)]
     mean_tokens = statistics.mean(generated[2:] or generated) / args.generations
     return {"shape": args.shape, "mode": f"ours-{args.mode}-{args.backend}", "generations_per_step": args.generations,
+            "forward_batch_size": args.forward_batch_size,
             "setup_s": round(setup, 1), "step_s_median": round(median, 3), "step_s_all": [round(s, 2) for s in steps],
             "rollout_s_median": round(statistics.median([r["time/rollout_seconds"] for r in rows][2:] or [r["time/rollout_seconds"] for r in rows]), 3),
             "env_s_median": round(statistics.median([r["time/env_seconds"] for r in rows][2:] or [r["time/env_seconds"] for r in rows]), 3),
@@ -150,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generations", type=int, default=16, help="episodes per step (16 per question)")
     parser.add_argument("--backend", choices=("vllm", "hf"), default="vllm")
     parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--forward-batch-size", type=int, default=0,
+                        help="episodes per forward/backward pass, gradients accumulated (0: the whole batch at once, "
+                             "as TRL's one pass; multi-turn episodes carry ~5x the tokens in passages)")
     parser.add_argument("--device", default="cuda", help="torch device (cpu only to smoke-test the script)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the bundled SmolLM2's)")
     parser.add_argument("--table", type=Path, default=None, help="print the table of a JSON-lines file and exit")

@@ -107,6 +107,28 @@ def test_grpo_steps_change_parameters_with_finite_losses(tokenizer, tiny_qa_path
         assert [int(float(r["global_step"])) for r in csv.DictReader(f)] == [1, 2]
 
 
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_accumulated_passes_equal_one_pass(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, loss_type):
+    """forward_batch_size splits a minibatch into forward/backward passes whose gradients accumulate: the update
+    (and the logged loss) equal one pass over the minibatch, for every loss aggregation."""
+    whole = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "whole", loss_type=loss_type,
+                         max_steps=1)
+    split = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "split", loss_type=loss_type,
+                         max_steps=1, forward_batch_size=1)
+    episodes = whole.collect(0)
+    # unequal lengths, so token means and episode means differ: drop the last policy tokens of one episode
+    ones = [i for i, m in enumerate(episodes[0].loss_mask) if m]
+    for i in ones[-5:]:
+        episodes[0].loss_mask[i] = 0
+    assert len({sum(e.loss_mask) for e in episodes}) > 1
+    one, passes = whole.update(episodes), split.update(episodes)
+    for key in ("losses/policy_loss", "losses/kl", "losses/grad_norm"):
+        assert passes[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
+    after_one, after_split = params(whole.model), params(split.model)
+    assert all(torch.allclose(after_one[k], after_split[k], atol=1e-6, rtol=1e-5) for k in after_one)
+    assert any(not torch.equal(after_one[k], v) for k, v in params(tiny_model(tokenizer)).items())  # it moved
+
+
 # ---------------------------------------------------------------------------------------------- 6. resume
 
 

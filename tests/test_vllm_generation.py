@@ -188,3 +188,40 @@ def test_request_seeds_are_opt_in(tokenizer, tiny_qa_path, overlap_retriever, tm
         seen[flag] = llm.seeds[-1]
     assert seen[False] == [None, None, None]
     assert None not in seen[True] and len(set(seen[True])) == 3
+
+
+class DetokenisingLLM(FakeLLM):
+    """vLLM's text is its own detokeniser's, not ``tokenizer.decode(ids)``: here special tokens are skipped in the
+    text (vLLM's default) and one is sampled into every completion."""
+
+    def __init__(self, policy, tokenizer, special_id):
+        super().__init__(policy, tokenizer)
+        self.tokenizer, self.special_id = tokenizer, special_id
+
+    def generate(self, prompts, sampling_params, use_tqdm=False):
+        outputs = super().generate(prompts, sampling_params, use_tqdm)
+        for out in outputs:
+            completion = out.outputs[0]
+            if len(completion.token_ids) > 2:
+                completion.token_ids = [completion.token_ids[0], self.special_id, *completion.token_ids[2:]]
+                completion.logprobs[1] = {self.special_id: SimpleNamespace(logprob=-1.0)}
+            completion.text = self.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+        return outputs
+
+
+def test_every_sampled_token_is_a_policy_token_whatever_the_engine_text(tokenizer, tiny_qa_path, overlap_retriever,
+                                                                       tmp_path):
+    """The collector keeps the tokens whose decode the env kept: the generator hands it the tokenizer's decode of
+    the ids, so an engine whose text differs (special tokens skipped) loses no policy token."""
+    special = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert special != tokenizer.unk_token_id
+    policy = tiny_llama(tokenizer, 0)
+    llm = DetokenisingLLM(policy, tokenizer, special)
+    cfg = config(tmp_path, max_steps=1)
+    generator = VLLMGenerator(policy, tokenizer, model_path="unused", seed=0, llm=llm)
+    env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), split="test", retriever=overlap_retriever,
+                          max_turns=2)
+    trainer = GRPOTrainer(cfg, model=policy, tokenizer=tokenizer, env=env, generator=generator)
+    episodes = trainer.collect(0)
+    assert any(special in ep.response_ids for ep in episodes)
+    assert sum(ep.num_policy_tokens for ep in episodes) == trainer.collector.stats.generated_tokens

@@ -95,7 +95,9 @@ class RLConfig(TrainConfig):
                                          "sequences or big models)", default=False)
     mini_batch_size: int = _help("episodes per optimiser step inside a rollout batch (0: the whole batch)", default=0)
     num_iterations: int = _help("optimisation passes over each rollout batch (GRPO's mu, PPO's epochs)", default=1)
-    forward_batch_size: int = _help("episodes per forward pass when scoring log-probabilities (0: all)", default=0)
+    forward_batch_size: int = _help("episodes per forward (and GRPO backward) pass; gradients accumulate over a "
+                                    "minibatch's passes, one optimiser step per minibatch (0: the whole minibatch "
+                                    "in one pass)", default=0)
     penalty_lambda: float = _help("representation-guided shaping r = r_task - lambda * p(h); 0 disables it",
                                   default=0.0)
     penalty_direction: str | None = _help("harmful-search Direction file (search-gym directions extract)", default=None)

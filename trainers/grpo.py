@@ -150,52 +150,59 @@ class GRPOTrainer(RLTrainer):
                 # all-reduce needs every rank.
                 placeholder = not rows
                 rows = rows or [0]
-                sub = batch.select(rows)
-                index = torch.as_tensor(rows, device=device)
-                logps, entropy, _ = token_logprobs(self.train_model, sub.input_ids, sub.attention_mask,
-                                                   temperature=config.temperature, with_entropy=True,
-                                                   first_position=first_loss_position(sub.loss_mask))
-                num_items = sub.loss_mask.sum() if config.loss_type == "dapo" else None
-                if parallel.enabled:
-                    # The loss divides by the episodes / tokens of the global minibatch; DDP then averages the
-                    # ranks' gradients (divides by world_size), so each rank's share is scaled by world_size.
-                    local_tokens = sub.loss_mask.sum() * (0.0 if placeholder else 1.0)
-                    global_tokens = parallel.all_reduce_sum(local_tokens)
-                    num_items = global_tokens if config.loss_type == "dapo" else None
+                # The minibatch's normaliser (its episodes or tokens over every rank): each forward/backward pass
+                # of forward_batch_size rows adds its share of the minibatch loss to the accumulated gradient, so
+                # one optimiser step sees the whole minibatch whatever the pass size. DDP averages the ranks'
+                # gradients (divides by world_size), so each share is also scaled by world_size.
+                local_tokens = batch.loss_mask[rows].sum() * (0.0 if placeholder else 1.0)
+                global_tokens = parallel.all_reduce_sum(local_tokens) if parallel.enabled else local_tokens
+                world = parallel.world_size if parallel.enabled else 1
+                minibatch_loss, chunk_stats = 0.0, []
+                for chunk in self.forward_chunks(len(rows)):
+                    part = [rows[i] for i in chunk]
+                    sub = batch.select(part)
+                    index = torch.as_tensor(part, device=device)
+                    logps, entropy, _ = token_logprobs(self.train_model, sub.input_ids, sub.attention_mask,
+                                                       temperature=config.temperature, with_entropy=True,
+                                                       first_position=first_loss_position(sub.loss_mask))
+                    chunk_tokens = sub.loss_mask.sum()
                     if placeholder:
                         scale = 0.0
-                    elif config.loss_type in ("grpo", "dr_grpo"):  # local loss divides by the local episodes
-                        scale = len(rows) / len(global_rows) * parallel.world_size
-                    elif config.loss_type == "bnpo":  # ... by the local tokens
-                        scale = float(local_tokens.clamp(min=1.0) / global_tokens.clamp(min=1.0)) * parallel.world_size
-                    else:  # dapo already divides by the global tokens
-                        scale = float(parallel.world_size)
-                loss, stats = grpo_loss(
-                    logps,
-                    None if old_logps is None else old_logps[index],
-                    None if ref_logps is None else ref_logps[index],
-                    advantages[index],
-                    sub.loss_mask,
-                    epsilon_low=config.epsilon,
-                    epsilon_high=eps_high,
-                    beta=config.beta,
-                    loss_type=config.loss_type,
-                    importance_sampling_level=config.importance_sampling_level,
-                    max_completion_length=config.max_response_tokens,
-                    # dapo divides by the tokens of one optimiser step's batch (TRL: of its accumulation window)
-                    num_items=num_items,
-                    bias_correction_kl=config.use_bias_correction_kl,
-                )
-                if parallel.enabled:
-                    loss = loss * scale
-                loss.backward()
+                    elif config.loss_type in ("grpo", "dr_grpo"):  # the pass's loss divides by its episodes
+                        scale = len(part) / len(global_rows) * world
+                    elif config.loss_type == "bnpo":  # ... by its tokens
+                        scale = float(chunk_tokens.clamp(min=1.0) / global_tokens.clamp(min=1.0)) * world
+                    else:  # dapo divides by the minibatch's tokens over every rank already
+                        scale = float(world)
+                    loss, stats = grpo_loss(
+                        logps,
+                        None if old_logps is None else old_logps[index],
+                        None if ref_logps is None else ref_logps[index],
+                        advantages[index],
+                        sub.loss_mask,
+                        epsilon_low=config.epsilon,
+                        epsilon_high=eps_high,
+                        beta=config.beta,
+                        loss_type=config.loss_type,
+                        importance_sampling_level=config.importance_sampling_level,
+                        max_completion_length=config.max_response_tokens,
+                        # dapo divides by the tokens of one optimiser step's batch (TRL: of its accumulation window)
+                        num_items=global_tokens if config.loss_type == "dapo" else None,
+                        bias_correction_kl=config.use_bias_correction_kl,
+                    )
+                    (loss * scale).backward()
+                    # the minibatch's loss as one process computes it (on a single process the scales sum to 1)
+                    minibatch_loss += float(loss.detach()) * scale / world
+                    if not placeholder:
+                        stats = {k: float(v) for k, v in stats.items()}
+                        stats["entropy"] = float(masked_mean(entropy, sub.loss_mask))
+                        chunk_stats.append(stats)
                 grad_norm = self.clip_and_step()
                 if placeholder:  # its loss is 0 and the gradient norm the job's; its other statistics are no data
                     stats = {"policy_loss": 0.0, "grad_norm": grad_norm}
                 else:
-                    stats = {k: float(v) for k, v in stats.items()}
-                    stats.update(policy_loss=float(loss.detach()),
-                                 entropy=float(masked_mean(entropy.detach(), sub.loss_mask)), grad_norm=grad_norm)
+                    stats = {k: sum(c[k] for c in chunk_stats) / len(chunk_stats) for k in chunk_stats[0]}
+                    stats.update(policy_loss=minibatch_loss * world, grad_norm=grad_norm)
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                     counts[key] = counts.get(key, 0) + 1

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from search_gym.trainers.rollout import Generation, GenerationRequest
+from search_gym.trainers.rollout import Generation, GenerationRequest, decode
 
 # What the in-process engine needs (see the module docstring); set only where the user has not.
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_HOST_IP": "127.0.0.1", "NCCL_SOCKET_IFNAME": "lo",
@@ -114,7 +114,11 @@ class VLLMGenerator:
             self.sync_weights()
         steps = self.agent.generate_ids([r.input_ids for r in requests],
                                         max_new_tokens=[r.max_new_tokens for r in requests])
-        return [Generation(list(s.completion_ids or []), s.logprobs, s.text, s.finish_reason) for s in steps]
+        # The text is the tokenizer's decode of the sampled ids, as HFGenerator's: the collector keeps the longest
+        # run of tokens whose decode the env kept, so a detokeniser that differs from it (vLLM's incremental one on
+        # byte-fallback pieces, its stop-string cut inside a token) would drop policy tokens.
+        return [Generation(ids, s.logprobs, decode(self.tokenizer, ids), s.finish_reason)
+                for s in steps for ids in [list(s.completion_ids or [])]]
 
     def pause(self) -> None:
         """Before the update: with sleep mode, discard the engine's weights and KV cache (the weights are pushed

@@ -43,27 +43,29 @@ case "${1:-}" in
     cd "$REPO"
     setsid nohup bash -c "bash benchmarks/device/issue15.sh __study sft; echo rc=\$? > $RUNS/sft.rc" \
         > "$RUNS/sft.log" 2>&1 < /dev/null &
-    sleep 5; tail -3 "$RUNS/grid.log" "$RUNS/sft.log"
+    sleep 5; tail -n 3 "$RUNS/grid.log" "$RUNS/sft.log"
     ;;
   __study) shift; study "$@" ;;
   wait)
     for _ in $(seq 108); do [ -f "$RUNS/grid.rc" ] && [ -f "$RUNS/sft.rc" ] && break; sleep 5; done
-    cat "$RUNS"/*.rc 2>/dev/null; tail -4 "$RUNS/grid.log" "$RUNS/sft.log"; nvidia-smi --query-gpu=memory.used --format=csv
+    cat "$RUNS"/*.rc 2>/dev/null; tail -n 4 "$RUNS/grid.log" "$RUNS/sft.log"; nvidia-smi --query-gpu=memory.used --format=csv
     ;;
   throughput)
     shift
     for row in "$@"; do
       set -- $row
       shape=$1 gens=$2
-      for mode in hf vllm; do
+      for mode in ${TRL_MODES-hf vllm}; do
         (cd /tmp && timeout 300 python3 "$REPO/.bench/trl_grpo_baseline.py" "$TOK" "$shape" "$mode" "$gens") \
           > "$RUNS/trl_${shape}_${mode}_${gens}.log" 2>&1
         grep '^{' "$RUNS/trl_${shape}_${mode}_${gens}.log" | sed 's/"mode": "\(hf\|vllm\)"/"mode": "trl-\1"/' \
           | tee -a "$OUT/throughput.jsonl" || tail -5 "$RUNS/trl_${shape}_${mode}_${gens}.log"
       done
-      for mode in single multi; do
+      for mode in ${OUR_MODES:-single multi}; do
+        # multi-turn rows carry ~5x the tokens (passages): passes of 8 episodes, gradients accumulated
+        fbs=0; [ "$mode" = multi ] && fbs=${MULTI_FORWARD_BATCH:-8}
         (cd /tmp && timeout 300 python3 "$REPO/benchmarks/bench_grpo_throughput.py" --shape "$shape" --mode "$mode" \
-          --generations "$gens" --tokenizer "$TOK") > "$RUNS/ours_${shape}_${mode}_${gens}.log" 2>&1
+          --generations "$gens" --tokenizer "$TOK" --forward-batch-size "$fbs") > "$RUNS/ours_${shape}_${mode}_${gens}.log" 2>&1
         grep '^{' "$RUNS/ours_${shape}_${mode}_${gens}.log" | tee -a "$OUT/throughput.jsonl" \
           || tail -25 "$RUNS/ours_${shape}_${mode}_${gens}.log"
       done
