@@ -117,8 +117,13 @@ class VLLMGenerator:
         # The text is the tokenizer's decode of the sampled ids, as HFGenerator's: the collector keeps the longest
         # run of tokens whose decode the env kept, so a detokeniser that differs from it (vLLM's incremental one on
         # byte-fallback pieces, its stop-string cut inside a token) would drop policy tokens.
-        return [Generation(ids, s.logprobs, decode(self.tokenizer, ids), s.finish_reason)
-                for s in steps for ids in [list(s.completion_ids or [])]]
+        # An end-of-sequence token has no text, as in HFAgent's.
+        out = []
+        for s in steps:
+            ids = list(s.completion_ids or [])
+            body = ids[:-1] if s.finish_reason == "eos" and ids else ids
+            out.append(Generation(ids, s.logprobs, decode(self.tokenizer, body), s.finish_reason))
+        return out
 
     def pause(self) -> None:
         """Before the update: with sleep mode, discard the engine's weights and KV cache (the weights are pushed
