@@ -268,6 +268,43 @@ def test_sft_sources_helpful_and_refusal_teachers(tokenizer, tiny_qa_path, tiny_
         assert ep.num_searches == (1 if ep.group == 3 else 0)
 
 
+def test_sft_dev_split_rows_are_exactly_those_kept_out_of_training(tmp_path, tokenizer, tiny_corpus_path,
+                                                                   monkeypatch):
+    """With ``dev_split``, the ids played for training and the rows written to ``dev/`` partition every source:
+    nothing in dev/ is trained on, and nothing is kept out of training without being in dev/."""
+    import json
+
+    from search_gym.data.questions import load_questions
+    from search_gym.trainers import sft
+    from search_gym.trainers.sft_config import SFTConfig
+
+    played = {}
+
+    class Recorder:  # stands in for the rollouts: which ids each source would play
+        def __init__(self, venv, *args, **kwargs):
+            self.env = venv.envs[0]
+
+        def collect(self, ids, *args, **kwargs):
+            played[(self.env.dataset, self.env.split)] = list(ids)
+            return []
+
+    monkeypatch.setattr(sft, "RolloutCollector", Recorder)
+    config = SFTConfig(dev_split=True, progress=False, output_dir=str(tmp_path), qa_limit=0, harmful_limit=0,
+                       benign_limit=0, instruct_limit=0, pair_harmful_limit=0)
+    assert sft.build_sft_episodes(config, tokenizer, num_envs=1, progress=False,
+                                  env_kwargs={"retriever": WordOverlapRetriever(tiny_corpus_path)}) == []
+    for name, (dataset, split, _) in sft.SOURCES.items():
+        if dataset.startswith("judge:"):  # judge data: the requests file written for the run
+            dataset = str(tmp_path / "sources" / f"{name}.jsonl")
+        dev = [json.loads(line)["id"] for line in (tmp_path / "dev" / f"{name}.jsonl").read_text().splitlines()]
+        trained = played[(dataset, split)]
+        everything = [q.id for q in load_questions(dataset, split)]
+        assert dev and trained, name
+        assert not set(dev) & set(trained), f"{name}: dev rows are trained on"
+        if not sft.SOURCES[name][0].startswith("judge:"):  # a bundled set: the carve splits its rows in two
+            assert sorted(dev + trained) == sorted(everything), f"{name}: rows kept out of training but not in dev"
+
+
 def test_sft_recipe_selection_rule(tmp_path):
     import importlib.util
     import json

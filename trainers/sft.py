@@ -83,10 +83,27 @@ def _write_questions(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def resolve_sources(config: SFTConfig, root: Path) -> dict[str, tuple[str, str, str]]:
-    """Question source per SFT source: judge-data sources become JSONL files under ``root/sources``; with
-    ``config.dev_split`` the validation rows of every source are written to ``root/dev`` instead of trained on."""
-    out = {}
+def _carve(dataset: str, split: str) -> tuple[set[str], list[dict]]:
+    """The validation carve of a bundled set (:func:`search_gym.corpora.judge_data.split_for_bundled`): the ids
+    training may use and the validation rows for ``dev/``, from one pass, so what is written to ``dev/`` and what
+    is kept out of training cannot disagree."""
+    from search_gym.corpora.judge_data import split_for_bundled
+    from search_gym.data.questions import load_questions
+
+    train, dev = set(), []
+    for q in load_questions(dataset, split):
+        part = split_for_bundled(q.id, split)
+        if part == "train":
+            train.add(q.id)
+        elif part == "val":
+            dev.append({"id": q.id, "question": q.question, "golden_answers": list(q.golden_answers)})
+    return train, dev
+
+
+def _resolve(config: SFTConfig, root: Path) -> tuple[dict[str, tuple[str, str, str]], dict[str, set[str]]]:
+    """:func:`resolve_sources` and, with ``config.dev_split``, the train ids of every bundled source: the other
+    part of the carve whose validation rows were written to ``root/dev``, for :func:`build_sft_episodes`."""
+    out, train_ids = {}, {}
     for name, (dataset, split, teacher) in SOURCES.items():
         if dataset.startswith("judge:"):
             label = 0 if dataset == "judge:benign_requests" else 1
@@ -97,13 +114,15 @@ def resolve_sources(config: SFTConfig, root: Path) -> dict[str, tuple[str, str, 
         else:
             out[name] = (dataset, split, teacher)
             if config.dev_split:
-                from search_gym.corpora.judge_data import split_for_bundled
-                from search_gym.data.questions import load_questions
-
-                dev = [{"id": q.id, "question": q.question, "golden_answers": list(q.golden_answers)}
-                       for q in load_questions(dataset, split) if split_for_bundled(q.id, split) == "val"]
+                train_ids[name], dev = _carve(dataset, split)
                 _write_questions(root / "dev" / f"{name}.jsonl", dev)
-    return out
+    return out, train_ids
+
+
+def resolve_sources(config: SFTConfig, root: Path) -> dict[str, tuple[str, str, str]]:
+    """Question source per SFT source: judge-data sources become JSONL files under ``root/sources``; with
+    ``config.dev_split`` the validation rows of every source are written to ``root/dev`` instead of trained on."""
+    return _resolve(config, root)[0]
 
 
 def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None = None,
@@ -121,8 +140,10 @@ def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None 
     limits = {"qa": config.qa_limit, "harmful": config.harmful_limit, "benign": config.benign_limit,
               "instruct": config.instruct_limit, "harmful_pairs": config.pair_harmful_limit}
     needed = {k: v for k, v in SOURCES.items() if limits[k] >= 0 and k not in (datasets or {})}
-    sources = resolve_sources(config, Path(root or config.output_dir)) if needed else {}
+    sources, train_ids = _resolve(config, Path(root or config.output_dir)) if needed else ({}, {})
     sources = {k: v for k, v in sources.items() if k in needed}
+    # an overridden source trains on its override, which the carve written to dev/ does not describe
+    train_ids = {k: v for k, v in train_ids.items() if k in needed}
     sources.update({k: (v[0], v[1], SOURCES[k][2]) for k, v in (datasets or {}).items() if v is not None})
     kwargs = dict(retriever=config.retriever, template=config.template, max_turns=config.max_turns)
     kwargs.update(env_kwargs or {})
@@ -139,11 +160,9 @@ def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None 
                                      max_turn_tokens=10**6, max_prompt_tokens=config.max_length,
                                      max_response_tokens=config.max_length, max_obs_tokens=config.max_length)
         ids = [q.id for q in questions]
-        if config.dev_split and name in needed and not SOURCES[name][0].startswith("judge:"):
-            # a bundled set: its validation ids were written to dev/ by resolve_sources
-            from search_gym.corpora.judge_data import split_for_bundled
-
-            ids = [i for i in ids if split_for_bundled(i, split) == "train"]
+        if name in train_ids:
+            # a bundled set with dev_split: the same carve that wrote its validation rows to dev/
+            ids = [i for i in ids if i in train_ids[name]]
         ids = _subset(ids, limits.get(name, 0), config.seed, salt)
         if not ids:
             continue
