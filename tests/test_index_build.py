@@ -85,7 +85,8 @@ def contents(i: int) -> str:
 
 def config(corpus, encoder, out, **kw) -> IndexBuildConfig:
     kw.setdefault("shard_size", 16)
-    return IndexBuildConfig(corpus=str(corpus), encoder=encoder, out=str(out), device="cpu", progress=False, **kw)
+    kw.setdefault("device", "cpu")
+    return IndexBuildConfig(corpus=str(corpus), encoder=encoder, out=str(out), progress=False, **kw)
 
 
 def quiet(_line: str) -> None:
@@ -359,3 +360,144 @@ def test_streamed_flat_file_is_what_faiss_writes_and_loads_memory_mapped(tmp_pat
     for a, b in zip(plain.search_embeddings(q, 4), result.retriever.search_embeddings(q, 4)):
         np.testing.assert_array_equal(a, b)
     assert plain.builds == 0
+
+
+# ------------------------------------------------------------------------------------------------ --dtype
+
+
+def test_dtype_flag_reaches_the_builder_and_its_retriever(corpus, tiny_encoder, tmp_path, monkeypatch):
+    from search_gym.cli import main
+    from search_gym.retrieval import index_build
+    from search_gym.retrieval.index_build import make_build_retriever
+
+    seen: list[IndexBuildConfig] = []
+    monkeypatch.setattr(index_build, "build_index", lambda config, **kw: seen.append(config))
+    assert main(["index", "build", "--corpus", str(corpus), "--encoder", tiny_encoder, "--out", str(tmp_path / "x"),
+                 "--device", "cuda", "--dtype", "bfloat16"]) == 0
+    assert main(["index", "build", "--corpus", str(corpus), "--encoder", tiny_encoder, "--out", str(tmp_path / "x"),
+                 "--device", "cuda"]) == 0
+    assert [c.dtype for c in seen] == ["bfloat16", "float32"]  # float32 unless asked
+    assert IndexBuildConfig.help()["dtype"].startswith("encoder weight precision: float32 | float16 | bfloat16")
+
+    # The builder's DenseRetriever carries it (constructing it loads nothing, so no GPU is needed here).
+    retriever = make_build_retriever(config(corpus, tiny_encoder, tmp_path / "y", device="cuda", dtype="float16"),
+                                     device="cuda")
+    assert retriever.dtype == retriever.encode_dtype == "float16"
+    assert make_build_retriever(config(corpus, tiny_encoder, tmp_path / "z"), device="cpu").dtype == "float32"
+
+
+def test_half_dtype_on_cpu_fails_early_with_a_clear_error(corpus, tiny_encoder, tmp_path, monkeypatch, capsys):
+    from search_gym.cli import main
+    from search_gym.retrieval import encoders, index_build
+    from search_gym.retrieval.encoders import load_encoder
+
+    def no_encoding(self, texts):
+        raise AssertionError("nothing may be encoded before the dtype is refused")
+
+    monkeypatch.setattr(DenseRetriever, "_encode_passages", no_encoding)
+    for dtype in ("float16", "bfloat16"):
+        with pytest.raises(ValueError, match=f"dtype {dtype} needs a CUDA device.*use dtype float32 on CPU"):
+            config(corpus, tiny_encoder, tmp_path / "cpu", dtype=dtype)  # --device cpu: refused by the config
+        with pytest.raises(ValueError, match="use dtype float32 on CPU"):
+            DenseRetriever(corpus, encoder=tiny_encoder, device="cpu", dtype=dtype)
+        with pytest.raises(ValueError, match="use dtype float32 on CPU"):
+            load_encoder(tiny_encoder, "cpu", dtype=dtype)
+    assert main(["index", "build", "--corpus", str(corpus), "--encoder", tiny_encoder, "--device", "cpu",
+                 "--dtype", "float16", "--out", str(tmp_path / "cli")]) == 2
+    assert "use dtype float32 on CPU" in capsys.readouterr().out
+    assert not (tmp_path / "cli").exists()
+
+    # --device auto on a machine without CUDA: refused by build_index before the estimate (and any model load).
+    monkeypatch.setattr(index_build, "resolve_device", lambda device: "cpu")
+    lines: list[str] = []
+    auto = IndexBuildConfig(corpus=str(corpus), encoder=tiny_encoder, out=str(tmp_path / "auto"), dtype="float16",
+                            progress=False)
+    with pytest.raises(ValueError, match="needs a CUDA device, got device 'cpu'"):
+        build_index(auto, echo=lines.append)
+    assert lines == [] and not (tmp_path / "auto").exists()
+    # device=None leaves the choice to sentence-transformers; a model that lands on the CPU is refused after loading.
+    if not _cuda():
+        monkeypatch.setattr(encoders, "_MODELS", {})
+        with pytest.raises(ValueError, match="loaded on cpu: use dtype float32 on CPU"):
+            load_encoder(tiny_encoder, None, dtype="float16")
+        assert encoders._MODELS == {}  # the refused model is not cached
+
+    with pytest.raises(ValueError, match="'float8' is not an encoder dtype; use one of float32, float16, bfloat16"):
+        config(corpus, tiny_encoder, tmp_path / "bad", dtype="float8")
+    prebuilt = tmp_path / "e5_Flat.index"
+    prebuilt.write_bytes(b"")
+    with pytest.raises(ValueError, match="--prebuilt encodes nothing"):
+        IndexBuildConfig(corpus=str(corpus), encoder=tiny_encoder, prebuilt=str(prebuilt), device="cuda",
+                         dtype="float16")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_dtype_is_recorded_and_a_resume_in_another_dtype_re_encodes(corpus, tiny_encoder, tmp_path):
+    out = tmp_path / "resumed"
+    seen: list[tuple[int, int]] = []
+
+    def kill_after(shards):
+        def on_shard(done, total):
+            seen.append((done, total))
+            if done == shards:
+                raise KeyboardInterrupt(f"simulated kill after {shards} shards")
+        return on_shard
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(config(corpus, tiny_encoder, out), on_shard=kill_after(2), echo=quiet)
+    manifest_path = out / "shards" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["dtype"] == "float32"
+
+    # A manifest written before the dtype was recorded holds float32 shards: they are resumed, not re-encoded.
+    del manifest["dtype"]
+    manifest_path.write_text(json.dumps(manifest))
+    seen.clear()
+    with pytest.raises(KeyboardInterrupt):
+        build_index(config(corpus, tiny_encoder, out), on_shard=kill_after(3), echo=quiet)
+    assert seen == [(3, 4)]
+
+    # Shards of a half-precision build (as a GPU run interrupted would leave them) are not mixed with float32 ones:
+    # like a changed encoder or shard size, the other dtype's shards are encoded again.
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "dtype": "float16"}))
+    seen.clear()
+    result = build_index(config(corpus, tiny_encoder, out), on_shard=lambda *a: seen.append(a), echo=quiet)
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert result.meta["encoded_passages"] == 60
+    assert result.meta["encoder"]["dtype"] == "float32"
+
+    # meta.json's dtype: unset accepts the folder's, one asked for and different rebuilds (as other build settings).
+    meta = json.loads((out / "meta.json").read_text())
+    meta["encoder"]["dtype"] = "float16"
+    (out / "meta.json").write_text(json.dumps(meta))
+    loaded = DenseRetriever(corpus, encoder=tiny_encoder, index_dir=out, device="cpu", progress=False)
+    assert loaded.search([contents(7)], k=1)[0][0].doc_id == "7" and loaded.builds == 0
+    rebuilt = DenseRetriever(corpus, encoder=tiny_encoder, index_dir=out, device="cpu", dtype="float32",
+                             progress=False)
+    rebuilt.load()
+    assert rebuilt.builds == 1 and rebuilt.meta["encoder"]["dtype"] == "float32"
+
+
+def test_half_precision_embeddings_reach_faiss_as_unit_float32(tiny_encoder):
+    """encode() with a half-precision model (bfloat16 here, which the CPU runs): float32 out, normalised in float32,
+    close to but not equal to the float32 model's vectors."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from search_gym.retrieval.encoders import encode
+
+    texts = [contents(i) for i in range(6)]
+    full = SentenceTransformer(tiny_encoder, device="cpu")  # not the shared cache's model: it is cast below
+    ref = encode(full, texts)
+    half = full.to(torch.bfloat16)
+    emb = encode(half, texts)
+    assert emb.dtype == np.float32 and emb.flags["C_CONTIGUOUS"] and emb.shape == ref.shape
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-6)
+    cosine = (emb * ref).sum(axis=1)
+    assert cosine.min() > 0.98

@@ -48,6 +48,7 @@ from search_gym.retrieval.base import (
 )
 from search_gym.retrieval.encoders import (
     EncoderSpec,
+    check_encoder_dtype,
     check_encoder_name,
     embedding_dim,
     encode,
@@ -135,6 +136,10 @@ class DenseRetriever(CorpusIndex):
             (compressed, approximate; fits wiki-18 in a few GB instead of ~65 GB of float32 vectors).
         index_dir: the exact folder of this index; default ``indexes_dir()/<stem>-<sha[:12]>-<encoder>-<type>``.
         device: torch device for the encoder (None = sentence-transformers' choice).
+        dtype: encoder weight precision, "float32", "float16" or "bfloat16" (the last two on CUDA only; a CPU
+            device raises). Embeddings are float32 whatever it is. None = float32, and an existing folder is used
+            whatever dtype it was encoded in; a dtype given explicitly and different from the folder's rebuilds.
+            It applies to this object's query encoding too.
         batch_size: encoder batch size for passages and queries.
         nprobe: IVF lists visited per query (ivfpq only); None = the value recorded at build time, else
             min(64, nlist).
@@ -180,10 +185,13 @@ class DenseRetriever(CorpusIndex):
         progress: bool = True,
         search_threads: int | None = None,
         mmap: bool = False,
+        dtype: str | None = None,
     ):
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
         check_encoder_name(encoder)
+        if dtype is not None:
+            dtype = check_encoder_dtype(dtype, device)
         if shard_size < 1:
             raise ValueError("shard_size must be positive")
         self.encoder: EncoderSpec = resolve_encoder(encoder)
@@ -204,6 +212,7 @@ class DenseRetriever(CorpusIndex):
         self.progress = progress
         self.search_threads = search_threads
         self.mmap = bool(mmap)
+        self.dtype = dtype
         self.name = f"dense-{self.encoder.slug}-{index_type}"
         # '~/indexes/wiki18' from a config or a YAML file means the home folder, not a folder named '~'.
         expand = os.path.expanduser
@@ -261,9 +270,21 @@ class DenseRetriever(CorpusIndex):
                 return f"{key}: {have} -> {want}"
         return None
 
+    @property
+    def encode_dtype(self) -> str:
+        """The encoder precision this object encodes with (``dtype``, float32 when unset)."""
+        return self.dtype or "float32"
+
     def _stale_detail(self, meta: dict[str, Any], folder: Path) -> str | None:
         if meta.get("encoder", {}).get("identity") != self.encoder.passage_identity():
             return f"encoder changed ({meta.get('encoder', {}).get('identity')} -> {self.encoder.passage_identity()})"
+        # Folders encoded before the dtype was recorded were encoded in float32; vectors made elsewhere
+        # (build_from_vectors, e.g. Search-R1's e5_Flat.index) have no known dtype and match any.
+        recorded_dtype = meta.get("encoder", {}).get("dtype")
+        if recorded_dtype is None and meta.get("vectors_from", "encoded") == "encoded":
+            recorded_dtype = "float32"
+        if self.dtype is not None and recorded_dtype is not None and recorded_dtype != self.dtype:
+            return f"encoder dtype changed ({recorded_dtype} -> {self.dtype})"
         if meta.get("index_type") != self.index_type:
             return f"index type changed ({meta.get('index_type')} -> {self.index_type})"
         mismatch = self._params_mismatch(meta.get("requested_params"))
@@ -325,9 +346,16 @@ class DenseRetriever(CorpusIndex):
 
     # ------------------------------------------------------------------------------------------------ building
 
+    def _encoder_model(self) -> Any:
+        """The encoder in this object's dtype; float32 through the plain ``load_encoder(spec, device)`` call (what
+        code that substitutes ``load_encoder`` expects)."""
+        if self.encode_dtype == "float32":
+            return load_encoder(self.encoder, self.device)
+        return load_encoder(self.encoder, self.device, dtype=self.encode_dtype)
+
     def _encode_passages(self, texts: list[str]) -> np.ndarray:
         """Embeddings of one shard of passages (a separate method so tests can observe or interrupt builds)."""
-        model = load_encoder(self.encoder, self.device)
+        model = self._encoder_model()
         return encode(model, texts, prefix=self.encoder.passage_prefix, normalize=self.encoder.normalize,
                       batch_size=self.batch_size)
 
@@ -341,15 +369,18 @@ class DenseRetriever(CorpusIndex):
         t0 = time.perf_counter()
         store = self._begin_build(folder, progress)
         n = len(store)
-        model = load_encoder(self.encoder, self.device)
+        model = self._encoder_model()
         dim = embedding_dim(model)
 
         shard_dir = self._shard_folder(folder)
         manifest = {"corpus_fingerprint": self.fingerprint, "encoder": self.encoder.passage_identity(),
-                    "shard_size": self.shard_size, "count": n, "dim": dim}
-        if _read_json(shard_dir / "manifest.json") != manifest:
-            # Shards of another corpus, encoder or shard size. Only our own file names are removed: a shard_dir
-            # given by the user may hold other files.
+                    "shard_size": self.shard_size, "count": n, "dim": dim, "dtype": self.encode_dtype}
+        previous = _read_json(shard_dir / "manifest.json")
+        if isinstance(previous, dict):
+            previous.setdefault("dtype", "float32")  # manifests from before the dtype was recorded: float32 shards
+        if previous != manifest:
+            # Shards of another corpus, encoder, encoder dtype or shard size. Only our own file names are removed:
+            # a shard_dir given by the user may hold other files.
             for old in shard_dir.glob("[0-9][0-9][0-9][0-9][0-9][0-9].npy"):
                 old.unlink()
         shard_dir.mkdir(parents=True, exist_ok=True)
@@ -468,6 +499,8 @@ class DenseRetriever(CorpusIndex):
                 "max_seq_length": self.encoder.max_seq_length,
                 "pooling_note": self.encoder.pooling_note,
                 "identity": self.encoder.passage_identity(),
+                # The precision the passages were encoded in (vectors from elsewhere: unknown, not recorded).
+                **({"dtype": self.encode_dtype} if vectors_from == "encoded" else {}),
             },
             index_type=self.index_type,
             index_params=params,
@@ -531,7 +564,7 @@ class DenseRetriever(CorpusIndex):
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         """Query embeddings (prefixed, character-capped), float32 of shape (len(queries), dim). Loads the model only."""
-        model = load_encoder(self.encoder, self.device)
+        model = self._encoder_model()
         return encode(model, list(queries), prefix=self.encoder.query_prefix, normalize=self.encoder.normalize,
                       batch_size=self.batch_size)
 

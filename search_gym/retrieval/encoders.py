@@ -142,15 +142,43 @@ def model_location(spec: EncoderSpec) -> str:
     return spec.name_or_path
 
 
-_MODELS: dict[tuple[str, str | None, int | None], SentenceTransformer] = {}
+#: Encoder weight precisions: float32 everywhere; float16 / bfloat16 on CUDA only (embeddings still leave
+#: :func:`encode` as float32, so FAISS indexes are the same format whatever the encoder's dtype).
+ENCODER_DTYPES = ("float32", "float16", "bfloat16")
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def check_encoder_dtype(dtype: str | None, device: str | None = None) -> str:
+    """``dtype`` checked and returned (None -> ``"float32"``); a half dtype on a device known not to be CUDA raises.
+
+    ``device`` None or ``"auto"`` is not checked here (it is resolved when the model loads, and
+    :func:`load_encoder` checks again). Half precision is for CUDA only: on CPU fp16 matrix products are slow or
+    unsupported, and nothing is gained there.
+    """
+    dtype = "float32" if dtype is None else str(dtype).strip().lower()
+    if dtype not in ENCODER_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not an encoder dtype; use one of {', '.join(ENCODER_DTYPES)}")
+    if dtype in HALF_DTYPES and device not in (None, "", "auto") and not str(device).startswith("cuda"):
+        raise ValueError(f"dtype {dtype} needs a CUDA device, got device {device!r}: half-precision encoding is "
+                         "for GPUs only; use dtype float32 on CPU (--dtype float32)")
+    return dtype
+
+
+_MODELS: dict[tuple[str, str | None, int | None, str], SentenceTransformer] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def load_encoder(spec: EncoderSpec | str, device: str | None = None) -> SentenceTransformer:
-    """The SentenceTransformer for ``spec`` on ``device`` (auto when None), loaded once per process."""
+def load_encoder(spec: EncoderSpec | str, device: str | None = None, dtype: str = "float32") -> SentenceTransformer:
+    """The SentenceTransformer for ``spec`` on ``device`` (auto when None), loaded once per process.
+
+    ``dtype`` float16 / bfloat16 casts the weights (CUDA only: anything else raises before loading, or right after
+    when ``device`` was left to sentence-transformers and it chose another device). Each dtype is its own cached
+    model, so a half-precision build never changes the float32 model other retrievers share.
+    """
     spec = resolve_encoder(spec)
+    dtype = check_encoder_dtype(dtype, device)
     location = model_location(spec)
-    key = (location, device, spec.max_seq_length)
+    key = (location, device, spec.max_seq_length, dtype)
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
@@ -168,6 +196,14 @@ def load_encoder(spec: EncoderSpec | str, device: str | None = None) -> Sentence
                 ) from exc
             if spec.max_seq_length is not None:
                 model.max_seq_length = spec.max_seq_length
+            if dtype in HALF_DTYPES:
+                if model.device.type != "cuda":
+                    raise ValueError(f"dtype {dtype} needs a CUDA device, and {spec.name_or_path!r} loaded on "
+                                     f"{model.device}: use dtype float32 on CPU (--dtype float32), or pass a CUDA "
+                                     "device")
+                import torch
+
+                model.to(getattr(torch, dtype))
             model.eval()
             _MODELS[key] = model
         return model
@@ -190,16 +226,21 @@ def encode(
     """Float32 C-contiguous embeddings of ``texts`` (character-capped, prefixed), shape (len(texts), dim).
 
     Every text is made valid Unicode first (:func:`search_gym.data.text.valid_unicode`): a lone surrogate would make
-    the tokenizer raise for the whole batch.
+    the tokenizer raise for the whole batch. A half-precision model's embeddings are converted to float32 before
+    they are L2-normalised, so they have unit norm in float32 as FAISS's inner product expects.
     """
     inputs = [prefix + valid_unicode(str(t)[:MAX_QUERY_CHARS]) for t in texts]
     if not inputs:
         return np.zeros((0, embedding_dim(model)), dtype=np.float32)
+    half = str(getattr(model, "dtype", "")).removeprefix("torch.") in HALF_DTYPES
     emb = model.encode(
         inputs,
         batch_size=batch_size,
         show_progress_bar=progress,
         convert_to_numpy=True,
-        normalize_embeddings=normalize,
+        normalize_embeddings=normalize and not half,
     )
-    return np.ascontiguousarray(emb, dtype=np.float32)
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    if normalize and half:
+        emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return emb
