@@ -129,6 +129,43 @@ def test_accumulated_passes_equal_one_pass(tokenizer, tiny_qa_path, overlap_retr
     assert any(not torch.equal(after_one[k], v) for k, v in params(tiny_model(tokenizer)).items())  # it moved
 
 
+def test_sampler_correction_modes_follow_trl():
+    """exp(policy - sampler) per token or per episode, truncated to or masked outside [C_min, C_max]."""
+    from search_gym.trainers.grpo import sampler_correction
+
+    policy = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    sampler = torch.tensor([[-1.5, -1.5, 0.0], [-0.5, -1.0, float("nan")]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    token = sampler_correction(policy, sampler, mask, "token_truncate", clip_min=None, clip_max=1.5)
+    assert torch.allclose(token, torch.tensor([[1.5, 1.5, 1.0], [math.exp(-0.5), 1.0, 1.0]]))  # NaN: no difference
+    token_mask = sampler_correction(policy, sampler, mask, "token_mask", clip_min=0.7, clip_max=1.5)
+    assert torch.allclose(token_mask, torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0]]))
+    seq = sampler_correction(policy, sampler, mask, "sequence_truncate", clip_min=None, clip_max=3.0)
+    assert seq.shape == (2, 1) and torch.allclose(seq, torch.tensor([[math.e], [math.exp(-0.5)]]))
+    seq_mask = sampler_correction(policy, sampler, mask, "sequence_mask", clip_min=None, clip_max=2.0)
+    assert torch.allclose(seq_mask, torch.tensor([[0.0], [math.exp(-0.5)]]))
+    with pytest.raises(ValueError, match="mode"):
+        sampler_correction(policy, sampler, mask, "episode_mask")
+
+
+def test_sampling_weights_scale_the_policy_term_only():
+    """A sequence weight w multiplies the clipped policy term like an advantage scaled by w; the KL is untouched."""
+    from search_gym.trainers.grpo import grpo_loss
+
+    g = torch.Generator().manual_seed(0)
+    logps = -torch.rand(3, 5, generator=g) - 0.1
+    old = logps + 0.3 * torch.randn(3, 5, generator=g)
+    ref = logps + 0.2 * torch.randn(3, 5, generator=g)
+    adv, mask = torch.tensor([1.0, -0.5, 2.0]), torch.ones(3, 5)
+    w = torch.tensor([[0.0], [1.0], [2.5]])
+    weighted, _ = grpo_loss(logps, old, None, adv, mask, sampling_weights=w)
+    scaled, _ = grpo_loss(logps, old, None, adv * w.squeeze(1), mask)
+    assert torch.allclose(weighted, scaled)
+    with_kl, _ = grpo_loss(logps, old, ref, adv, mask, beta=0.1, sampling_weights=torch.zeros(3, 1))
+    kl_only, _ = grpo_loss(logps, old, ref, torch.zeros(3), mask, beta=0.1)
+    assert torch.allclose(with_kl, kl_only) and float(kl_only) != 0.0
+
+
 # ---------------------------------------------------------------------------------------------- 6. resume
 
 

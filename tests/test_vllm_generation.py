@@ -225,3 +225,46 @@ def test_every_sampled_token_is_a_policy_token_whatever_the_engine_text(tokenize
     episodes = trainer.collect(0)
     assert any(special in ep.response_ids for ep in episodes)
     assert sum(ep.num_policy_tokens for ep in episodes) == trainer.collector.stats.generated_tokens
+
+
+class OverconfidentLLM(FakeLLM):
+    """An engine whose log-probabilities of every other request are 1 nat below the policy's per token."""
+
+    def generate(self, prompts, sampling_params, use_tqdm=False):
+        outputs = super().generate(prompts, sampling_params, use_tqdm)
+        for i, out in enumerate(outputs):
+            if i % 2 == 0:
+                completion = out.outputs[0]
+                completion.logprobs = [{t: SimpleNamespace(logprob=next(iter(e.values())).logprob - 1.0)}
+                                       for t, e in zip(completion.token_ids, completion.logprobs)]
+        return outputs
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_sampler_mismatch_is_measured_and_masked(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, shifted):
+    """GRPO reweights vLLM rollouts by exp(policy - sampler) (TRL's sequence_mask by default): an engine equal to the
+    policy gives ratios ~1; episodes whose sampler log-probs are far off are masked out of the policy loss."""
+    policy = tiny_llama(tokenizer, 0)
+    llm = (OverconfidentLLM if shifted else FakeLLM)(policy, tokenizer)
+    generator = VLLMGenerator(policy, tokenizer, model_path="unused", seed=0, llm=llm)
+    env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), split="test", retriever=overlap_retriever,
+                          max_turns=2)
+    trainer = RandomRewardGRPO(config(tmp_path, max_steps=1), model=policy, tokenizer=tokenizer, env=env,
+                               generator=generator)
+    row = trainer.train()[0]
+    if shifted:
+        assert row["sampling/logprob_gap"] == pytest.approx(0.5, abs=0.05)  # half the episodes, 1 nat per token
+        assert row["sampling/masked_fraction"] == pytest.approx(0.5, abs=0.1)
+    else:
+        assert row["sampling/logprob_gap"] < 1e-3
+        assert row["sampling/masked_fraction"] == 0.0 and row["sampling/is_ratio_mean"] == pytest.approx(1.0, abs=1e-2)
+
+
+def test_sampler_correction_can_be_turned_off(tokenizer, tiny_qa_path, overlap_retriever, tmp_path):
+    policy = tiny_llama(tokenizer, 0)
+    generator = VLLMGenerator(policy, tokenizer, model_path="unused", seed=0, llm=FakeLLM(policy, tokenizer))
+    env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), split="test", retriever=overlap_retriever,
+                          max_turns=2)
+    trainer = RandomRewardGRPO(config(tmp_path, max_steps=1, vllm_importance_sampling_correction=False),
+                               model=policy, tokenizer=tokenizer, env=env, generator=generator)
+    assert not any(k.startswith("sampling/") for k in trainer.train()[0])

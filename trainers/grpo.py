@@ -12,6 +12,8 @@ One step:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from search_gym.trainers.base import RLTrainer, score_logprobs
@@ -39,6 +41,30 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     return advantages / (std + 1e-4)
 
 
+def sampler_correction(policy_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor, mode: str,
+                       clip_min: float | None = None, clip_max: float | None = 3.0) -> torch.Tensor:
+    """Importance weights for a rollout sampled by another engine (vLLM) than the policy being trained.
+
+    ``exp(policy - sampler)`` log-probabilities at policy tokens, per token (``token_*``, ``[B, T]``) or one per
+    episode from the summed difference (``sequence_*``, ``[B, 1]``); ``*_truncate`` clips them to
+    ``[clip_min, clip_max]``, ``*_mask`` zeroes those outside it. TRL 1.16's ``vllm_importance_sampling_*``
+    semantics (a NaN sampler log-probability counts as no difference).
+    """
+    diff = torch.nan_to_num((policy_logps - sampler_logps) * mask.float(), nan=0.0)
+    if mode.startswith("sequence"):
+        diff = diff.sum(dim=-1, keepdim=True)
+    elif not mode.startswith("token"):
+        raise ValueError(f"unknown importance sampling mode {mode!r}")
+    ratio = torch.exp(diff)
+    if mode.endswith("truncate"):
+        return torch.clamp(ratio, min=clip_min, max=clip_max)
+    if not mode.endswith("mask"):
+        raise ValueError(f"unknown importance sampling mode {mode!r}")
+    low = -math.inf if clip_min is None else clip_min
+    high = math.inf if clip_max is None else clip_max
+    return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+
+
 def grpo_loss(
     logps: torch.Tensor,
     old_logps: torch.Tensor | None,
@@ -54,13 +80,16 @@ def grpo_loss(
     max_completion_length: int | None = None,
     num_items: float | torch.Tensor | None = None,
     bias_correction_kl: bool = True,
+    sampling_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO objective on per-token log-probabilities ``[B, T]`` (any alignment, as long as all agree).
 
     ``old_logps`` None means the batch is on-policy (ratio 1, gradient of the log-probabilities only). ``mask`` is
     1 at policy tokens. ``num_items``: the token count that ``dapo`` divides by (default: ``mask.sum()``; over a
     rollout batch split into minibatches pass the whole batch's count). ``bias_correction_kl`` multiplies the k3
-    KL by the importance ratio (TRL's default). Returns the loss and detached statistics.
+    KL by the importance ratio (TRL's default). ``sampling_weights`` (``[B, T]`` or ``[B, 1]``,
+    :func:`sampler_correction`) multiply the policy term, not the KL, as TRL's. Returns the loss and detached
+    statistics.
     """
     mask = mask.float()
     old = logps.detach() if old_logps is None else old_logps
@@ -73,6 +102,8 @@ def grpo_loss(
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
     adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     per_token = -torch.min(ratio * adv, clipped * adv)
+    if sampling_weights is not None:
+        per_token = per_token * sampling_weights
     kl = None
     if beta != 0.0:
         if ref_logps is None:
@@ -136,7 +167,18 @@ class GRPOTrainer(RLTrainer):
         batch = collate(episodes, self.tokenizer.pad_token_id).to(device)
         chunks = self.forward_chunks(len(episodes))
         # With one pass the batch is on-policy: the ratio is exp(logp - logp.detach()) = 1, as in TRL.
-        old_logps = score_logprobs(self.model, batch, chunks, config.temperature) if config.num_iterations > 1 else None
+        # Rollouts from another engine (vLLM: other kernels, bf16) than the policy: TRL's correction needs the policy's
+        # own log-probabilities of the sampled tokens, one more no-grad forward.
+        correct = config.vllm_importance_sampling_correction and not getattr(self.generator, "exact_logprobs", True)
+        policy_logps = (score_logprobs(self.model, batch, chunks, config.temperature)
+                        if config.num_iterations > 1 or correct else None)
+        old_logps = policy_logps if config.num_iterations > 1 else None
+        weights = None
+        if correct:
+            weights = sampler_correction(policy_logps, batch.sampler_logprobs, batch.loss_mask,
+                                         config.vllm_importance_sampling_mode,
+                                         config.vllm_importance_sampling_clip_min,
+                                         config.vllm_importance_sampling_clip_max)
         ref_logps = score_logprobs(self.reference, batch, chunks, config.temperature) if config.beta else None
         eps_high = config.epsilon if config.epsilon_high is None else config.epsilon_high
         sums: dict[str, float] = {}
@@ -189,6 +231,7 @@ class GRPOTrainer(RLTrainer):
                         # dapo divides by the tokens of one optimiser step's batch (TRL: of its accumulation window)
                         num_items=global_tokens if config.loss_type == "dapo" else None,
                         bias_correction_kl=config.use_bias_correction_kl,
+                        sampling_weights=None if weights is None else weights[index],
                     )
                     (loss * scale).backward()
                     # the minibatch's loss as one process computes it (on a single process the scales sum to 1)
@@ -208,5 +251,12 @@ class GRPOTrainer(RLTrainer):
                     counts[key] = counts.get(key, 0) + 1
         metrics = {f"losses/{k}": v / max(1, counts[k]) for k, v in sums.items()}
         metrics["charts/advantage_abs"] = float(advantages.abs().mean())
+        if correct:  # how far the sampler was from the policy, and what the correction did about it
+            mask = batch.loss_mask
+            gap = torch.nan_to_num((policy_logps - batch.sampler_logprobs).abs() * mask, nan=0.0)
+            metrics["sampling/logprob_gap"] = float(gap.sum() / mask.sum().clamp(min=1.0))
+            per_row = weights.expand_as(mask) if weights.size(1) == 1 else weights
+            metrics["sampling/is_ratio_mean"] = float(masked_mean(per_row, mask))
+            metrics["sampling/masked_fraction"] = float(masked_mean((per_row == 0).float(), mask))
         metrics["charts/reward_std"] = float(rewards.std()) if len(rewards) > 1 else 0.0  # of the global batch
         return metrics

@@ -102,6 +102,9 @@ class VLLMGenerator:
         self.agent = VLLMAgent(str(model_path), llm=llm, tokenizer=tokenizer, temperature=temperature, top_p=top_p,
                                seed=seed if request_seeds else None, few_shot=0, dtype=dtype, llm_kwargs=kwargs)
         self.llm = self.agent.llm
+        # The engine's log-probabilities are not the policy's (other kernels, bf16): GRPO's
+        # vllm_importance_sampling_correction reweights for the difference.
+        self.exact_logprobs = False
         self.sleeping = False
         self.syncs = 0
 
