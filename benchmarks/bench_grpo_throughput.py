@@ -96,7 +96,9 @@ def run(args) -> dict:
                   questions_per_step=args.generations // group, group_size=group, generation_backend=args.backend,
                   vllm_gpu_memory_utilization=0.35, vllm_max_model_len=2048, tensorboard=False, progress=False,
                   resume=False, max_prompt_tokens=1024, max_response_tokens=2048, max_obs_tokens=512,
-                  forward_batch_size=args.forward_batch_size)
+                  forward_batch_size=args.forward_batch_size,
+                  vllm_max_num_batched_tokens=args.vllm_max_num_batched_tokens,
+                  vllm_importance_sampling_correction=args.is_correction)
     if args.mode == "single":
         mode = dict(max_turns=1, max_turn_tokens=256, safety=False)
     else:
@@ -118,8 +120,11 @@ def run(args) -> dict:
     # completion tokens of a step = policy tokens generated (environment text excluded)
     generated = [r["charts/tokens_per_second"] * s for r, s in zip(rows, steps)]
     mean_tokens = statistics.mean(generated[2:] or generated) / args.generations
-    return {"shape": args.shape, "mode": f"ours-{args.mode}-{args.backend}", "generations_per_step": args.generations,
-            "forward_batch_size": args.forward_batch_size,
+    corrected = bool(args.is_correction) and args.backend == "vllm"  # HF rollouts are the policy's own log-probs
+    label = f"ours-{args.mode}-{args.backend}" + ("+is" if corrected else "")
+    return {"shape": args.shape, "mode": label, "generations_per_step": args.generations,
+            "forward_batch_size": args.forward_batch_size, "is_correction": args.is_correction,
+            "vllm_max_num_batched_tokens": args.vllm_max_num_batched_tokens,
             "setup_s": round(setup, 1), "step_s_median": round(median, 3), "step_s_all": [round(s, 2) for s in steps],
             "rollout_s_median": round(statistics.median([r["time/rollout_seconds"] for r in rows][2:] or [r["time/rollout_seconds"] for r in rows]), 3),
             "env_s_median": round(statistics.median([r["time/env_seconds"] for r in rows][2:] or [r["time/env_seconds"] for r in rows]), 3),
@@ -155,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forward-batch-size", type=int, default=0,
                         help="episodes per forward/backward pass, gradients accumulated (0: the whole batch at once, "
                              "as TRL's one pass; multi-turn episodes carry ~5x the tokens in passages)")
+    parser.add_argument("--vllm-max-num-batched-tokens", type=int, default=4096,
+                        help="the engine's tokens per scheduler step (TRL's colocate value by default)")
+    parser.add_argument("--is-correction", type=int, choices=(0, 1), default=1,
+                        help="TRL's vLLM importance-sampling correction (1, TRL's default: one more no-grad forward "
+                             "per step; the first H200 table ran before it existed, i.e. without it)")
     parser.add_argument("--device", default="cuda", help="torch device (cpu only to smoke-test the script)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the bundled SmolLM2's)")
     parser.add_argument("--table", type=Path, default=None, help="print the table of a JSON-lines file and exit")

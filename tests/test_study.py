@@ -152,3 +152,32 @@ def test_unknown_stage_and_cli(tmp_path):
     config = build_config(StudyConfig, args, None)
     assert config.penalty_lambda == 0.2 and config.attacks == ("none", "search") and config.stages == ("report",)
     assert study_table({"models": {}}).count("\n") == 1
+
+
+@pytest.mark.parametrize("override, expected", [(0, 200), (7, 7)])
+def test_grpo_runs_get_the_study_settings(tmp_path, monkeypatch, override, expected):
+    """Both GRPO runs train the aligned model from the shared GRPO config, with the study's seed, penalty and (when
+    given) step count."""
+    import search_gym.trainers.grpo as grpo
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, config):
+            seen.append(config)
+
+        def train(self):
+            return []
+
+        def save_final(self):
+            return None
+
+    monkeypatch.setattr(grpo, "GRPOTrainer", Recorder)
+    (tmp_path / "grpo.yaml").write_text("max_steps: 200\nquestions_per_step: 4\ngroup_size: 2\n")
+    study = Study(StudyConfig(output_dir=str(tmp_path / "study"), grpo_config=str(tmp_path / "grpo.yaml"), seed=3,
+                              grpo_max_steps=override, progress=False))
+    study.stage_grpo_penalty()
+    (config,) = seen
+    assert config.max_steps == expected and config.questions_per_step == 4 and config.seed == 3
+    assert config.model == str(study.final("sft")) and config.output_dir == str(study.root / "grpo_penalty")
+    assert config.penalty_lambda == study.config.penalty_lambda and config.penalty_direction == str(study.direction_path)

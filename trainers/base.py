@@ -59,7 +59,8 @@ def make_generator(config: RLConfig, model, tokenizer, start_path):
                              gpu_memory_utilization=config.vllm_gpu_memory_utilization,
                              max_model_len=config.vllm_max_model_len,
                              enable_sleep_mode=config.vllm_enable_sleep_mode,
-                             request_seeds=config.vllm_request_seeds)
+                             request_seeds=config.vllm_request_seeds,
+                             max_num_batched_tokens=config.vllm_max_num_batched_tokens)
     raise ValueError(f"generation_backend must be 'hf' or 'vllm', not {config.generation_backend!r}")
 
 

@@ -88,6 +88,9 @@ class RLConfig(TrainConfig):
                                                 "benchmarks/bench_generation_cache.py)", default=None)
     vllm_gpu_memory_utilization: float = _help("GPU share of the colocated vLLM engine", default=0.3)
     vllm_max_model_len: int = _help("longest prompt + response the vLLM engine serves", default=4096)
+    vllm_max_num_batched_tokens: int = _help("the vLLM engine's token budget per scheduler step (TRL's colocate "
+                                             "4096; multi-turn turns prefill their passages, more may help)",
+                                             default=4096)
     vllm_request_seeds: bool = _help("seed every vLLM request from (step seed, index): reproducible sampling for an "
                                      "identical batch, at one generator call per sequence per token (off: one "
                                      "engine seed, as TRL)", default=False)

@@ -48,6 +48,7 @@ class StudyConfig:
     sft_data: str | None = _help("an sft_data.jsonl built earlier (search-gym train sft --data-only) to train on",
                                  default=None)
     grpo_config: str = _help("YAML of GRPOConfig fields shared by both GRPO runs", default="examples/configs/grpo_study.yaml")
+    grpo_max_steps: int = _help("steps of both GRPO runs (0: grpo_config's max_steps)", default=0)
     penalty_lambda: float = _help("lambda of the representation-guided run", default=0.5)
     direction: str = _help("direction file of the extract run used by the penalty and for drift: harmfulness "
                            "(style-matched contrast), attack_search (RL-search-safety's), harmfulness_qa, ...",
@@ -151,6 +152,8 @@ class Study:
         config = replace(build_config(GRPOConfig, None, self.config.grpo_config), model=self.aligned, output_dir=str(self.root / run),
                          seed=self.config.seed, device=self.config.device, progress=self.config.progress,
                          penalty_direction=str(self.direction_path), penalty_lambda=penalty_lambda)
+        if self.config.grpo_max_steps:
+            config = replace(config, max_steps=self.config.grpo_max_steps)
         trainer = GRPOTrainer(config)
         trainer.train()
         trainer.save_final()

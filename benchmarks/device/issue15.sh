@@ -2,10 +2,11 @@
 # Device side of issues 14/15 on one H200, after unpack.sh returned 0 with vLLM installed (README.md beside this).
 # Run from the repository root; every subcommand writes what it measured under $OUT.
 #
-#   bash benchmarks/device/issue15.sh background   # start, detached (setsid), the GPU jobs that need no timing:
-#                                                   #  1. issue 14's attack grid on the bundled model, new judge
-#                                                   #  2. the study's SFT stage (carried .devrun/sft_data)
-#   bash benchmarks/device/issue15.sh wait          # until both background jobs have ended (or 540 s)
+#   bash benchmarks/device/issue15.sh background [grid] [sft]
+#                                                   # start, detached (setsid), GPU jobs that need no timing:
+#                                                   #  grid: issue 14's attack grid on the bundled model (HF fp32)
+#                                                   #  sft:  the study's SFT stage (carried .devrun/sft_data)
+#   bash benchmarks/device/issue15.sh wait sft      # until those background jobs have ended (or 540 s)
 #   bash benchmarks/device/issue15.sh throughput "qwen2.5-0.5b 16" ...
 #                                                   # per row: TRL + HF generate, TRL + vLLM colocate (the
 #                                                   # ../shared/bench script, carried in .bench/), ours single-turn
@@ -20,35 +21,42 @@ mkdir -p "$RUNS"
 source /tmp/sg/env.sh
 export VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_HOST_IP=127.0.0.1 NCCL_SOCKET_IFNAME=lo GLOO_SOCKET_IFNAME=lo
 TOK=$SEARCH_GYM_CACHE/models/SmolLM2-135M-Instruct
-# The study as piloted: the committed configs, with fewer GRPO steps and evaluation prompts (said in docs/study.md)
-PILOT_STEPS=${PILOT_STEPS:-40}
-PILOT_PROMPTS=${PILOT_PROMPTS:-256}
-
+# The study: the committed configs (examples/configs/study_smollm2.yaml and what it names), paths made absolute;
+# STUDY_ARGS adds `search-gym study` flags (e.g. a smaller run for a pilot; docs/study.md says what ran).
 study() {
-  sed -e "s/^max_steps: .*/max_steps: $PILOT_STEPS/" -e "s/^save_steps: .*/save_steps: 10/" \
-      -e "s/^drift_every: .*/drift_every: 1/" "$REPO/examples/configs/grpo_study.yaml" > "$RUNS/grpo_pilot.yaml"
   (cd /tmp && search-gym study --config "$REPO/examples/configs/study_smollm2.yaml" --output-dir "$RUNS/study" \
       --sft-config "$REPO/examples/configs/sft_smollm2.yaml" --sft-data "$RUNS/sft_data/sft_data.jsonl" \
-      --grpo-config "$RUNS/grpo_pilot.yaml" --eval-prompts "$PILOT_PROMPTS" --eval-agent vllm --device cuda \
-      --progress false --stages "$@")
+      --grpo-config "$REPO/examples/configs/grpo_study.yaml" --device cuda --progress false ${STUDY_ARGS:-} \
+      --stages "$@")
 }
 
 case "${1:-}" in
   background)
+    shift
     mkdir -p "$RUNS/sft_data" && cp -r .devrun/sft_data/* "$RUNS/sft_data/" && gunzip -kf "$RUNS/sft_data/sft_data.jsonl.gz"
-    cd /tmp
-    setsid nohup bash -c "time search-gym eval --agents smollm2 --prompt-sets harmful:heldout qa:test \
-        --attacks none search multi_search:n=3 multi_search:n=10 -n 256 --num-envs 128 --max-new-tokens 48 \
-        --out $RUNS/grid_n256; echo rc=\$? > $RUNS/grid.rc" > "$RUNS/grid.log" 2>&1 < /dev/null &
-    cd "$REPO"
-    setsid nohup bash -c "bash benchmarks/device/issue15.sh __study sft; echo rc=\$? > $RUNS/sft.rc" \
-        > "$RUNS/sft.log" 2>&1 < /dev/null &
-    sleep 5; tail -n 3 "$RUNS/grid.log" "$RUNS/sft.log"
+    for job in "$@"; do
+      case $job in
+        grid)
+          (cd /tmp && setsid nohup bash -c "time search-gym eval --agents smollm2 --prompt-sets harmful:heldout qa:test \
+            --attacks none search multi_search:n=3 multi_search:n=10 -n 256 --num-envs 128 --max-new-tokens 48 \
+            --out $RUNS/grid_n256; echo rc=\$? > $RUNS/grid.rc" > "$RUNS/grid.log" 2>&1 < /dev/null &) ;;
+        sft)
+          setsid nohup bash -c "bash benchmarks/device/issue15.sh __study sft; echo rc=\$? > $RUNS/sft.rc" \
+            > "$RUNS/sft.log" 2>&1 < /dev/null & ;;
+        *) echo "unknown background job $job" >&2; exit 2 ;;
+      esac
+    done
+    sleep 5; for job in "$@"; do tail -n 3 "$RUNS/$job.log"; done
     ;;
   __study) shift; study "$@" ;;
-  wait)
-    for _ in $(seq 108); do [ -f "$RUNS/grid.rc" ] && [ -f "$RUNS/sft.rc" ] && break; sleep 5; done
-    cat "$RUNS"/*.rc 2>/dev/null; tail -n 4 "$RUNS/grid.log" "$RUNS/sft.log"; nvidia-smi --query-gpu=memory.used --format=csv
+  wait)  # wait JOB...: until each started job has written its .rc (at most 540 s)
+    shift
+    for _ in $(seq 108); do
+      pending=0; for job in "$@"; do [ -f "$RUNS/$job.rc" ] || pending=1; done
+      [ $pending = 0 ] && break; sleep 5
+    done
+    for job in "$@"; do echo "$job: $(cat "$RUNS/$job.rc" 2>/dev/null || echo running)"; tail -n 4 "$RUNS/$job.log"; done
+    nvidia-smi --query-gpu=memory.used --format=csv
     ;;
   throughput)
     shift
@@ -65,7 +73,8 @@ case "${1:-}" in
         # multi-turn rows carry ~5x the tokens (passages): passes of 8 episodes, gradients accumulated
         fbs=0; [ "$mode" = multi ] && fbs=${MULTI_FORWARD_BATCH:-8}
         (cd /tmp && timeout 300 python3 "$REPO/benchmarks/bench_grpo_throughput.py" --shape "$shape" --mode "$mode" \
-          --generations "$gens" --tokenizer "$TOK" --forward-batch-size "$fbs") > "$RUNS/ours_${shape}_${mode}_${gens}.log" 2>&1
+          --generations "$gens" --tokenizer "$TOK" --forward-batch-size "$fbs" ${OUR_ARGS:-}) \
+          > "$RUNS/ours_${shape}_${mode}_${gens}.log" 2>&1
         grep '^{' "$RUNS/ours_${shape}_${mode}_${gens}.log" | tee -a "$OUT/throughput.jsonl" \
           || tail -25 "$RUNS/ours_${shape}_${mode}_${gens}.log"
       done
