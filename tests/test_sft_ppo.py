@@ -228,7 +228,7 @@ def test_grpo_with_penalty_records_drift_on_checkpoints(tmp_path, tokenizer, tin
     assert any((a - b).abs().max() > 0 for a, b in zip(before, model.parameters()))
     assert all(math.isfinite(r["losses/policy_loss"]) for r in rows)
     drift_rows = [json.loads(line) for line in (tmp_path / "grpo" / "drift.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in drift_rows] == [1, 2] and all(r["layer"] == 1 for r in drift_rows)
+    assert [r["step"] for r in drift_rows] == [0, 1, 2] and all(r["layer"] == 1 for r in drift_rows)
     assert all(math.isfinite(r["mean"]) and r["auroc"] is not None for r in drift_rows)
 
 

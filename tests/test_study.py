@@ -181,3 +181,34 @@ def test_grpo_runs_get_the_study_settings(tmp_path, monkeypatch, override, expec
     assert config.max_steps == expected and config.questions_per_step == 4 and config.seed == 3
     assert config.model == str(study.final("sft")) and config.output_dir == str(study.root / "grpo_penalty")
     assert config.penalty_lambda == study.config.penalty_lambda and config.penalty_direction == str(study.direction_path)
+
+
+@pytest.mark.slow
+def test_the_real_stages_run_end_to_end_on_the_bundled_model(tmp_path):
+    """Every real stage at toy sizes on the CPU (about 20-30 minutes on 2 cores): SFT, directions, the evaluations,
+    both GRPO runs with the penalty and drift, and the report. Run on purpose: ``pytest -m slow tests/test_study.py``.
+    The numbers mean nothing at these sizes; the point is that the stages fit together."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "sft.yaml").write_text("model: smollm2\nmax_steps: 3\nbatch_size: 4\nsave_steps: 2\nqa_limit: 8\n"
+                                       "harmful_limit: 8\nbenign_limit: 4\nbenign_repeat: 1\ninstruct_limit: -1\n"
+                                       "pair_harmful_limit: -1\n")
+    grpo = (root / "examples/configs/grpo_study.yaml").read_text()
+    for key, value in (("max_steps", 2), ("questions_per_step", 2), ("group_size", 2), ("max_turn_tokens", 16),
+                       ("save_steps", 1), ("drift_every", 1), ("drift_prompts", 4)):
+        grpo = "\n".join(f"{key}: {value}" if line.startswith(f"{key}:") else line for line in grpo.splitlines())
+    grpo = grpo.replace("generation_backend: vllm", "generation_backend: hf")
+    (tmp_path / "grpo.yaml").write_text(grpo)
+    config = StudyConfig(output_dir=str(tmp_path / "study"), sft_config=str(tmp_path / "sft.yaml"),
+                         grpo_config=str(tmp_path / "grpo.yaml"),
+                         direction_args="--n-train 8 --n-val 8 --n-heldout 8 --no-refusal", attacks=("none", "search"),
+                         eval_prompts=4, eval_num_envs=4, eval_max_new_tokens=16, eval_agent="hf", device="cpu",
+                         progress=False)
+    summary = Study(config).run()
+    assert set(summary["models"]) == {"sft", "grpo", "grpo_penalty"}
+    assert all(len(cells) == 4 for cells in summary["models"].values())
+    for name in ("study.md", "study.json", "curves.png", "drift.png"):
+        assert (tmp_path / "study" / name).stat().st_size > 0
+    drift = (tmp_path / "study" / "grpo_penalty" / "drift.jsonl").read_text().splitlines()
+    assert len(drift) >= 2  # a drift record per saved checkpoint

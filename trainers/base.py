@@ -238,6 +238,10 @@ class RLTrainer:
         start = self.resume()
         if start:
             self.generator.sync_weights()  # an engine with its own copy starts from the resumed weights
+        elif config.drift_every and self.penalty is not None:
+            if self.parallel.is_main:
+                self.record_drift()  # step 0: the starting weights, what drift is measured from
+            self.parallel.barrier()
         logged = []
         bar = progress_bar(config.max_steps, start, config.progress and self.parallel.is_main, f"{self.algorithm}")
         for step in range(start, config.max_steps):

@@ -110,8 +110,8 @@ class RLConfig(TrainConfig):
     penalty_searches: str = _help("which <search> tokens: 'first' (RL-search-safety final) or 'mean'", default="first")
     penalty_projection: str = _help("'cosine' or 'dot' (raw h . d)", default="cosine")
     penalty_relu: bool = _help("penalise max(0, p) instead of p", default=False)
-    drift_every: int = _help("record the policy's drift along the penalty direction at every N-th saved checkpoint "
-                             "(drift.jsonl; 0: off)", default=0)
+    drift_every: int = _help("record the policy's drift along the penalty direction at step 0 and at the saved "
+                             "checkpoints whose step is a multiple of N (drift.jsonl; 0: off)", default=0)
     drift_prompts: int = _help("held-out harmful and QA prompts read for drift", default=32)
     env_kwargs: str = _help("keyword arguments for env_id as a JSON object (a YAML config may give a mapping), "
                             "over the registered defaults and, for search envs, over the fields above; e.g. "
