@@ -185,7 +185,7 @@ def test_grpo_runs_get_the_study_settings(tmp_path, monkeypatch, override, expec
 
 @pytest.mark.slow
 def test_the_real_stages_run_end_to_end_on_the_bundled_model(tmp_path):
-    """Every real stage at toy sizes on the CPU (about 20-30 minutes on 2 cores): SFT, directions, the evaluations,
+    """Every real stage at toy sizes on the CPU (about 10 minutes on 2 cores): SFT, directions, the evaluations,
     both GRPO runs with the penalty and drift, and the report. Run on purpose: ``pytest -m slow tests/test_study.py``.
     The numbers mean nothing at these sizes; the point is that the stages fit together."""
     from pathlib import Path
