@@ -24,10 +24,14 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 # name -> GRPOConfig overrides. Together with RESUMED: every loss aggregation, minibatches that split unevenly over
-# the ranks (a rank may hold no row of a minibatch), several passes, batch-scaled rewards, the KL term.
+# the ranks (a rank may hold no row of a minibatch), several passes, batch-scaled rewards, the KL term,
+# gradients accumulated over forward/backward passes.
 CASES = {
     "bnpo_minibatches": dict(loss_type="bnpo", mini_batch_size=3, num_iterations=2),
     "dapo_minibatches_batch_scale": dict(loss_type="dapo", mini_batch_size=4, scale_rewards="batch", beta=0.0),
+    # passes of one episode: the ranks hold 1 and 2 rows of a minibatch of 3, so they make different numbers of
+    # backward passes (only the last one all-reduces)
+    "bnpo_one_episode_passes": dict(loss_type="bnpo", mini_batch_size=3, forward_batch_size=1),
 }
 # One dr_grpo step saved, then resumed for a grpo step (a second trainer on the same folder, as a restarted job):
 # covers the two episode-count aggregations and resume on every rank with one more trainer pair.

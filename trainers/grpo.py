@@ -12,6 +12,7 @@ One step:
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -200,46 +201,51 @@ class GRPOTrainer(RLTrainer):
                 global_tokens = parallel.all_reduce_sum(local_tokens) if parallel.enabled else local_tokens
                 world = parallel.world_size if parallel.enabled else 1
                 minibatch_loss, chunk_stats = 0.0, []
-                for chunk in self.forward_chunks(len(rows)):
-                    part = [rows[i] for i in chunk]
-                    sub = batch.select(part)
-                    index = torch.as_tensor(part, device=device)
-                    logps, entropy, _ = token_logprobs(self.train_model, sub.input_ids, sub.attention_mask,
-                                                       temperature=config.temperature, with_entropy=True,
-                                                       first_position=first_loss_position(sub.loss_mask))
-                    chunk_tokens = sub.loss_mask.sum()
-                    if placeholder:
-                        scale = 0.0
-                    elif config.loss_type in ("grpo", "dr_grpo"):  # the pass's loss divides by its episodes
-                        scale = len(part) / len(global_rows) * world
-                    elif config.loss_type == "bnpo":  # ... by its tokens
-                        scale = float(chunk_tokens.clamp(min=1.0) / global_tokens.clamp(min=1.0)) * world
-                    else:  # dapo divides by the minibatch's tokens over every rank already
-                        scale = float(world)
-                    loss, stats = grpo_loss(
-                        logps,
-                        None if old_logps is None else old_logps[index],
-                        None if ref_logps is None else ref_logps[index],
-                        advantages[index],
-                        sub.loss_mask,
-                        epsilon_low=config.epsilon,
-                        epsilon_high=eps_high,
-                        beta=config.beta,
-                        loss_type=config.loss_type,
-                        importance_sampling_level=config.importance_sampling_level,
-                        max_completion_length=config.max_response_tokens,
-                        # dapo divides by the tokens of one optimiser step's batch (TRL: of its accumulation window)
-                        num_items=global_tokens if config.loss_type == "dapo" else None,
-                        bias_correction_kl=config.use_bias_correction_kl,
-                        sampling_weights=None if weights is None else weights[index],
-                    )
-                    (loss * scale).backward()
-                    # the minibatch's loss as one process computes it (on a single process the scales sum to 1)
-                    minibatch_loss += float(loss.detach()) * scale / world
-                    if not placeholder:
-                        stats = {k: float(v) for k, v in stats.items()}
-                        stats["entropy"] = float(masked_mean(entropy, sub.loss_mask))
-                        chunk_stats.append(stats)
+                passes = self.forward_chunks(len(rows))
+                for n_pass, chunk in enumerate(passes):
+                    # Under DDP only a minibatch's last pass all-reduces (the others accumulate locally): a rank
+                    # holding more rows of it makes more passes, but every rank syncs exactly once.
+                    last = n_pass == len(passes) - 1
+                    with contextlib.nullcontext() if last or not parallel.enabled else self.train_model.no_sync():
+                        part = [rows[i] for i in chunk]
+                        sub = batch.select(part)
+                        index = torch.as_tensor(part, device=device)
+                        logps, entropy, _ = token_logprobs(self.train_model, sub.input_ids, sub.attention_mask,
+                                                           temperature=config.temperature, with_entropy=True,
+                                                           first_position=first_loss_position(sub.loss_mask))
+                        chunk_tokens = sub.loss_mask.sum()
+                        if placeholder:
+                            scale = 0.0
+                        elif config.loss_type in ("grpo", "dr_grpo"):  # the pass's loss divides by its episodes
+                            scale = len(part) / len(global_rows) * world
+                        elif config.loss_type == "bnpo":  # ... by its tokens
+                            scale = float(chunk_tokens.clamp(min=1.0) / global_tokens.clamp(min=1.0)) * world
+                        else:  # dapo divides by the minibatch's tokens over every rank already
+                            scale = float(world)
+                        loss, stats = grpo_loss(
+                            logps,
+                            None if old_logps is None else old_logps[index],
+                            None if ref_logps is None else ref_logps[index],
+                            advantages[index],
+                            sub.loss_mask,
+                            epsilon_low=config.epsilon,
+                            epsilon_high=eps_high,
+                            beta=config.beta,
+                            loss_type=config.loss_type,
+                            importance_sampling_level=config.importance_sampling_level,
+                            max_completion_length=config.max_response_tokens,
+                            # dapo divides by the tokens of one optimiser step's batch (TRL: of its accumulation window)
+                            num_items=global_tokens if config.loss_type == "dapo" else None,
+                            bias_correction_kl=config.use_bias_correction_kl,
+                            sampling_weights=None if weights is None else weights[index],
+                        )
+                        (loss * scale).backward()
+                        # the minibatch's loss as one process computes it (on a single process the scales sum to 1)
+                        minibatch_loss += float(loss.detach()) * scale / world
+                        if not placeholder:
+                            stats = {k: float(v) for k, v in stats.items()}
+                            stats["entropy"] = float(masked_mean(entropy, sub.loss_mask))
+                            chunk_stats.append(stats)
                 grad_norm = self.clip_and_step()
                 if placeholder:  # its loss is 0 and the gradient norm the job's; its other statistics are no data
                     stats = {"policy_loss": 0.0, "grad_norm": grad_norm}
