@@ -106,6 +106,8 @@ def test_stages_run_in_order_and_the_report_is_written(tmp_path):
     for png in ("curves.png", "drift.png"):
         assert (study.root / png).stat().st_size > 1000
     assert json.loads((study.root / "study.json").read_text())["training"]["grpo_penalty"]["penalty_lambda"] == 0.5
+    # what stands behind the numbers heads the report
+    assert "- `grpo_penalty`:" in table and "penalty lambda 0.5" in table and "up to 660 prompts per cell" in table
 
 
 def test_a_killed_study_resumes_at_the_unfinished_stage(tmp_path):

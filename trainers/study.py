@@ -187,7 +187,7 @@ class Study:
     def stage_report(self) -> None:
         summary = self.summary()
         (self.root / "study.json").write_text(json.dumps(summary, indent=1))
-        (self.root / "study.md").write_text(study_table(summary) + "\n")
+        (self.root / "study.md").write_text(study_setup(summary) + "\n\n" + study_table(summary) + "\n")
         runs = {name: self.root / name / "metrics.csv" for name in ("grpo", "grpo_penalty")}
         runs = {k: v for k, v in runs.items() if v.exists()}
         if runs:
@@ -215,6 +215,25 @@ class Study:
             if cfg.exists():
                 out.setdefault("training", {})[run] = json.loads(cfg.read_text())
         return out
+
+
+def study_setup(summary: dict[str, Any]) -> str:
+    """What stands behind the table's numbers: the models, GRPO steps and batch, evaluation prompts and seeds."""
+    config = summary["config"]
+    lines = [f"- SFT warm start of `{config['model']}` ({config['sft_config'] or 'none: the model is the start'}); "
+             f"seed {config['seed']} for every stage, one run each."]
+    for run, train in summary.get("training", {}).items():
+        steps, q, g = train.get("max_steps"), train.get("questions_per_step"), train.get("group_size")
+        episodes = f", {q} questions x {g} episodes per step ({steps * q * g:,} episodes)" if None not in (steps, q, g) else ""
+        lines.append(f"- `{run}`: {steps} GRPO steps{episodes} on `{train.get('env_id', '?')}` "
+                     f"{train.get('split', '')}, lr {train.get('learning_rate')}, beta {train.get('beta')}, "
+                     f"penalty lambda {train.get('penalty_lambda')}.")
+    attacks = ", ".join(config["attacks"])
+    lines.append(f"- Evaluations: {config['harmful_set']} and {config['qa_set']}, up to {config['eval_prompts']} "
+                 f"prompts per cell (a seeded draw, the same for every model; n below is per cell), attacks "
+                 f"{attacks}, agent `{config['eval_agent']}`, {config['eval_max_new_tokens']} new tokens per turn; "
+                 "95% percentile-bootstrap intervals over episodes.")
+    return "\n".join(lines)
 
 
 def study_table(summary: dict[str, Any]) -> str:
