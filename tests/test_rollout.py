@@ -131,6 +131,20 @@ def search_ends(tokenizer, ids) -> list[int]:
     return out
 
 
+def test_search_tag_ends_match_the_token_by_token_reference(tokenizer):
+    """Bisection finds the same tokens as decoding every prefix, on random text around tags split every which way."""
+    from search_gym.trainers.rollout import search_tag_ends
+
+    rng = np.random.default_rng(0)
+    pieces = ["<search>", "<", "search", ">", "<sea", "rch>", " héllo", "ü", "</search>", " and", "😀", "x"]
+    for _ in range(60):
+        text = "".join(rng.choice(pieces, size=int(rng.integers(1, 14))))
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if rng.random() < 0.3:  # byte-level pieces of a multi-byte character cut apart
+            ids = ids + list(rng.integers(0, len(tokenizer), size=3))
+        assert search_tag_ends(tokenizer, ids) == search_ends(tokenizer, ids), text
+
+
 def in_spans(ep, index: int, kinds) -> bool:
     return any(start <= index < end and kind in kinds for start, end, kind in ep.spans)
 

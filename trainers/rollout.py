@@ -229,19 +229,22 @@ def _prefix_decodes(tokenizer, ids: Sequence[int]) -> list[str]:
 
 
 def search_tag_ends(tokenizer, ids: Sequence[int]) -> list[int]:
-    """Indices into ``ids`` of the token that completes each ``<search>`` in their decoded text."""
-    prefixes = _prefix_decodes(tokenizer, ids)
-    if not prefixes or SEARCH_TAG not in prefixes[-1]:
-        return []
-    text, out, start = prefixes[-1], [], 0
-    lengths = [len(p) for p in prefixes]
-    while True:
-        at = text.find(SEARCH_TAG, start)
-        if at < 0:
-            return out
-        end = at + len(SEARCH_TAG)
-        out.append(next(j for j, n in enumerate(lengths) if n >= end))
-        start = end
+    """Indices into ``ids`` of the token that completes each ``<search>`` in their decoded text: for the k-th tag, the
+    first ``j`` whose ``decode(ids[:j + 1])`` holds k tags. That count only grows with ``j`` (a tag is ASCII, which
+    a longer prefix never re-decodes), so each tag is found by bisection: O(log n) decodes instead of one per token
+    (this runs on every search turn of every episode)."""
+    total = decode(tokenizer, ids).count(SEARCH_TAG)
+    out, low = [], 0
+    for k in range(1, total + 1):
+        high = len(ids) - 1
+        while low < high:
+            mid = (low + high) // 2
+            if decode(tokenizer, ids[: mid + 1]).count(SEARCH_TAG) >= k:
+                high = mid
+            else:
+                low = mid + 1
+        out.append(low)
+    return out
 
 
 def kept_prefix(tokenizer, ids: Sequence[int], kept: str) -> tuple[int, str]:
