@@ -343,3 +343,30 @@ def test_sft_recipe_selection_rule(tmp_path):
     # none eligible: the fewest failed targets (main misses invalid <= 0.3 on all 5 sets, soft two refusal targets)
     assert run(main=summary(0.45, 99, 85, invalid=0.5), soft=summary(0.40, 70, 95)) == "soft"
     assert run(main=summary(0.45, 70, 85), soft=summary(0.40, 99, 95, invalid=0.5)) == "main"
+
+
+def test_sft_loss_is_the_cross_entropy_of_the_policy_tokens(tokenizer):
+    """The SFT loss (token log-probabilities with the prompt's logits skipped) equals a full cross-entropy
+    masked to the policy tokens."""
+    import torch
+
+    from conftest import tiny_llama
+    from search_gym.trainers.core import TokenBatch
+    from search_gym.trainers.sft import sft_loss
+
+    model = tiny_llama(tokenizer, 0)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, len(tokenizer), (3, 12), generator=g)
+    attention = torch.ones_like(ids)
+    attention[2, 9:] = 0  # right padding
+    mask = torch.zeros(3, 11)
+    mask[0, 4:] = 1
+    mask[1, 6:9] = 1
+    mask[2, 5:8] = 1
+    batch = TokenBatch(ids, attention, mask, torch.zeros(3, 11))
+    loss, tokens = sft_loss(model, batch)
+    logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                            reduction="none").view_as(mask)
+    assert tokens == int(mask.sum())
+    assert torch.allclose(loss, (nll * mask).sum() / mask.sum(), atol=1e-6)

@@ -29,6 +29,7 @@ from search_gym.trainers.core import (
     RunLogger,
     checkpoints,
     collate,
+    first_loss_position,
     load_checkpoint,
     load_policy,
     make_optimizer,
@@ -36,6 +37,7 @@ from search_gym.trainers.core import (
     save_checkpoint,
     save_final,
     set_seed,
+    token_logprobs,
 )
 from search_gym.trainers.rollout import AgentGenerator, RolloutCollector, TokenEpisode
 from search_gym.trainers.sft_config import SFTConfig
@@ -210,13 +212,12 @@ def load_episodes(path: Path) -> list[TokenEpisode]:
 
 
 def sft_loss(model, batch) -> tuple[torch.Tensor, int]:
-    """Mean next-token cross-entropy over the batch's policy tokens, and how many there were."""
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    logits = out.logits[:, :-1].float()
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch.input_ids[:, 1:].reshape(-1),
-                                            reduction="none").view_as(batch.loss_mask)
+    """Mean next-token cross-entropy over the batch's policy tokens, and how many there were (the RL trainers'
+    token log-probabilities, so the prompt's logits are skipped the same way)."""
+    logps, _, _ = token_logprobs(model, batch.input_ids, batch.attention_mask,
+                                 first_position=first_loss_position(batch.loss_mask))
     tokens = batch.loss_mask.sum()
-    return (nll * batch.loss_mask).sum() / tokens.clamp(min=1.0), int(tokens)
+    return -(logps * batch.loss_mask).sum() / tokens.clamp(min=1.0), int(tokens)
 
 
 class SFTTrainer:
