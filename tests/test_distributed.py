@@ -17,7 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -69,7 +68,7 @@ class BufferGenerator:
 
 
 def make_trainer(tokenizer, qa_path, corpus_path, output_dir, *, num_envs, **overrides):
-    from conftest import WordOverlapRetriever, tiny_llama
+    from conftest import WordOverlapRetriever, reward_odd_tokens, tiny_llama
 
     from search_gym.envs import SearchVectorEnv
     from search_gym.trainers.grpo import GRPOTrainer
@@ -77,11 +76,7 @@ def make_trainer(tokenizer, qa_path, corpus_path, output_dir, *, num_envs, **ove
 
     class OddTokenGRPO(GRPOTrainer):
         def collect(self, step):
-            episodes = super().collect(step)
-            for ep in episodes:
-                policy = [t for t, m in zip(ep.response_ids, ep.loss_mask) if m]
-                ep.task_reward = ep.reward = float(np.mean([t % 2 for t in policy])) if policy else 0.0
-            return episodes
+            return reward_odd_tokens(super().collect(step))
 
     # A small learning rate: Adam's first step is ~lr * sign(g), so float-rounding differences of near-zero
     # gradients move weights by up to ~lr * 1e-2; the gradient scale itself is checked through losses/grad_norm.

@@ -7,10 +7,9 @@ import argparse
 import csv
 import math
 
-import numpy as np
 import pytest
 
-from conftest import tiny_llama
+from conftest import reward_odd_tokens, tiny_llama
 import torch
 
 from search_gym.envs import SearchVectorEnv
@@ -58,11 +57,7 @@ class OddTokenGRPO(GRPOTrainer):
     random policy earns in varying amounts, so group advantages are nonzero (the env's own reward is ~0 for it)."""
 
     def collect(self, step):
-        episodes = super().collect(step)
-        for ep in episodes:
-            policy = [t for t, m in zip(ep.response_ids, ep.loss_mask) if m]
-            ep.task_reward = ep.reward = float(np.mean([t % 2 for t in policy])) if policy else 0.0
-        return episodes
+        return reward_odd_tokens(super().collect(step))
 
 
 def make_trainer(tokenizer, tiny_qa_path, retriever, output_dir, **overrides) -> OddTokenGRPO:
