@@ -115,19 +115,22 @@ def run(args) -> dict:
     rows = trainer.train()
     steps = [r["time/rollout_seconds"] + r["time/update_seconds"] for r in rows]
     tokens = [r["charts/policy_tokens"] for r in rows] if "charts/policy_tokens" in rows[0] else None
-    steady = steps[2:] or steps  # steps 3..N (a shorter smoke run: all)
-    median = statistics.median(steady)
+
+    def steady(values):  # steps 3..N, as the TRL baseline (a shorter smoke run: all)
+        return values[2:] or values
+
+    median = statistics.median(steady(steps))
     # completion tokens of a step = policy tokens generated (environment text excluded)
     generated = [r["charts/tokens_per_second"] * s for r, s in zip(rows, steps)]
-    mean_tokens = statistics.mean(generated[2:] or generated) / args.generations
+    mean_tokens = statistics.mean(steady(generated)) / args.generations
     corrected = bool(args.is_correction) and args.backend == "vllm"  # HF rollouts are the policy's own log-probs
     label = f"ours-{args.mode}-{args.backend}" + ("+is" if corrected else "")
     return {"shape": args.shape, "mode": label, "generations_per_step": args.generations,
             "forward_batch_size": args.forward_batch_size, "is_correction": args.is_correction,
             "vllm_max_num_batched_tokens": args.vllm_max_num_batched_tokens,
             "setup_s": round(setup, 1), "step_s_median": round(median, 3), "step_s_all": [round(s, 2) for s in steps],
-            "rollout_s_median": round(statistics.median([r["time/rollout_seconds"] for r in rows][2:] or [r["time/rollout_seconds"] for r in rows]), 3),
-            "env_s_median": round(statistics.median([r["time/env_seconds"] for r in rows][2:] or [r["time/env_seconds"] for r in rows]), 3),
+            "rollout_s_median": round(statistics.median(steady([r["time/rollout_seconds"] for r in rows])), 3),
+            "env_s_median": round(statistics.median(steady([r["time/env_seconds"] for r in rows])), 3),
             "mean_completion_len": round(mean_tokens, 1),
             "completion_tok_s": round(args.generations * mean_tokens / median),
             "policy_tokens_logged": tokens[-1] if tokens else None,
