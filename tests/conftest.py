@@ -88,6 +88,17 @@ class WordOverlapRetriever:
 
 
 @pytest.fixture()
+def isolated_retrievers(tmp_path, monkeypatch):
+    """A cache of the test's own and no retriever left over from another test (retrieval tests build indexes)."""
+    from search_gym.retrieval import clear_retrievers
+
+    monkeypatch.setenv("SEARCH_GYM_CACHE", str(tmp_path / "cache"))
+    clear_retrievers()
+    yield
+    clear_retrievers()
+
+
+@pytest.fixture()
 def overlap_retriever(tiny_corpus_path) -> WordOverlapRetriever:
     return WordOverlapRetriever(tiny_corpus_path)
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import TINY_PASSAGES, write_jsonl
 
 from search_gym.retrieval.dense import DenseRetriever
-from search_gym.retrieval.factory import RetrieverConfig, clear_retrievers, get_retriever
+from search_gym.retrieval.factory import RetrieverConfig, get_retriever
 from search_gym.retrieval.index_build import (
     IndexBuildConfig,
     build_index,
@@ -26,12 +26,7 @@ from search_gym.retrieval.index_build import (
 N_EXTRA = 52  # 60 passages: four shards of 16 in the resume tests
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEARCH_GYM_CACHE", str(tmp_path / "cache"))
-    clear_retrievers()
-    yield
-    clear_retrievers()
+pytestmark = pytest.mark.usefixtures("isolated_retrievers")
 
 
 @pytest.fixture(scope="module")

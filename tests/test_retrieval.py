@@ -19,7 +19,6 @@ from search_gym.retrieval import (
     Hit,
     Retriever,
     RetrieverConfig,
-    clear_retrievers,
     get_retriever,
     ivfpq_params,
     make_retriever,
@@ -92,12 +91,7 @@ def write_corpus(path, passages=PASSAGES):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEARCH_GYM_CACHE", str(tmp_path / "cache"))
-    clear_retrievers()
-    yield
-    clear_retrievers()
+pytestmark = pytest.mark.usefixtures("isolated_retrievers")
 
 
 @pytest.fixture
