@@ -185,6 +185,22 @@ def test_grpo_runs_get_the_study_settings(tmp_path, monkeypatch, override, expec
     assert config.penalty_lambda == study.config.penalty_lambda and config.penalty_direction == str(study.direction_path)
 
 
+@pytest.mark.parametrize("agent, share, expected", [("vllm", 0.15, {"llm_kwargs": {"gpu_memory_utilization": 0.15}}),
+                                                    ("vllm", 0.0, {}), ("hf", 0.15, {})])
+def test_evaluations_get_the_engine_share(tmp_path, monkeypatch, agent, share, expected):
+    """eval_gpu_memory_utilization reaches the vLLM agent (so an evaluation can share the GPU with training); an HF
+    agent, or share 0 (vLLM's default), passes nothing."""
+    import search_gym.evaluation as evaluation
+
+    seen = []
+    monkeypatch.setattr(evaluation, "run_eval", seen.append)
+    study = Study(StudyConfig(output_dir=str(tmp_path / "study"), eval_agent=agent, eval_gpu_memory_utilization=share,
+                              progress=False))
+    study.stage_eval_sft()
+    (config,) = seen
+    assert config.agent_kwargs == expected and config.agents == (f"{agent}:{study.aligned}",)
+
+
 @pytest.mark.slow
 def test_the_real_stages_run_end_to_end_on_the_bundled_model(tmp_path):
     """Every real stage at toy sizes on the CPU (about 10 minutes on 2 cores): SFT, directions, the evaluations,

@@ -62,6 +62,9 @@ class StudyConfig:
     eval_agent: str = _help("agent family of the evaluations: hf or vllm", default="hf")
     eval_num_envs: int = _help("episodes played together in the evaluations", default=128)
     eval_max_new_tokens: int = _help("new tokens per turn in the evaluations", default=64)
+    eval_gpu_memory_utilization: float = _help("GPU share of the evaluations' vLLM engine (0: vLLM's default, "
+                                               "most of the GPU); a small share lets stages run side by side",
+                                               default=0.0)
     device: str | None = _help("torch device (default: cuda if available)", default=None)
     seed: int = _help("seed of every stage", default=0)
     stages: tuple[str, ...] = _help(f"stages to run, in order (default all: {', '.join(STAGES)})", default=STAGES)
@@ -167,12 +170,14 @@ class Study:
     def _eval(self, stage: str, model: str) -> None:
         from search_gym.evaluation import EvalConfig, run_eval
 
+        share = self.config.eval_gpu_memory_utilization
+        agent_kwargs = {"llm_kwargs": {"gpu_memory_utilization": share}} if share and self.config.eval_agent == "vllm" else {}
         config = EvalConfig(agents=(f"{self.config.eval_agent}:{model}",),
                             prompt_sets=(self.config.harmful_set, self.config.qa_set), attacks=self.config.attacks,
                             num_prompts=self.config.eval_prompts, seed=self.config.seed,
                             out_dir=str(self.root / stage), num_envs=self.config.eval_num_envs,
                             max_new_tokens=self.config.eval_max_new_tokens, device=self.config.device,
-                            progress=self.config.progress, plots=False)
+                            progress=self.config.progress, plots=False, agent_kwargs=agent_kwargs)
         run_eval(config)
 
     def stage_eval_sft(self) -> None:
