@@ -15,19 +15,28 @@
 #                                                   # ../shared/bench script, carried in .bench/), ours single-turn
 #                                                   # and ours multi-turn, one process each, alone on the GPU
 #   bash benchmarks/device/issue15.sh study STAGE...  # stages of `search-gym study` (pilot sizes below)
-#   bash benchmarks/device/issue15.sh collect       # results of the background jobs and the study into $OUT
+#   bash benchmarks/device/issue15.sh pipeline      # the whole study, detached (below); start it once the data
+#                                                   # is unpacked (vLLM may still be arriving)
+#   bash benchmarks/device/issue15.sh snapshot      # what the study has so far, no weights or trajectories, into
+#                                                   # $OUT/study_light.tar.gz: end EVERY call with it (a machine
+#                                                   # not called again within 30 s is gone, with /tmp)
+#   bash benchmarks/device/issue15.sh collect       # everything but weights (trajectories too) into $OUT, in parts
 set -uo pipefail
 REPO=$(pwd)
 RUNS=${SG_RUNS:-/tmp/runs}
 mkdir -p "$RUNS"
 # shellcheck disable=SC1091
-source /tmp/sg/env.sh
+[ -f /tmp/sg/env.sh ] && source /tmp/sg/env.sh   # written by unpack.sh (absent only in the pipeline's CPU test)
+SEARCH_GYM_CACHE=${SEARCH_GYM_CACHE:-/tmp/sg/cache}
 export VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_HOST_IP=127.0.0.1 NCCL_SOCKET_IFNAME=lo GLOO_SOCKET_IFNAME=lo
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}   # stages run side by side on 16 cores: no oversubscribed OpenMP pools
 TOK=$SEARCH_GYM_CACHE/models/SmolLM2-135M-Instruct
 # The study: the committed configs (examples/configs/study_smollm2.yaml and what it names), paths made absolute;
 # STUDY_ARGS adds `search-gym study` flags (e.g. a smaller run for a pilot; docs/study.md says what ran).
+# SG_STUDY_STUB: a script standing in for `search-gym study` (tests/test_device_pipeline.py drives the pipeline
+# with one on the CPU: the order, the waits, the kill and the restart, without a GPU).
 study() {
+  if [ -n "${SG_STUDY_STUB:-}" ]; then bash "$SG_STUDY_STUB" ${STUDY_ARGS:-} --stages "$@"; return; fi
   (cd /tmp && search-gym study --config "$REPO/examples/configs/study_smollm2.yaml" --output-dir "$RUNS/study" \
       --sft-config "$REPO/examples/configs/sft_smollm2.yaml" --sft-data "$RUNS/sft_data/sft_data.jsonl" \
       --grpo-config "$REPO/examples/configs/grpo_study.yaml" --device cuda --progress false ${STUDY_ARGS:-} \
@@ -104,9 +113,70 @@ case "${1:-}" in
       study "$stage" 2>&1 | tee -a "$RUNS/study.log" | grep -v "it/s\]" | tail -40
     done
     cp "$RUNS/study.log" "$OUT/" ;;
+  pipeline)  # the study's stages in the order (and overlap) that fits one H200 and one session's device time
+    setsid nohup bash "$0" __pipeline >> "$RUNS/pipeline.log" 2>&1 < /dev/null &
+    sleep 2; cat "$RUNS/pipeline.log" ;;
+  __pipeline)
+    # sft -> (directions | eval_sft) -> grpo, and grpo_penalty once grpo's engine is up and its first update done
+    # -> each run's evaluation as soon as the run ends -> report. Two rules from the 2026-12-02 pilot
+    # (benchmarks/device/README.md): vLLM sizes its KV cache from the GPU's free memory, so no two engines start
+    # within ENGINE_GAP s of each other; and two GRPO runs plus an evaluation engine do not fit at once.
+    # KILL_DEMO=<run>: SIGKILL that run once its step-25 checkpoint and drift are written (and a few steps more),
+    # then start it again: it resumes from the checkpoint (docs/study.md shows the log).
+    R=$RUNS/study POLL=${SG_POLL:-5} GAP=${ENGINE_GAP:-60} VLLM_MARK=${SG_SITE:-/tmp/site}/.vllm
+    export STUDY_ARGS="--grpo-max-steps ${GRPO_STEPS:-50} ${STUDY_ARGS:-}"
+    last_engine=0
+    log() { echo "pipeline $(date +%T) $*"; }
+    ended() { [ -f "$RUNS/$1.rc" ]; }
+    start() {  # start JOB [engine]: a job that starts a vLLM engine waits for the gap since the last one
+      if [ "${2:-}" = engine ]; then
+        while [ $(( $(date +%s) - last_engine )) -lt "$GAP" ]; do sleep "$POLL"; done
+        last_engine=$(date +%s)
+      fi
+      bash "$0" background "$1" > /dev/null; log "started $1"
+    }
+    need() {  # wait for JOBs to end; stop the pipeline at the first that failed
+      for j in "$@"; do
+        until ended "$j"; do sleep "$POLL"; done
+        grep -qx "rc=0" "$RUNS/$j.rc" || { log "$j failed ($(cat "$RUNS/$j.rc")); stopping"; tail -n 20 "$RUNS/$j.log"; exit 1; }
+        log "$j done"
+      done
+    }
+    stepped() { ended "$1" || { [ -f "$R/$1/metrics.csv" ] && [ "$(wc -l < "$R/$1/metrics.csv")" -ge 2 ]; }; }
+    log "GRPO: $STUDY_ARGS; kill demo: ${KILL_DEMO:-none}"
+    start sft; need sft
+    until [ -f "$VLLM_MARK" ]; do sleep "$POLL"; done
+    start directions; start eval_sft engine; need directions eval_sft
+    start grpo engine
+    until stepped grpo; do sleep "$POLL"; done
+    start grpo_penalty engine
+    if [ -n "${KILL_DEMO:-}" ]; then
+      until grep -q '"step": 25' "$R/$KILL_DEMO/drift.jsonl" 2>/dev/null || ended "$KILL_DEMO"; do sleep "$POLL"; done
+      sleep $(( 3 * POLL ))  # a few steps past the checkpoint: they are lost and replayed
+      log "killing $KILL_DEMO at logged step $(tail -n 1 "$R/$KILL_DEMO/metrics.csv" | cut -d, -f1)"
+      bash "$0" kill "$KILL_DEMO" > /dev/null
+      log "$KILL_DEMO: $(cat "$RUNS/$KILL_DEMO.rc" 2>/dev/null)"
+      start "$KILL_DEMO" engine
+    fi
+    pending="grpo grpo_penalty"
+    while [ -n "$pending" ]; do
+      for run in $pending; do
+        ended "$run" || continue
+        need "$run"; start "eval_$run" engine; pending=$(echo $pending | tr ' ' '\n' | grep -vx "$run" | tr '\n' ' ')
+      done
+      sleep "$POLL"
+    done
+    need eval_grpo eval_grpo_penalty
+    start report; need report
+    log "study complete" ;;
+  snapshot)
+    tar -czf "$OUT/study_light.tar.gz" -C "$RUNS" --exclude='final' --exclude='checkpoint-*' --exclude='trajectories' \
+        --exclude='tensorboard' --exclude='sft_data*' --exclude='*.pt' $(cd "$RUNS" && ls -d study *.log *.rc 2>/dev/null)
+    ls -la "$OUT/study_light.tar.gz"; tail -n 4 "$RUNS/pipeline.log" 2>/dev/null ;;
   collect)
-    tar -czf "$OUT/results.tar.gz" -C "$RUNS" --exclude="model*.safetensors" --exclude="*.pt" --exclude='*.bin' \
-        --exclude='sft_data' --exclude='optimizer*' --exclude='checkpoint-*' $(cd "$RUNS" && ls)
+    tar -czf - -C "$RUNS" --exclude="model*.safetensors" --exclude="*.pt" --exclude='*.bin' --exclude='sft_data' \
+        --exclude='optimizer*' --exclude='checkpoint-*' --exclude='final' $(cd "$RUNS" && ls) \
+      | split -b 15M -d -a 1 - "$OUT/results.tar.gz.part-"   # files come back at most 16 MiB each
     ls -la "$OUT"
     ;;
   *) echo "usage: see the header of $0" >&2; exit 2 ;;
