@@ -26,17 +26,13 @@ REPO=$(pwd)
 RUNS=${SG_RUNS:-/tmp/runs}
 mkdir -p "$RUNS"
 # shellcheck disable=SC1091
-[ -f /tmp/sg/env.sh ] && source /tmp/sg/env.sh   # written by unpack.sh (absent only in the pipeline's CPU test)
-SEARCH_GYM_CACHE=${SEARCH_GYM_CACHE:-/tmp/sg/cache}
+source /tmp/sg/env.sh
 export VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_HOST_IP=127.0.0.1 NCCL_SOCKET_IFNAME=lo GLOO_SOCKET_IFNAME=lo
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}   # stages run side by side on 16 cores: no oversubscribed OpenMP pools
 TOK=$SEARCH_GYM_CACHE/models/SmolLM2-135M-Instruct
 # The study: the committed configs (examples/configs/study_smollm2.yaml and what it names), paths made absolute;
 # STUDY_ARGS adds `search-gym study` flags (e.g. a smaller run for a pilot; docs/study.md says what ran).
-# SG_STUDY_STUB: a script standing in for `search-gym study` (tests/test_device_pipeline.py drives the pipeline
-# with one on the CPU: the order, the waits, the kill and the restart, without a GPU).
 study() {
-  if [ -n "${SG_STUDY_STUB:-}" ]; then bash "$SG_STUDY_STUB" ${STUDY_ARGS:-} --stages "$@"; return; fi
   (cd /tmp && search-gym study --config "$REPO/examples/configs/study_smollm2.yaml" --output-dir "$RUNS/study" \
       --sft-config "$REPO/examples/configs/sft_smollm2.yaml" --sft-data "$RUNS/sft_data/sft_data.jsonl" \
       --grpo-config "$REPO/examples/configs/grpo_study.yaml" --device cuda --progress false ${STUDY_ARGS:-} \
@@ -122,7 +118,7 @@ case "${1:-}" in
     # (benchmarks/device/README.md): vLLM sizes its KV cache from the GPU's free memory, so no two engines start
     # within ENGINE_GAP s of each other; and two GRPO runs plus an evaluation engine do not fit at once.
     # KILL_DEMO=<run>: SIGKILL that run once its step-25 checkpoint and drift are written (and a few steps more),
-    # then start it again: it resumes from the checkpoint (docs/study.md shows the log).
+    # then start it again: it resumes from the checkpoint ($RUNS/pipeline.log records both).
     R=$RUNS/study POLL=${SG_POLL:-5} GAP=${ENGINE_GAP:-60} VLLM_MARK=${SG_SITE:-/tmp/site}/.vllm
     export STUDY_ARGS="--grpo-max-steps ${GRPO_STEPS:-50} ${STUDY_ARGS:-}"
     last_engine=0
