@@ -148,16 +148,28 @@ case "${1:-}" in
     start grpo_penalty engine
     if [ -n "${KILL_DEMO:-}" ]; then
       until grep -q '"step": 25' "$R/$KILL_DEMO/drift.jsonl" 2>/dev/null || ended "$KILL_DEMO"; do sleep "$POLL"; done
-      sleep $(( 3 * POLL ))  # a few steps past the checkpoint: they are lost and replayed
-      log "killing $KILL_DEMO at logged step $(tail -n 1 "$R/$KILL_DEMO/metrics.csv" | cut -d, -f1)"
-      bash "$0" kill "$KILL_DEMO" > /dev/null
-      log "$KILL_DEMO: $(cat "$RUNS/$KILL_DEMO.rc" 2>/dev/null)"
-      start "$KILL_DEMO" engine
+      if ended "$KILL_DEMO"; then
+        log "kill demo skipped: $KILL_DEMO ended before its step-25 checkpoint ($(cat "$RUNS/$KILL_DEMO.rc"))"
+      else
+        sleep $(( 3 * POLL ))  # a few steps past the checkpoint: they are lost and replayed
+        log "killing $KILL_DEMO at logged step $(tail -n 1 "$R/$KILL_DEMO/metrics.csv" | cut -d, -f1)"
+        bash "$0" kill "$KILL_DEMO" > /dev/null
+        log "$KILL_DEMO: $(cat "$RUNS/$KILL_DEMO.rc" 2>/dev/null)"
+        start "$KILL_DEMO" engine
+      fi
     fi
-    pending="grpo grpo_penalty"
+    # A run that fails beside the other (out of GPU memory in the pilot) is started once more when the other run
+    # has ended; it resumes from its newest checkpoint. A second failure stops the pipeline.
+    pending="grpo grpo_penalty" retried=""
     while [ -n "$pending" ]; do
       for run in $pending; do
         ended "$run" || continue
+        if ! grep -qx "rc=0" "$RUNS/$run.rc" && [[ " $retried " != *" $run "* ]]; then
+          retried="$retried $run"
+          log "$run failed ($(cat "$RUNS/$run.rc")); again once the other run has ended"; tail -n 5 "$RUNS/$run.log"
+          for other in $pending; do [ "$other" = "$run" ] || until ended "$other"; do sleep "$POLL"; done; done
+          start "$run" engine; continue
+        fi
         need "$run"; start "eval_$run" engine; pending=$(echo $pending | tr ' ' '\n' | grep -vx "$run" | tr '\n' ' ')
       done
       sleep "$POLL"
