@@ -164,7 +164,7 @@ def test_sampling_weights_scale_the_policy_term_only():
 # ---------------------------------------------------------------------------------------------- 6. resume
 
 
-def test_resume_from_checkpoint_matches_an_uninterrupted_run(tokenizer, tiny_qa_path, overlap_retriever, tmp_path):
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, capsys):
     # Warm-up over two steps, then constant: a resumed step 3 must run at the full rate, not restart the warm-up.
     # (Not the linear schedule: it decays to 0 at max_steps, so a run stopped by max_steps=2 is a different run.)
     schedule = dict(lr_scheduler="constant", warmup_steps=2, save_steps=1)
@@ -179,6 +179,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tokenizer, tiny_qa_
     resumed = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path / "b", max_steps=3, **schedule)
     rows_c = resumed.train()
     assert [r["step"] for r in rows_c] == [3]  # started from checkpoint-2
+    assert "checkpoint-2 (step 2 of 3)" in capsys.readouterr().out  # the log says where the run picked up
     step3_a, step3_c = comparable(rows_a[2]), comparable(rows_c[0])
     assert step3_a.keys() == step3_c.keys()
     for key in step3_a:

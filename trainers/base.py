@@ -223,6 +223,8 @@ class RLTrainer:
         load_checkpoint(path, self.model, self.optimizer, self.scheduler, modules=self.modules())
         self.step = step
         self.logger.truncate(step)
+        if self.parallel.is_main:  # the one line that shows, in a log, where a killed run picked up
+            print(f"{self.algorithm}: resumed from {path} (step {step} of {self.config.max_steps})", flush=True)
         return step
 
     def collect(self, step: int) -> list[TokenEpisode]:

@@ -294,22 +294,29 @@ def plot_curves(runs: dict[str, Path], out: Path) -> Path:
 
 
 def plot_drift(runs: dict[str, Path], out: Path) -> Path:
-    """Mean projection of held-out harmful (and QA) prompts on the SFT model's direction, per checkpoint."""
+    """Mean projection of held-out harmful (and QA) prompts on the SFT model's direction, per checkpoint: the
+    values (left) and their change since the first checkpoint (right), where a drift small beside the harmful-QA
+    gap is still visible."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, (ax, delta) = plt.subplots(1, 2, figsize=(9, 3.2))
     for name, path in runs.items():
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         steps = [r["step"] for r in rows]
         for key, style, label in (("mean", "-", "harmful"), ("harmless_mean", "--", "QA")):
             if rows and rows[0].get(key) is not None:
-                ax.plot(steps, [r[key] for r in rows], style, label=f"{name}: {label}")
-    ax.set_xlabel("step")
+                values = [r[key] for r in rows]
+                line, = ax.plot(steps, values, style, marker=".", label=f"{name}: {label}")
+                delta.plot(steps, [v - values[0] for v in values], style, marker=".", color=line.get_color())
     ax.set_ylabel("projection on the SFT direction")
-    ax.grid(alpha=0.3)
+    delta.set_ylabel("change since the first checkpoint")
+    delta.axhline(0, color="grey", lw=0.8)
+    for a in (ax, delta):
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)

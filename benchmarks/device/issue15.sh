@@ -177,9 +177,10 @@ case "${1:-}" in
     need eval_grpo eval_grpo_penalty
     start report; need report
     log "study complete" ;;
-  snapshot)
-    tar -czf "$OUT/study_light.tar.gz" -C "$RUNS" --exclude='final' --exclude='checkpoint-*' --exclude='trajectories' \
-        --exclude='tensorboard' --exclude='sft_data*' --exclude='*.pt' $(cd "$RUNS" && ls -d study *.log *.rc 2>/dev/null)
+  snapshot)  # small files only: the directions stage's activations (directions/acts, 173 MB) do not come back
+    (cd "$RUNS" && find $(ls -d study *.log *.rc 2>/dev/null) -type f -size -8M ! -path '*checkpoint-*' \
+        ! -path '*/final/*' ! -path '*trajectories*' ! -path '*tensorboard*' ! -path '*sft_data*' ! -name '*.pt' \
+      | tar -czf "$OUT/study_light.tar.gz" -T -)
     ls -la "$OUT/study_light.tar.gz"; tail -n 4 "$RUNS/pipeline.log" 2>/dev/null ;;
   collect)
     tar -czf - -C "$RUNS" --exclude="model*.safetensors" --exclude="*.pt" --exclude='*.bin' --exclude='sft_data' \
