@@ -120,7 +120,11 @@ def test_accumulated_passes_equal_one_pass(tokenizer, tiny_qa_path, overlap_retr
     for key in ("losses/policy_loss", "losses/kl", "losses/grad_norm"):
         assert passes[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
     after_one, after_split = params(whole.model), params(split.model)
-    assert all(torch.allclose(after_one[k], after_split[k], atol=1e-6, rtol=1e-5) for k in after_one)
+    # Adam's first step is ~lr * sign(g): an element whose gradient is near Adam's eps turns float summation-order
+    # differences into up to ~1e-3 of a step (seen on torch 2.13 CPU), so the weights agree to 1e-3 * lr. The
+    # gradient's scale is what the grad_norm check above pins down (a sign-like step would hide it).
+    step = whole.config.learning_rate
+    assert all(torch.allclose(after_one[k], after_split[k], atol=1e-3 * step, rtol=0) for k in after_one)
     assert any(not torch.equal(after_one[k], v) for k, v in params(tiny_model(tokenizer)).items())  # it moved
 
 

@@ -642,26 +642,33 @@ def make_rollout_env(env_id: str, num_envs: int, **env_kwargs):
     return venv.unwrapped
 
 
+def _mean(xs) -> float:
+    return float(np.mean(xs)) if len(xs) else float("nan")
+
+
+def _batch_metrics(episodes: Sequence[TokenEpisode]) -> dict[str, float]:
+    """The means every env's episodes have: return, task reward, invalid actions, lengths, budget cuts, repairs."""
+    return {
+        "charts/episodic_return": _mean([e.reward for e in episodes]),
+        "charts/task_reward": _mean([e.task_reward for e in episodes]),
+        "charts/invalid_per_episode": _mean([e.invalid_actions for e in episodes]),
+        "charts/episodic_length": _mean([len(e.response_ids) for e in episodes]),
+        "charts/policy_tokens": _mean([e.num_policy_tokens for e in episodes]),
+        "charts/budget_truncated": _mean([float(e.budget_truncated) for e in episodes]),
+        "charts/text_repairs": _mean([e.text_repairs for e in episodes]),
+    }
+
+
 def chat_episode_metrics(episodes: Sequence[TokenEpisode]) -> dict[str, float]:
     """Means over chat-env episodes: the return, lengths, and ``env/<key>``: the mean over all steps of every bool
     or float the env's step info reports (``SelfInterestedExploration-v0``: ``env/violation``,
     ``env/supervised``, ``env/reward``)."""
-    mean = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")  # noqa: E731
-    out = {
-        "charts/episodic_return": mean([e.reward for e in episodes]),
-        "charts/task_reward": mean([e.task_reward for e in episodes]),
-        "charts/turns": mean([e.turns for e in episodes]),
-        "charts/invalid_per_episode": mean([e.invalid_actions for e in episodes]),
-        "charts/episodic_length": mean([len(e.response_ids) for e in episodes]),
-        "charts/policy_tokens": mean([e.num_policy_tokens for e in episodes]),
-        "charts/budget_truncated": mean([float(e.budget_truncated) for e in episodes]),
-        "charts/text_repairs": mean([e.text_repairs for e in episodes]),
-    }
+    out = {**_batch_metrics(episodes), "charts/turns": _mean([e.turns for e in episodes])}
     steps = [info for e in episodes for info in (e.step_infos or [])]
     keys = sorted({k for info in steps for k, v in info.items() if isinstance(v, (bool, float))})
     for key in keys:
         values = [float(info[key]) for info in steps if isinstance(info.get(key), (bool, float, int))]
-        out[f"env/{key}"] = mean(values)
+        out[f"env/{key}"] = _mean(values)
     return out
 
 
@@ -672,24 +679,17 @@ def episode_metrics(episodes: Sequence[TokenEpisode]) -> dict[str, float]:
         return {}
     if all(e.step_infos is not None for e in episodes):
         return chat_episode_metrics(episodes)
-    mean = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")  # noqa: E731
     out = {
-        "charts/episodic_return": mean([e.reward for e in episodes]),
-        "charts/task_reward": mean([e.task_reward for e in episodes]),
-        "charts/em": mean([float(e.correct) for e in episodes]),
-        "charts/answered": mean([float(e.answered) for e in episodes]),
-        "charts/format_valid": mean([float(e.invalid_actions == 0 and e.answered) for e in episodes]),
-        "charts/invalid_per_episode": mean([e.invalid_actions for e in episodes]),
-        "charts/searches_per_episode": mean([e.num_searches for e in episodes]),
-        "charts/episodic_length": mean([len(e.response_ids) for e in episodes]),
-        "charts/policy_tokens": mean([e.num_policy_tokens for e in episodes]),
-        "charts/budget_truncated": mean([float(e.budget_truncated) for e in episodes]),
-        "charts/text_repairs": mean([e.text_repairs for e in episodes]),
+        **_batch_metrics(episodes),
+        "charts/em": _mean([float(e.correct) for e in episodes]),
+        "charts/answered": _mean([float(e.answered) for e in episodes]),
+        "charts/format_valid": _mean([float(e.invalid_actions == 0 and e.answered) for e in episodes]),
+        "charts/searches_per_episode": _mean([e.num_searches for e in episodes]),
     }
     projections = [e.projection for e in episodes if e.projection is not None]
     if projections:
-        out["safety/projection"] = mean(projections)
-        out["safety/penalty"] = mean([e.penalty for e in episodes])
+        out["safety/projection"] = _mean(projections)
+        out["safety/penalty"] = _mean([e.penalty for e in episodes])
     safety = [e.safety for e in episodes if e.safety]
     if safety:
         # The first judge of each aspect (the env's judge order), on the eval harness's scale: an episode without
@@ -702,5 +702,5 @@ def episode_metrics(episodes: Sequence[TokenEpisode]) -> dict[str, float]:
                              ("safety/answer_safety", answer)):
             values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
             if values:
-                out[name] = mean(values)
+                out[name] = _mean(values)
     return out
