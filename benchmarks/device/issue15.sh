@@ -17,6 +17,9 @@
 #   bash benchmarks/device/issue15.sh study STAGE...  # stages of `search-gym study` (pilot sizes below)
 #   bash benchmarks/device/issue15.sh pipeline      # the whole study, detached (below); start it once the data
 #                                                   # is unpacked (vLLM may still be arriving)
+#   bash benchmarks/device/issue15.sh dp            # on nvidia-h200-x2, detached: one GRPO run on one GPU, the same
+#                                                   # on two at equal global batch, then the comparison table
+#                                                   # (benchmarks/bench_data_parallel.py) in $RUNS/dp.md
 #   bash benchmarks/device/issue15.sh snapshot      # what the study has so far, no weights or trajectories, into
 #                                                   # $OUT/study_light.tar.gz: end EVERY call with it (a machine
 #                                                   # not called again within 30 s is gone, with /tmp)
@@ -39,12 +42,16 @@ study() {
       --stages "$@")
 }
 
+carried_sft_data() {  # the SFT rows built on the CPU machine, carried once (.devrun) with the call that starts sft
+  if [ -d .devrun/sft_data ]; then
+    mkdir -p "$RUNS/sft_data" && cp -r .devrun/sft_data/* "$RUNS/sft_data/" && gunzip -kf "$RUNS/sft_data/sft_data.jsonl.gz"
+  fi
+}
+
 case "${1:-}" in
   background)
     shift
-    if [ -d .devrun/sft_data ]; then  # carried once, with the call that starts sft
-      mkdir -p "$RUNS/sft_data" && cp -r .devrun/sft_data/* "$RUNS/sft_data/" && gunzip -kf "$RUNS/sft_data/sft_data.jsonl.gz"
-    fi
+    carried_sft_data
     for job in "$@"; do
       case $job in
         grid)
@@ -177,8 +184,30 @@ case "${1:-}" in
     need eval_grpo eval_grpo_penalty
     start report; need report
     log "study complete" ;;
+  dp)
+    carried_sft_data
+    rm -f "$RUNS/dp.rc"
+    setsid nohup bash "$0" __dp >> "$RUNS/dp.log" 2>&1 < /dev/null &
+    sleep 2; tail -n 3 "$RUNS/dp.log" ;;
+  __dp)
+    # Equal global batch: questions_per_step is global, each of the 2 processes rolls out half of it. The HF
+    # backend on both sides: the vLLM backend runs in one process only (several raise an error). The study's SFT
+    # model when the study ran on this machine, else its SFT stage first (~4 min); DP_MODEL overrides.
+    # DP_LAUNCH="--cpu" and DP_ARGS (smaller sizes) let the same path run on a CPU machine.
+    model=${DP_MODEL:-$RUNS/study/sft/final}
+    if [ ! -f "$model/config.json" ]; then echo "dp: the study's SFT stage first"; study sft || { echo rc=1 > "$RUNS/dp.rc"; exit 1; }; fi
+    args=(--config "$REPO/examples/configs/grpo_study.yaml" --model "$model" --generation-backend hf
+          --max-steps "${DP_STEPS:-20}" --save-steps 0 --drift-every 0 --progress false ${DP_ARGS:-})
+    cd /tmp
+    echo "dp: one process $(date +%T)"
+    CUDA_VISIBLE_DEVICES=0 search-gym train grpo "${args[@]}" --output-dir "$RUNS/dp1" \
+      && echo "dp: two processes $(date +%T)" \
+      && accelerate launch ${DP_LAUNCH:---multi_gpu} --num_processes 2 -m search_gym.cli train grpo "${args[@]}" \
+           --output-dir "$RUNS/dp2" \
+      && python3 "$REPO/benchmarks/bench_data_parallel.py" --runs 1gpu="$RUNS/dp1" 2gpu="$RUNS/dp2" | tee "$RUNS/dp.md"
+    echo "rc=$?" > "$RUNS/dp.rc"; echo "dp: done $(date +%T)" ;;
   snapshot)  # small files only: the directions stage's activations (directions/acts, 173 MB) do not come back
-    (cd "$RUNS" && find $(ls -d study *.log *.rc 2>/dev/null) -type f -size -8M ! -path '*checkpoint-*' \
+    (cd "$RUNS" && find $(ls -d study dp1 dp2 dp.md *.log *.rc 2>/dev/null) -type f -size -8M ! -path '*checkpoint-*' \
         ! -path '*/final/*' ! -path '*trajectories*' ! -path '*tensorboard*' ! -path '*sft_data*' ! -name '*.pt' \
       | tar -czf "$OUT/study_light.tar.gz" -T -)
     ls -la "$OUT/study_light.tar.gz"; tail -n 4 "$RUNS/pipeline.log" 2>/dev/null ;;
