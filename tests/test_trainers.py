@@ -130,7 +130,7 @@ def test_accumulated_passes_equal_one_pass(tokenizer, tiny_qa_path, overlap_retr
 
 def test_sampler_correction_modes_follow_trl():
     """exp(policy - sampler) per token or per episode, truncated to or masked outside [C_min, C_max]."""
-    from search_gym.trainers.grpo import sampler_correction
+    from search_gym.trainers.core import sampler_correction
 
     policy = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
     sampler = torch.tensor([[-1.5, -1.5, 0.0], [-0.5, -1.0, float("nan")]])

@@ -268,3 +268,36 @@ def test_sampler_correction_can_be_turned_off(tokenizer, tiny_qa_path, overlap_r
     trainer = RandomRewardGRPO(config(tmp_path, max_steps=1, vllm_importance_sampling_correction=False),
                                model=policy, tokenizer=tokenizer, env=env, generator=generator)
     assert not any(k.startswith("sampling/") for k in trainer.train()[0])
+
+
+def test_ppo_corrects_the_sampler_mismatch_as_grpo_does(tokenizer, tiny_qa_path, overlap_retriever, tmp_path):
+    """PPO takes its ratio against its own scoring of the batch, and weights the policy loss by the same TRL
+    correction as GRPO: ~1 for an engine equal to the policy; episodes far off are masked out of the loss (the same
+    episodes, since the fake engine samples from the policy's copy, give another loss)."""
+    from search_gym.trainers.ppo import PPOTrainer
+    from search_gym.trainers.ppo_config import PPOConfig
+
+    class RandomRewardPPO(PPOTrainer):  # nonzero advantages, so the loss depends on which tokens count
+        def collect(self, step):
+            episodes = super().collect(step)
+            for i, ep in enumerate(episodes):
+                ep.task_reward = ep.reward = float(i % 2)
+            return episodes
+
+    rows = {}
+    for shifted in (False, True):
+        policy = tiny_llama(tokenizer, 0)
+        llm = (OverconfidentLLM if shifted else FakeLLM)(policy, tokenizer)
+        generator = VLLMGenerator(policy, tokenizer, model_path="unused", seed=0, llm=llm)
+        env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), split="test", retriever=overlap_retriever,
+                              max_turns=2)
+        cfg = PPOConfig(output_dir=str(tmp_path / str(shifted)), seed=0, learning_rate=1e-3, max_steps=1,
+                        save_steps=0, questions_per_step=4, max_turns=2, max_turn_tokens=8, max_response_tokens=160,
+                        kl_coef=0.0, reward="f1", tensorboard=False, progress=False)
+        rows[shifted] = RandomRewardPPO(cfg, model=policy, tokenizer=tokenizer, env=env, generator=generator).train()[0]
+    same, shifted = rows[False], rows[True]
+    assert same["sampling/logprob_gap"] < 1e-3
+    assert same["sampling/masked_fraction"] == 0.0 and same["sampling/is_ratio_mean"] == pytest.approx(1.0, abs=1e-2)
+    assert shifted["sampling/logprob_gap"] == pytest.approx(0.5, abs=0.05)  # half the episodes, 1 nat per token
+    assert shifted["sampling/masked_fraction"] == pytest.approx(0.5, abs=0.1)
+    assert shifted["losses/policy_loss"] != pytest.approx(same["losses/policy_loss"], abs=1e-7)

@@ -50,6 +50,9 @@ class TrainConfig:
     progress: bool = _help("show a progress bar", default=True)
 
 
+IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
 @dataclass
 class RLConfig(TrainConfig):
     """Rollout and shaping fields shared by GRPO and PPO."""
@@ -96,6 +99,17 @@ class RLConfig(TrainConfig):
                                      "engine seed, as TRL)", default=False)
     vllm_enable_sleep_mode: bool = _help("free the vLLM engine's memory during the update (slower; for long "
                                          "sequences or big models)", default=False)
+    vllm_importance_sampling_correction: bool = _help(
+        "correct for the sampler/trainer mismatch when the rollout engine is not the policy itself (vLLM): weight "
+        "the policy loss by exp(policy log-prob - sampler log-prob) (TRL's default with vLLM; GRPO: one extra "
+        "no-grad forward per step, PPO scores the batch anyway)", default=True)
+    vllm_importance_sampling_mode: str = _help(
+        "token_truncate / token_mask (per-token ratios clipped to, or zeroed outside, [clip_min, clip_max]) or "
+        "sequence_truncate / sequence_mask (one ratio per episode from the summed log-prob difference)",
+        default="sequence_mask")
+    vllm_importance_sampling_clip_max: float | None = _help("upper bound C_max of the correction ratio", default=3.0)
+    vllm_importance_sampling_clip_min: float | None = _help("lower bound C_min of the correction ratio (none: no "
+                                                            "lower bound)", default=None)
     mini_batch_size: int = _help("episodes per optimiser step inside a rollout batch (0: the whole batch)", default=0)
     num_iterations: int = _help("optimisation passes over each rollout batch (GRPO's mu, PPO's epochs)", default=1)
     forward_batch_size: int = _help("episodes per forward (and GRPO backward) pass; gradients accumulate over a "
@@ -119,3 +133,7 @@ class RLConfig(TrainConfig):
     episode_seeds: int = _help("envs without a question set (chat envs such as SelfInterestedExploration-v0, "
                                "played by ChatRolloutCollector): episodes start from reset seeds 0..N-1, one "
                                "group per seed (the env draws its scenario from the seed)", default=64)
+
+    def __post_init__(self) -> None:
+        if self.vllm_importance_sampling_mode not in IS_MODES:
+            raise ValueError(f"vllm_importance_sampling_mode must be one of {IS_MODES}")

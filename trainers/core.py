@@ -172,6 +172,44 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+# ---------------------------------------------------------------------------------------------- sampler mismatch
+
+
+def sampler_correction(policy_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor, mode: str,
+                       clip_min: float | None = None, clip_max: float | None = 3.0) -> torch.Tensor:
+    """Importance weights for a rollout sampled by another engine (vLLM) than the policy being trained.
+
+    ``exp(policy - sampler)`` log-probabilities at policy tokens, per token (``token_*``, ``[B, T]``) or one per
+    episode from the summed difference (``sequence_*``, ``[B, 1]``); ``*_truncate`` clips them to
+    ``[clip_min, clip_max]``, ``*_mask`` zeroes those outside it. TRL 1.16's ``vllm_importance_sampling_*``
+    semantics (a NaN sampler log-probability counts as no difference).
+    """
+    diff = torch.nan_to_num((policy_logps - sampler_logps) * mask.float(), nan=0.0)
+    if mode.startswith("sequence"):
+        diff = diff.sum(dim=-1, keepdim=True)
+    elif not mode.startswith("token"):
+        raise ValueError(f"unknown importance sampling mode {mode!r}")
+    ratio = torch.exp(diff)
+    if mode.endswith("truncate"):
+        return torch.clamp(ratio, min=clip_min, max=clip_max)
+    if not mode.endswith("mask"):
+        raise ValueError(f"unknown importance sampling mode {mode!r}")
+    low = -math.inf if clip_min is None else clip_min
+    high = math.inf if clip_max is None else clip_max
+    return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+
+
+def sampler_metrics(policy_logps: torch.Tensor, sampler_logps: torch.Tensor, weights: torch.Tensor,
+                    mask: torch.Tensor) -> dict[str, float]:
+    """How far the sampler was from the policy (mean absolute log-prob gap per policy token), and what the
+    correction did about it (mean weight, fraction of policy tokens masked out)."""
+    gap = torch.nan_to_num((policy_logps - sampler_logps).abs() * mask, nan=0.0)
+    per_token = weights.expand_as(mask) if weights.size(1) == 1 else weights
+    return {"sampling/logprob_gap": float(gap.sum() / mask.sum().clamp(min=1.0)),
+            "sampling/is_ratio_mean": float(masked_mean(per_token, mask)),
+            "sampling/masked_fraction": float(masked_mean((per_token == 0).float(), mask))}
+
+
 # ---------------------------------------------------------------------------------------------- optimiser
 
 

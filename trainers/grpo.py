@@ -13,12 +13,12 @@ One step:
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 
 from search_gym.trainers.base import RLTrainer, score_logprobs
-from search_gym.trainers.core import collate, first_loss_position, masked_mean, token_logprobs
+from search_gym.trainers.core import (collate, first_loss_position, masked_mean, sampler_correction,
+                                     sampler_metrics, token_logprobs)
 from search_gym.trainers.grpo_config import GRPOConfig
 
 
@@ -40,30 +40,6 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     else:
         raise ValueError(f"scale must be group, batch or none, not {scale!r}")
     return advantages / (std + 1e-4)
-
-
-def sampler_correction(policy_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor, mode: str,
-                       clip_min: float | None = None, clip_max: float | None = 3.0) -> torch.Tensor:
-    """Importance weights for a rollout sampled by another engine (vLLM) than the policy being trained.
-
-    ``exp(policy - sampler)`` log-probabilities at policy tokens, per token (``token_*``, ``[B, T]``) or one per
-    episode from the summed difference (``sequence_*``, ``[B, 1]``); ``*_truncate`` clips them to
-    ``[clip_min, clip_max]``, ``*_mask`` zeroes those outside it. TRL 1.16's ``vllm_importance_sampling_*``
-    semantics (a NaN sampler log-probability counts as no difference).
-    """
-    diff = torch.nan_to_num((policy_logps - sampler_logps) * mask.float(), nan=0.0)
-    if mode.startswith("sequence"):
-        diff = diff.sum(dim=-1, keepdim=True)
-    elif not mode.startswith("token"):
-        raise ValueError(f"unknown importance sampling mode {mode!r}")
-    ratio = torch.exp(diff)
-    if mode.endswith("truncate"):
-        return torch.clamp(ratio, min=clip_min, max=clip_max)
-    if not mode.endswith("mask"):
-        raise ValueError(f"unknown importance sampling mode {mode!r}")
-    low = -math.inf if clip_min is None else clip_min
-    high = math.inf if clip_max is None else clip_max
-    return ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
 
 
 def grpo_loss(
@@ -257,12 +233,7 @@ class GRPOTrainer(RLTrainer):
                     counts[key] = counts.get(key, 0) + 1
         metrics = {f"losses/{k}": v / max(1, counts[k]) for k, v in sums.items()}
         metrics["charts/advantage_abs"] = float(advantages.abs().mean())
-        if correct:  # how far the sampler was from the policy, and what the correction did about it
-            mask = batch.loss_mask
-            gap = torch.nan_to_num((policy_logps - batch.sampler_logprobs).abs() * mask, nan=0.0)
-            metrics["sampling/logprob_gap"] = float(gap.sum() / mask.sum().clamp(min=1.0))
-            per_row = weights.expand_as(mask) if weights.size(1) == 1 else weights
-            metrics["sampling/is_ratio_mean"] = float(masked_mean(per_row, mask))
-            metrics["sampling/masked_fraction"] = float(masked_mean((per_row == 0).float(), mask))
+        if correct:
+            metrics.update(sampler_metrics(policy_logps, batch.sampler_logprobs, weights, batch.loss_mask))
         metrics["charts/reward_std"] = float(rewards.std()) if len(rewards) > 1 else 0.0  # of the global batch
         return metrics

@@ -8,7 +8,6 @@ from search_gym.trainers.config import RLConfig, _help
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
-IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
 @dataclass
@@ -32,26 +31,14 @@ class GRPOConfig(RLConfig):
                                "Dr. GRPO)", default="group")
     importance_sampling_level: str = _help("'token' ratios or one 'sequence' ratio per episode (GSPO)", default="token")
     use_bias_correction_kl: bool = _help("weight the k3 KL by the importance ratio (TRL's default)", default=True)
-    vllm_importance_sampling_correction: bool = _help(
-        "correct for the sampler/trainer mismatch when the rollout engine is not the policy itself (vLLM): weight "
-        "the policy loss by exp(policy log-prob - sampler log-prob), one extra no-grad forward per step (TRL's "
-        "default with vLLM)", default=True)
-    vllm_importance_sampling_mode: str = _help(
-        "token_truncate / token_mask (per-token ratios clipped to, or zeroed outside, [clip_min, clip_max]) or "
-        "sequence_truncate / sequence_mask (one ratio per episode from the summed log-prob difference)",
-        default="sequence_mask")
-    vllm_importance_sampling_clip_max: float | None = _help("upper bound C_max of the correction ratio", default=3.0)
-    vllm_importance_sampling_clip_min: float | None = _help("lower bound C_min of the correction ratio (none: no "
-                                                            "lower bound)", default=None)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type must be one of {LOSS_TYPES}, not {self.loss_type!r}")
         if self.scale_rewards not in SCALE_REWARDS:
             raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, not {self.scale_rewards!r}")
         if self.importance_sampling_level not in ("token", "sequence"):
             raise ValueError("importance_sampling_level must be 'token' or 'sequence'")
-        if self.vllm_importance_sampling_mode not in IS_MODES:
-            raise ValueError(f"vllm_importance_sampling_mode must be one of {IS_MODES}")
         if self.group_size < 2:
             raise ValueError("GRPO needs group_size >= 2 (advantages are relative to the group)")

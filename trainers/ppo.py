@@ -5,7 +5,9 @@ One step:
    weight 0 and are not time steps: the MDP's steps are the policy's tokens only.
 2. Optional representation-guided shaping of the episode reward (``r_task - lambda * p(h)``).
 3. Score the batch once without gradients: the rollout policy's log-probabilities (the ratio's denominator), the
-   frozen reference's (per-token KL penalty ``-kl_coef * (logp - logp_ref)``) and the value head's values.
+   frozen reference's (per-token KL penalty ``-kl_coef * (logp - logp_ref)``) and the value head's values. When
+   another engine sampled the batch (vLLM), TRL's importance weights ``exp(logp - logp_sampler)`` correct the
+   policy loss for the mismatch (``vllm_importance_sampling_*``, shared with GRPO).
 4. Rewards per policy token: the KL penalty at every token plus the episode reward at the last policy token.
    GAE(gamma, lambda) runs backwards over the policy tokens of each episode, skipping environment tokens.
 5. ``num_iterations`` epochs of minibatches: clipped policy loss, clipped value loss, entropy bonus.
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from search_gym.trainers.base import RLTrainer
-from search_gym.trainers.core import collate, masked_mean, token_logprobs
+from search_gym.trainers.core import collate, masked_mean, sampler_correction, sampler_metrics, token_logprobs
 from search_gym.trainers.ppo_config import PPOConfig
 
 
@@ -129,6 +131,15 @@ class PPOTrainer(RLTrainer):
         rows = torch.arange(mask.shape[0], device=device)[has_tokens]
         rewards[rows, last[has_tokens]] += episode_reward[has_tokens]
         advantages, returns = gae_over_mask(rewards, scored.old_values, mask, config.gamma, config.lam)
+        # Rollouts from another engine (vLLM: other kernels, bf16) than the policy: the clipped ratio is taken
+        # against the policy's own scoring of the batch (old_logps), and the sampler/policy mismatch is corrected
+        # by TRL's importance weights exp(old_logps - sampler logps), as in GRPO.
+        weights = None
+        if config.vllm_importance_sampling_correction and not getattr(self.generator, "exact_logprobs", True):
+            weights = sampler_correction(scored.old_logps, batch.sampler_logprobs, mask,
+                                         config.vllm_importance_sampling_mode,
+                                         config.vllm_importance_sampling_clip_min,
+                                         config.vllm_importance_sampling_clip_max)
         if config.whiten_advantages and mask.sum() > 1:
             mean = masked_mean(advantages, mask)
             std = torch.sqrt(masked_mean((advantages - mean) ** 2, mask))
@@ -146,8 +157,10 @@ class PPOTrainer(RLTrainer):
                 log_ratio = logps - scored.old_logps[index]
                 ratio = torch.exp(log_ratio)
                 adv = advantages[index]
-                pg_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - config.cliprange,
-                                                                                  1 + config.cliprange)), m)
+                per_token = torch.max(-adv * ratio, -adv * ratio.clamp(1 - config.cliprange, 1 + config.cliprange))
+                if weights is not None:
+                    per_token = per_token * weights[index]
+                pg_loss = masked_mean(per_token, m)
                 old_v, ret = scored.old_values[index], returns[index]
                 v_clipped = old_v + (values - old_v).clamp(-config.cliprange_value, config.cliprange_value)
                 vf_loss = 0.5 * masked_mean(torch.max((values - ret) ** 2, (v_clipped - ret) ** 2), m)
@@ -169,6 +182,8 @@ class PPOTrainer(RLTrainer):
         metrics = {f"losses/{k}": v / max(1, count) for k, v in sums.items()}
         if kl is not None:
             metrics["losses/kl"] = float(kl.sum() / mask.sum().clamp(min=1.0))
+        if weights is not None:
+            metrics.update(sampler_metrics(scored.old_logps, batch.sampler_logprobs, weights, mask))
         metrics["charts/value_mean"] = float(masked_mean(scored.old_values, mask))
         # Explained variance of the values (CleanRL's losses/explained_variance)
         var_ret = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
