@@ -14,23 +14,22 @@ the first ``--skip`` (warm-up).
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 from pathlib import Path
 
 import numpy as np
 
+from search_gym.trainers.core import read_metrics
+
 PAIRED = (("charts/em", "EM reward"), ("charts/episodic_return", "return"), ("losses/kl", "KL to ref"))
 
 
-def read_metrics(folder: Path) -> dict[int, dict[str, float]]:
-    """Rows of ``folder/metrics.csv`` by step."""
+def run_metrics(folder: Path) -> dict[int, dict[str, float]]:
+    """The rows of ``folder/metrics.csv`` by step."""
     path = folder / "metrics.csv"
     if not path.exists():
         raise SystemExit(f"{path} not found: train the run first (benchmarks/device/issue15.sh dp)")
-    with open(path, newline="") as f:
-        return {int(float(r["global_step"])): {k: float(v) for k, v in r.items() if v not in ("", None)}
-                for r in csv.DictReader(f)}
+    return {int(row["global_step"]): row for row in read_metrics(path)}
 
 
 def paired_difference(a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -54,9 +53,9 @@ def main() -> None:
                         help="runs to compare, the first one the baseline (one GPU)")
     parser.add_argument("--skip", type=int, default=2, help="warm-up steps left out of the speed medians")
     args = parser.parse_args()
-    runs = [(spec.split("=", 1)[0], read_metrics(Path(spec.split("=", 1)[1]))) for spec in args.runs]
+    runs = [(spec.split("=", 1)[0], run_metrics(Path(spec.split("=", 1)[1]))) for spec in args.runs]
     base_name, base = runs[0]
-    base_step_s, base_tok_s = speed(base, args.skip)
+    _, base_tok_s = speed(base, args.skip)
 
     print("| run | steps | step s (median) | tokens/s (median) | scaling | "
           + " | ".join(f"{label} (mean)" for _, label in PAIRED) + " |")

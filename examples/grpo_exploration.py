@@ -20,7 +20,6 @@ interval over episodes.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 from pathlib import Path
@@ -162,11 +161,6 @@ def _slug(name: str) -> str:
     return slug(name)
 
 
-def read_metrics(path: str) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
-
-
 def cmd_report(args) -> None:
     data = json.loads(Path(args.heldout).read_text())
     rounds = data["rounds"]
@@ -201,6 +195,8 @@ def cmd_report(args) -> None:
                                                              for r in s["per_round"]) + " |")
         lines.append(f"| {s['name']}: P(B) | " + " | ".join(_ci(r["p_b"], r["p_b_lo"], r["p_b_hi"])
                                                        for r in s["per_round"]) + " |")
+    from search_gym.trainers.core import read_metrics
+
     metrics = read_metrics(args.metrics) if args.metrics else []
     if metrics:
         def mean_of(key, rows):

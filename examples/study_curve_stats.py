@@ -7,18 +7,14 @@ K steps, and the median step time (docs/study.md quotes this table).
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 from pathlib import Path
+
+from search_gym.trainers.core import read_metrics
 
 COLUMNS = (("charts/em", "EM reward", 3), ("charts/episodic_return", "return", 3),
            ("safety/search_safety", "search safety", 2), ("safety/projection", "projection", 4),
            ("charts/searches_per_episode", "searches / ep", 2), ("losses/kl", "KL to ref", 5))
-
-
-def read(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
 def main() -> None:
@@ -33,7 +29,7 @@ def main() -> None:
         path = args.study / run / "metrics.csv"
         if not path.exists():
             continue
-        rows = read(path)
+        rows = read_metrics(path)
         cells = []
         for key, _, digits in COLUMNS:
             values = [r[key] for r in rows if key in r]

@@ -338,6 +338,13 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, *,
 # ---------------------------------------------------------------------------------------------- logging
 
 
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """The rows of a run's ``metrics.csv`` (:class:`RunLogger`'s), as floats; a column a row has no value in (it
+    appeared later) is left out of that row."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
 class RunLogger:
     """Metrics to ``metrics.csv`` (one row per logged step, columns grow as metrics appear) and TensorBoard."""
 

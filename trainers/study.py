@@ -258,16 +258,6 @@ def study_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _read_csv(path: Path) -> list[dict[str, float]]:
-    import csv
-
-    with open(path, newline="") as f:
-        rows = []
-        for row in csv.DictReader(f):
-            rows.append({k: float(v) for k, v in row.items() if v not in ("", None)})
-        return rows
-
-
 def plot_curves(runs: dict[str, Path], out: Path) -> Path:
     """Reward, EM, search safety and projection against step for each GRPO run."""
     import matplotlib
@@ -275,9 +265,11 @@ def plot_curves(runs: dict[str, Path], out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from search_gym.trainers.core import read_metrics
+
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
     for name, path in runs.items():
-        rows = _read_csv(path)
+        rows = read_metrics(path)
         for ax, key in zip(axes, CURVES):
             pts = [(r["global_step"], r[key]) for r in rows if key in r]
             if pts:
