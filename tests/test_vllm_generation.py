@@ -90,14 +90,19 @@ def config(tmp_path, **overrides) -> GRPOConfig:
     return GRPOConfig(**values)
 
 
-class RandomRewardGRPO(GRPOTrainer):
-    """Distinct rewards within each group, so the update moves the policy away from the engine's copy."""
+class RandomRewards:
+    """Distinct rewards within each group, so the update moves the policy away from the engine's copy (and the
+    loss depends on which tokens count)."""
 
     def collect(self, step):
         episodes = super().collect(step)
         for i, ep in enumerate(episodes):
             ep.task_reward = ep.reward = float(i % 2)
         return episodes
+
+
+class RandomRewardGRPO(RandomRewards, GRPOTrainer):
+    pass
 
 
 def make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, **overrides):
@@ -277,12 +282,8 @@ def test_ppo_corrects_the_sampler_mismatch_as_grpo_does(tokenizer, tiny_qa_path,
     from search_gym.trainers.ppo import PPOTrainer
     from search_gym.trainers.ppo_config import PPOConfig
 
-    class RandomRewardPPO(PPOTrainer):  # nonzero advantages, so the loss depends on which tokens count
-        def collect(self, step):
-            episodes = super().collect(step)
-            for i, ep in enumerate(episodes):
-                ep.task_reward = ep.reward = float(i % 2)
-            return episodes
+    class RandomRewardPPO(RandomRewards, PPOTrainer):
+        pass
 
     rows = {}
     for shifted in (False, True):

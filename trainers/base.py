@@ -25,6 +25,7 @@ from search_gym.trainers.core import (
     make_optimizer,
     progress_bar,
     resolve_model_path,
+    sampler_correction,
     save_checkpoint,
     save_final,
     set_seed,
@@ -331,6 +332,20 @@ class RLTrainer:
     def forward_chunks(self, n: int) -> list[list[int]]:
         size = self.config.forward_batch_size or n
         return [list(range(s, min(n, s + size))) for s in range(0, n, size)]
+
+    @property
+    def corrects_sampler(self) -> bool:
+        """Whether rollouts come from another engine than the policy (vLLM) and the config asks to correct for
+        it (TRL's ``vllm_importance_sampling_correction``); the HF backend's log-probabilities are the policy's."""
+        return self.config.vllm_importance_sampling_correction and not getattr(self.generator, "exact_logprobs", True)
+
+    def sampler_weights(self, policy_logps: torch.Tensor, batch) -> torch.Tensor:
+        """TRL's importance weights exp(policy - sampler) log-probabilities for ``batch``, as the config sets them
+        (mode and clip bounds)."""
+        config = self.config
+        return sampler_correction(policy_logps, batch.sampler_logprobs, batch.loss_mask,
+                                  config.vllm_importance_sampling_mode, config.vllm_importance_sampling_clip_min,
+                                  config.vllm_importance_sampling_clip_max)
 
     def clip_and_step(self) -> float:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]

@@ -17,8 +17,7 @@ import contextlib
 import torch
 
 from search_gym.trainers.base import RLTrainer, score_logprobs
-from search_gym.trainers.core import (collate, first_loss_position, masked_mean, sampler_correction,
-                                     sampler_metrics, token_logprobs)
+from search_gym.trainers.core import collate, first_loss_position, masked_mean, sampler_metrics, token_logprobs
 from search_gym.trainers.grpo_config import GRPOConfig
 
 
@@ -146,16 +145,11 @@ class GRPOTrainer(RLTrainer):
         # With one pass the batch is on-policy: the ratio is exp(logp - logp.detach()) = 1, as in TRL.
         # Rollouts from another engine (vLLM: other kernels, bf16) than the policy: TRL's correction needs the policy's
         # own log-probabilities of the sampled tokens, one more no-grad forward.
-        correct = config.vllm_importance_sampling_correction and not getattr(self.generator, "exact_logprobs", True)
+        correct = self.corrects_sampler
         policy_logps = (score_logprobs(self.model, batch, chunks, config.temperature)
                         if config.num_iterations > 1 or correct else None)
         old_logps = policy_logps if config.num_iterations > 1 else None
-        weights = None
-        if correct:
-            weights = sampler_correction(policy_logps, batch.sampler_logprobs, batch.loss_mask,
-                                         config.vllm_importance_sampling_mode,
-                                         config.vllm_importance_sampling_clip_min,
-                                         config.vllm_importance_sampling_clip_max)
+        weights = self.sampler_weights(policy_logps, batch) if correct else None
         ref_logps = score_logprobs(self.reference, batch, chunks, config.temperature) if config.beta else None
         eps_high = config.epsilon if config.epsilon_high is None else config.epsilon_high
         sums: dict[str, float] = {}

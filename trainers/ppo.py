@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from search_gym.trainers.base import RLTrainer
-from search_gym.trainers.core import collate, masked_mean, sampler_correction, sampler_metrics, token_logprobs
+from search_gym.trainers.core import collate, masked_mean, sampler_metrics, token_logprobs
 from search_gym.trainers.ppo_config import PPOConfig
 
 
@@ -134,12 +134,7 @@ class PPOTrainer(RLTrainer):
         # Rollouts from another engine (vLLM: other kernels, bf16) than the policy: the clipped ratio is taken
         # against the policy's own scoring of the batch (old_logps), and the sampler/policy mismatch is corrected
         # by TRL's importance weights exp(old_logps - sampler logps), as in GRPO.
-        weights = None
-        if config.vllm_importance_sampling_correction and not getattr(self.generator, "exact_logprobs", True):
-            weights = sampler_correction(scored.old_logps, batch.sampler_logprobs, mask,
-                                         config.vllm_importance_sampling_mode,
-                                         config.vllm_importance_sampling_clip_min,
-                                         config.vllm_importance_sampling_clip_max)
+        weights = self.sampler_weights(scored.old_logps, batch) if self.corrects_sampler else None
         if config.whiten_advantages and mask.sum() > 1:
             mean = masked_mean(advantages, mask)
             std = torch.sqrt(masked_mean((advantages - mean) ** 2, mask))
