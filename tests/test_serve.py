@@ -252,10 +252,90 @@ def test_topk_default_empty_queries_and_unknown_fields(bm25_server):
     assert status == 200 and 0 < len(body["result"][0]) <= 8
 
 
+# ------------------------------------------------------------------------------------------------ other dialects
+# The request bodies below are the ones each client builds, read from its source (attribution inline); the
+# response is then read the way that client reads it.
+
+
+def skyrl_passages2string(retrieval_result):
+    """skyrl-gym 0.4.0, skyrl_gym/tools/search.py ``_passages2string`` (Apache-2.0), as its SearchToolGroup applies
+    it to every entry of ``response.json()["result"]``."""
+    format_reference = ""
+    for idx, doc_item in enumerate(retrieval_result):
+        content = doc_item["document"]["contents"].strip()
+        format_reference += f"Doc {idx+1}: {content}\n"
+    return format_reference
+
+
+def test_skyrl_single_query_json_request(bm25_server, bm25_local):
+    """skyrl-gym 0.4.0 ``call_search_api``: ``payload = {"query": query, "topk": topk, "return_scores":
+    return_scores}`` posted as JSON (``return_scores=True`` from its SearchToolGroup); it iterates
+    ``result`` as one list of passages per query."""
+    query = QUERIES[0]
+    status, data = http_request(bm25_server.url, "POST", "/retrieve",
+                                json.dumps({"query": query, "topk": 3, "return_scores": True}).encode(),
+                                {"Content-Type": "application/json", "Accept": "application/json"})
+    assert status == 200
+    body = json.loads(data)
+    hits = bm25_local.search([query], k=3)[0]
+    expected = {"result": [[{"document": {"id": h.doc_id, "contents": h.contents}, "score": h.score} for h in hits]]}
+    assert body == expected  # a list of one result list: what `queries: [query]` gets
+    assert post(bm25_server.url, {"queries": [query], "topk": 3, "return_scores": True}) == (200, expected)
+    pretty = "\n---\n".join(skyrl_passages2string(r) for r in body["result"])
+    assert pretty.startswith("Doc 1: \"Paris\"") and pretty.count("Doc ") == len(hits)
+
+
+def gem_passages2string(result):
+    """gem-llm 0.1.0, gem/tools/search_tool.py ``SearchTool._passages2string`` (Apache-2.0)."""
+    format_reference = ""
+    for idx, doc_item in enumerate(result):
+        content = doc_item["document"]["contents"]
+        title = content.split("\n")[0]
+        text = "\n".join(content.split("\n")[1:])
+        format_reference += f"Doc {idx + 1} (Title: {title})\n{text}\n\n"
+    return format_reference
+
+
+@pytest.mark.parametrize("return_scores", [True, False])
+def test_gem_msgpack_request(bm25_server, bm25_local, return_scores):
+    """gem-llm 0.1.0 ``SearchTool._search``: ``requests.post(url, data=msgspec.msgpack.encode({"query": query,
+    "topk": self.topk, "return_scores": True}))`` with no Content-Type; it reads
+    ``msgspec.msgpack.decode(response.content)["result"]`` as the flat list of its one query."""
+    msgpack = pytest.importorskip("msgpack")
+    query = QUERIES[3]
+    payload = msgpack.packb({"query": query, "topk": 3, "return_scores": return_scores})
+    status, data = http_request(bm25_server.url, "POST", "/retrieve", payload)
+    assert status == 200
+    result = msgpack.unpackb(data)["result"]
+    hits = bm25_local.search([query], k=3)[0]
+    assert [item["document"] for item in result] == [{"id": h.doc_id, "contents": h.contents} for h in hits]
+    assert [item["score"] for item in result] == ([h.score for h in hits] if return_scores else [None] * len(hits))
+    assert gem_passages2string(result).startswith('Doc 1 (Title: "Python (programming language)")\nPython is')
+
+
+def test_msgpack_batch_and_errors_answer_in_msgpack(bm25_server, bm25_local):
+    msgpack = pytest.importorskip("msgpack")
+    status, data = http_request(bm25_server.url, "POST", "/retrieve",
+                                msgpack.packb({"queries": QUERIES[:2], "topk": 2}),
+                                {"Content-Type": "application/msgpack"})
+    assert status == 200
+    expected = {"result": [[{"id": h.doc_id, "contents": h.contents} for h in hits]
+                           for hits in bm25_local.search(QUERIES[:2], k=2)]}
+    assert msgpack.unpackb(data) == expected  # the Search-R1 shape, in msgpack
+    assert post(bm25_server.url, {"queries": QUERIES[:2], "topk": 2}) == (200, expected)
+    status, data = http_request(bm25_server.url, "POST", "/retrieve", b"\xc1\xc1",
+                                {"Content-Type": "application/msgpack"})
+    assert status == 400 and "not valid msgpack" in msgpack.unpackb(data)["detail"]
+    status, data = http_request(bm25_server.url, "POST", "/retrieve", msgpack.packb({"query": 3}))
+    assert status == 422 and "'query' must be a string" in msgpack.unpackb(data)["detail"]
+
+
 BAD_REQUESTS = {
     "malformed JSON": (b'{"queries": ["a"', 400, "not valid JSON"),
     "not an object": (b'["a", "b"]', 422, "JSON object"),
     "missing queries": (b'{"topk": 3}', 422, "missing field 'queries'"),
+    "query and queries": (b'{"query": "a", "queries": ["b"]}', 422, "not both"),
+    "query not a string": (b'{"query": ["a"]}', 422, "'query' must be a string"),
     "queries not a list": (b'{"queries": "a"}', 422, "list of strings"),
     "query not a string": (b'{"queries": ["a", 3]}', 422, "queries[1]"),
     "topk zero": (b'{"queries": ["a"], "topk": 0}', 422, "positive integer"),

@@ -12,10 +12,23 @@ Protocol (Search-R1, ``search_r1/search/retrieval_server.py``)::
 defaults to false; other fields are ignored. As in Search-R1's dense server, an empty query string is searched
 like any other (the dense encoder sees only its prefix); BM25 returns no passage for it.
 
-Where it differs on purpose: bad requests get a 4xx with ``{"detail": "..."}`` instead of being coerced or
-crashing a worker (malformed JSON 400; wrong or missing fields, ``topk`` <= 0 or above ``max_topk`` 422; a body
-over ``max_body_bytes`` 413), and a corpus smaller than ``topk`` gives fewer passages instead of Search-R1's
-FAISS ``-1`` ids (which its server turns into the last corpus row). ``GET /health`` reports readiness and counters.
+The dialects of other clients are answered in the shape and encoding each expects (:func:`parse_request`):
+
+* ``{"query": "q1", ...}`` (one string; SkyRL's search tool since July 2025, skyrl-gym 0.4.0): answered as
+  ``queries: ["q1"]`` is, a list of one result list, in JSON;
+* a msgpack body (GEM's ``SearchTool``, gem-llm 0.1.0, whose own server is a mosec one): ``{"query": "q1", ...}``
+  gets a msgpack ``{"result": [{"document": doc, "score": 0.83 or None}, ...]}``, the flat list of its one query
+  with a score slot even when no score was asked for (as GEM's server answers); ``queries`` lists in msgpack get
+  the Search-R1 shape, in msgpack. A body is read as msgpack when its Content-Type says ``msgpack`` or when it
+  starts with a byte no JSON text starts with (GEM's client sends no Content-Type).
+
+Exactly one of ``queries`` and ``query`` must be given.
+
+Where it differs on purpose: bad requests get a 4xx with ``{"detail": "..."}`` (in the request's encoding)
+instead of being coerced or crashing a worker (malformed JSON or msgpack 400; wrong or missing fields, ``topk``
+<= 0 or above ``max_topk`` 422; a body over ``max_body_bytes`` 413), and a corpus smaller than ``topk`` gives fewer
+passages instead of Search-R1's FAISS ``-1`` ids (which its server turns into the last corpus row).
+``GET /health`` reports readiness and counters. Decoding msgpack needs the ``msgpack`` package (the serve extra).
 
 Concurrent requests are searched together (:class:`~search_gym.retrieval.batcher.MicroBatcher`): one encoder
 pass and one FAISS call per batch.
@@ -84,19 +97,38 @@ class RequestError(Exception):
         self.message = message
 
 
-def parse_retrieve_request(payload: Any, settings: ServerSettings) -> tuple[list[str], int, bool]:
-    """``(queries, topk, return_scores)`` of a decoded /retrieve body, or :class:`RequestError` (422)."""
+@dataclass(frozen=True)
+class RetrieveRequest:
+    """A decoded /retrieve request: what to search and how to answer (see the module docstring's dialects)."""
+
+    queries: list[str]
+    topk: int
+    return_scores: bool
+    single: bool = False  # the body gave one ``query`` string instead of a ``queries`` list
+    msgpack: bool = False  # the body was msgpack: answer in msgpack
+
+
+def parse_retrieve_request(payload: Any, settings: ServerSettings, *, msgpack: bool = False) -> RetrieveRequest:
+    """The :class:`RetrieveRequest` of a decoded /retrieve body, or :class:`RequestError` (422)."""
     example = '{"queries": ["who wrote hamlet"], "topk": 3, "return_scores": true}'
     if not isinstance(payload, dict):
         raise RequestError(422, f"the body must be a JSON object like {example}, got a JSON {_json_type(payload)}")
-    if "queries" not in payload:
-        raise RequestError(422, f"missing field 'queries' (a list of strings), e.g. {example}")
-    queries = payload["queries"]
-    if not isinstance(queries, list):
-        raise RequestError(422, f"'queries' must be a list of strings, got a JSON {_json_type(queries)}")
-    for i, q in enumerate(queries):
-        if not isinstance(q, str):
-            raise RequestError(422, f"queries[{i}] must be a string, got a JSON {_json_type(q)}")
+    if "queries" in payload and "query" in payload:
+        raise RequestError(422, "give either 'queries' (a list of strings) or 'query' (one string), not both")
+    single = "query" in payload and "queries" not in payload
+    if single:
+        if not isinstance(payload["query"], str):
+            raise RequestError(422, f"'query' must be a string, got a JSON {_json_type(payload['query'])}")
+        queries = [payload["query"]]
+    elif "queries" not in payload:
+        raise RequestError(422, f"missing field 'queries' (a list of strings; or 'query', one string), e.g. {example}")
+    else:
+        queries = payload["queries"]
+        if not isinstance(queries, list):
+            raise RequestError(422, f"'queries' must be a list of strings, got a JSON {_json_type(queries)}")
+        for i, q in enumerate(queries):
+            if not isinstance(q, str):
+                raise RequestError(422, f"queries[{i}] must be a string, got a JSON {_json_type(q)}")
     topk = payload.get("topk")
     if topk is None:
         topk = settings.default_topk
@@ -114,7 +146,39 @@ def parse_retrieve_request(payload: Any, settings: ServerSettings) -> tuple[list
         return_scores = False
     if not isinstance(return_scores, bool):
         raise RequestError(422, f"'return_scores' must be true or false, got a JSON {_json_type(return_scores)}")
-    return queries, topk, return_scores
+    return RetrieveRequest(queries, topk, return_scores, single=single, msgpack=msgpack)
+
+
+#: First bytes a JSON text can start with (RFC 8259: whitespace, then a value); anything else is taken for msgpack.
+_JSON_FIRST_BYTES = frozenset(b' \t\r\n{["-0123456789tfn')
+
+
+def is_msgpack(body: bytes, content_type: str | None) -> bool:
+    """Whether a request body is msgpack: said by its Content-Type, or sniffed from its first byte (GEM's client
+    posts raw msgpack bytes with no Content-Type)."""
+    if content_type and "msgpack" in content_type.lower():
+        return True
+    if content_type and "json" in content_type.lower():
+        return False
+    return bool(body) and body[0] not in _JSON_FIRST_BYTES
+
+
+def decode_body(body: bytes, content_type: str | None) -> tuple[Any, bool]:
+    """``(payload, was_msgpack)`` of a request body, or :class:`RequestError` 400 when it does not decode."""
+    if is_msgpack(body, content_type):
+        try:
+            import msgpack
+        except ImportError:
+            raise RequestError(415, "msgpack bodies need the msgpack package on the server: "
+                                    "pip install 'search-gym[serve]'") from None
+        try:
+            return msgpack.unpackb(body, raw=False, strict_map_key=False), True
+        except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types for bad bytes
+            raise RequestError(400, f"the body is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    try:
+        return json.loads(body), False
+    except (ValueError, RecursionError) as exc:
+        raise RequestError(400, f"the body is not valid JSON ({exc})") from None
 
 
 def _json_type(value: Any) -> str:
@@ -139,10 +203,28 @@ def hit_document(hit: Hit) -> dict[str, str]:
 
 
 def format_result(results: Sequence[Sequence[Hit]], return_scores: bool) -> dict[str, Any]:
-    """The /retrieve response body for per-query hit lists."""
+    """The Search-R1 /retrieve response body for per-query hit lists."""
     if return_scores:
         return {"result": [[{"document": hit_document(h), "score": float(h.score)} for h in row] for row in results]}
     return {"result": [[hit_document(h) for h in row] for row in results]}
+
+
+def response_body(request: RetrieveRequest, results: Sequence[Sequence[Hit]]) -> dict[str, Any]:
+    """The response of ``request``'s dialect: GEM's (msgpack, one ``query``) is the flat list of its query with a
+    score slot on every item (None when not asked for); every other dialect gets the Search-R1 shape."""
+    if request.msgpack and request.single:
+        return {"result": [{"document": hit_document(h), "score": float(h.score) if request.return_scores else None}
+                           for h in (results[0] if results else [])]}
+    return format_result(results, request.return_scores)
+
+
+def encode_body(body: Any, as_msgpack: bool) -> tuple[bytes, str]:
+    """``(bytes, media type)`` of a response in the request's encoding."""
+    if as_msgpack:
+        import msgpack
+
+        return msgpack.packb(body, use_bin_type=True), "application/msgpack"
+    return dumps(body), "application/json"
 
 
 def dumps(body: Any) -> bytes:
@@ -218,28 +300,29 @@ def create_app(retriever: Any, settings: ServerSettings | None = None):
     app.state.batcher = batcher
     app.state.settings = settings
 
-    def error(status: int, message: str) -> Response:
-        return Response(dumps({"detail": message}), status_code=status, media_type="application/json")
+    def answer(body: Any, as_msgpack: bool, status: int = 200) -> Response:
+        content, media_type = encode_body(body, as_msgpack)
+        return Response(content, status_code=status, media_type=media_type)
 
     @app.post("/retrieve")
     async def retrieve(request: Request) -> Response:
+        as_msgpack = False
         try:
             body = await read_body(request, settings.max_body_bytes)
-            try:
-                payload = json.loads(body)
-            except (ValueError, RecursionError) as exc:
-                raise RequestError(400, f"the body is not valid JSON ({exc})") from None
-            queries, topk, return_scores = parse_retrieve_request(payload, settings)
+            content_type = request.headers.get("content-type")
+            as_msgpack = is_msgpack(body, content_type)
+            payload, as_msgpack = decode_body(body, content_type)
+            parsed = parse_retrieve_request(payload, settings, msgpack=as_msgpack)
         except RequestError as exc:
-            return error(exc.status, exc.message)
-        if not queries:
-            return Response(dumps({"result": []}), media_type="application/json")
+            return answer({"detail": exc.message}, as_msgpack and exc.status != 415, exc.status)
+        if not parsed.queries:
+            return answer({"result": []}, parsed.msgpack)
         try:
-            results = await batcher.submit(queries, topk)
+            results = await batcher.submit(parsed.queries, parsed.topk)
         except Exception as exc:  # noqa: BLE001 - one failed search must not take the server down
-            logger.exception("search failed for %d queries", len(queries))
-            return error(500, f"retrieval failed: {type(exc).__name__}: {exc}")
-        return Response(dumps(format_result(results, return_scores)), media_type="application/json")
+            logger.exception("search failed for %d queries", len(parsed.queries))
+            return answer({"detail": f"retrieval failed: {type(exc).__name__}: {exc}"}, parsed.msgpack, 500)
+        return answer(response_body(parsed, results), parsed.msgpack)
 
     @app.get("/health")
     async def health() -> Any:
