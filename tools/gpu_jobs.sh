@@ -1,29 +1,30 @@
 #!/usr/bin/env bash
-# Device side of issues 14/15 on one H200, after unpack.sh returned 0 with vLLM installed (README.md beside this).
+# GPU jobs on the lent machine (attack grid, throughput, the study, two-GPU data parallel), after unpack.sh
+# returned 0 with vLLM installed (README.md beside this).
 # Run from the repository root; every subcommand writes what it measured under $OUT.
 #
-#   bash benchmarks/device/issue15.sh background [grid] [STAGE...]
+#   bash tools/gpu_jobs.sh background [grid] [STAGE...]
 #                                                   # start, detached (setsid), GPU jobs that need no timing:
-#                                                   #  grid:  issue 14's attack grid on the bundled model (HF fp32)
+#                                                   #  grid:  the attack grid on the bundled model (HF fp32)
 #                                                   #  STAGE: a stage of the study (sft reads the carried
 #                                                   #         .devrun/sft_data); several run side by side
-#   bash benchmarks/device/issue15.sh wait JOB...   # until those background jobs have ended (or $WAIT_S, 540 s)
-#   bash benchmarks/device/issue15.sh kill JOB      # SIGKILL a background stage (to show that it resumes)
-#   bash benchmarks/device/issue15.sh progress      # the last lines of every background job's log
-#   bash benchmarks/device/issue15.sh throughput "qwen2.5-0.5b 16" ...
+#   bash tools/gpu_jobs.sh wait JOB...   # until those background jobs have ended (or $WAIT_S, 540 s)
+#   bash tools/gpu_jobs.sh kill JOB      # SIGKILL a background stage (to show that it resumes)
+#   bash tools/gpu_jobs.sh progress      # the last lines of every background job's log
+#   bash tools/gpu_jobs.sh throughput "qwen2.5-0.5b 16" ...
 #                                                   # per row: TRL + HF generate, TRL + vLLM colocate (the
 #                                                   # ../shared/bench script, carried in .bench/), ours single-turn
 #                                                   # and ours multi-turn, one process each, alone on the GPU
-#   bash benchmarks/device/issue15.sh study STAGE...  # stages of `search-gym study` (pilot sizes below)
-#   bash benchmarks/device/issue15.sh pipeline      # the whole study, detached (below); start it once the data
+#   bash tools/gpu_jobs.sh study STAGE...  # stages of `search-gym study` (pilot sizes below)
+#   bash tools/gpu_jobs.sh pipeline      # the whole study, detached (below); start it once the data
 #                                                   # is unpacked (vLLM may still be arriving)
-#   bash benchmarks/device/issue15.sh dp            # on nvidia-h200-x2, detached: one GRPO run on one GPU, the same
+#   bash tools/gpu_jobs.sh dp            # on nvidia-h200-x2, detached: one GRPO run on one GPU, the same
 #                                                   # on two at equal global batch, then the comparison table
 #                                                   # (benchmarks/bench_data_parallel.py) in $RUNS/dp.md
-#   bash benchmarks/device/issue15.sh snapshot      # what the study has so far, no weights or trajectories, into
+#   bash tools/gpu_jobs.sh snapshot      # what the study has so far, no weights or trajectories, into
 #                                                   # $OUT/study_light.tar.gz: end EVERY call with it (a machine
 #                                                   # not called again within 30 s is gone, with /tmp)
-#   bash benchmarks/device/issue15.sh collect       # everything but weights (trajectories too) into $OUT, in parts
+#   bash tools/gpu_jobs.sh collect       # everything but weights (trajectories too) into $OUT, in parts
 set -uo pipefail
 REPO=$(pwd)
 RUNS=${SG_RUNS:-/tmp/runs}
@@ -60,7 +61,7 @@ case "${1:-}" in
             --out $RUNS/grid_n256; echo rc=\$? > $RUNS/grid.rc" > "$RUNS/grid.log" 2>&1 < /dev/null &) ;;
         sft|directions|eval_sft|grpo|eval_grpo|grpo_penalty|eval_grpo_penalty|report)
           rm -f "$RUNS/$job.rc"   # a restarted (resumed) job
-          setsid nohup bash -c "bash benchmarks/device/issue15.sh __study $job; echo rc=\$? > $RUNS/$job.rc" \
+          setsid nohup bash -c "bash tools/gpu_jobs.sh __study $job; echo rc=\$? > $RUNS/$job.rc" \
             >> "$RUNS/$job.log" 2>&1 < /dev/null & ;;
         *) echo "unknown background job $job" >&2; exit 2 ;;
       esac
@@ -122,7 +123,7 @@ case "${1:-}" in
   __pipeline)
     # sft -> (directions | eval_sft) -> grpo, and grpo_penalty once grpo's engine is up and its first update done
     # -> each run's evaluation as soon as the run ends -> report. Two rules from the 2026-12-02 pilot
-    # (benchmarks/device/README.md): vLLM sizes its KV cache from the GPU's free memory, so no two engines start
+    # (tools/README.md): vLLM sizes its KV cache from the GPU's free memory, so no two engines start
     # within ENGINE_GAP s of each other; and two GRPO runs plus an evaluation engine do not fit at once.
     # KILL_DEMO=<run>: SIGKILL that run once its step-25 checkpoint and drift are written (and a few steps more),
     # then start it again: it resumes from the checkpoint ($RUNS/pipeline.log records both).

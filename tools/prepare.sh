@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Run HERE (the CPU machine, where pip can download) from anywhere inside the checkout:
-#     bash benchmarks/device/prepare.sh            # wheels + data
-#     bash benchmarks/device/prepare.sh wheels     # only .whl/
-#     bash benchmarks/device/prepare.sh data       # only .devdata/
-#     bash benchmarks/device/prepare.sh plan       # print the carry lists of the run calls
-#     bash benchmarks/device/prepare.sh vllm       # .vllm/: vLLM 0.20.2 + its wheels, in parts
+#     bash tools/prepare.sh            # wheels + data
+#     bash tools/prepare.sh wheels     # only .whl/
+#     bash tools/prepare.sh data       # only .devdata/
+#     bash tools/prepare.sh plan       # print the carry lists of the run calls
+#     bash tools/prepare.sh vllm       # .vllm/: vLLM 0.20.2 + its wheels, in parts
 # Fills two git-ignored folders at the repository root for the lent GPU machine (Python 3.12, torch 2.11 cu130,
 # transformers 5.17, no network):
 #   .whl/      py3.12 x86_64 wheels of exactly what that machine lacks, plus a wheel of search-gym itself
 #   .devdata/  the built search-gym cache (no converted model) and the two asset files read at run time
 #              (SmolLM2 GGUF, MiniLM folder), as one tar split into parts of $PART_MB MiB, with SHA256SUMS
-# benchmarks/device/unpack.sh is the device side; README.md beside this file gives the `run` call sequence.
+# tools/unpack.sh is the device side; README.md beside this file gives the `run` call sequence.
 set -euo pipefail
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$ROOT"
@@ -63,7 +63,7 @@ prepare_wheels() {
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${WHEELS[@]}"
-  # search-gym itself (agents/, trainers/, corpora/ mapped into the search_gym namespace by pyproject.toml)
+  # search-gym itself (one package, search_gym/)
   "$PY" -m pip wheel -q --no-deps "$ROOT" -w .whl
   rm -rf "$ROOT/build"   # setuptools' scratch folder (ignored, but keep the tree clean)
   DEVICE_HAS="$DEVICE_HAS" "$PY" - .whl <<'PY'
@@ -165,7 +165,7 @@ for p in parts:
         calls.append(cur); cur, size = [], 0
     cur.append(str(p)); size += p.stat().st_size
 calls.append(cur)
-print(f"working tree {tree / MiB:.1f} MiB; {len(calls)} back-to-back calls, each: bash benchmarks/device/unpack.sh ...")
+print(f"working tree {tree / MiB:.1f} MiB; {len(calls)} back-to-back calls, each: bash tools/unpack.sh ...")
 for i, c in enumerate(calls, 1):
     print(f"  call {i}: carry {json.dumps(c[:1] + ['.devdata/SHA256SUMS'] + c[1:] if c[0] == '.whl' else ['.devdata/SHA256SUMS'] + c)}")
 PY

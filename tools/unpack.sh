@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Device side (the lent GPU machine, no network). Run from the repository root in EVERY call of the sequence:
-#     bash benchmarks/device/unpack.sh; rc=$?        # 0 ready, 3 data parts still missing, else an error
+#     bash tools/unpack.sh; rc=$?        # 0 ready, 3 data parts still missing, else an error
 #     source /tmp/sg/env.sh                          # once it returned 0
 # What it does, each step skipped when already done on this (warm) machine:
 #   1. installs the carried wheels .whl/*.whl into $SG_SITE (default /tmp/site) with pip --no-index --no-deps
