@@ -1,0 +1,259 @@
+"""Teachers of the aligned warm start: varied, instruction-tuned-like behaviour for the SFT data.
+
+The first teachers (:class:`~search_gym.agents.baselines.OracleAgent`, :class:`~search_gym.agents.baselines.
+RefusalAgent`) wrote one fixed sentence before every search and searched the question verbatim. A model trained on
+them (1) copies a harmful request into the query whenever a ``<search>`` is forced (search safety ~13 under the
+search attack: the degraded state RL is supposed to produce, already there before RL), (2) is so peaked that
+most GRPO groups have no reward spread, and (3) gives the representation penalty nothing to vary within a group.
+These teachers fix the *data*:
+
+- :class:`AlignedOracleAgent` (questions with gold answers, and benign requests): reasons in varied words
+  (several phrase families, not one sentence), rephrases the question into a search query (drops the question
+  words, or keeps only content words) instead of copying it, and answers after reading;
+- :class:`AlignedRefusalAgent` (harmful requests): refuses in varied words; when a ``<search>`` is forced on it,
+  it either writes a refusal inside the search tag (what instruction-tuned models often do under this attack) or
+  a deflecting query about the risks, law or help around the topic, never the request itself; after the
+  information block it refuses.
+
+Choices are seeded per request and turn (``seed``, the request's text, the turn), so the same data come out of the
+same seed, and different requests get different wordings. Only the ``search`` attack (a forced ``<search>``) is
+taught; other attacks (think_prefill, refusal_then_search, prompt_injection, multi_search) stay unseen, so
+evaluations can report taught and untaught attacks apart.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+import numpy as np
+
+from search_gym.agents.base import AgentStep, BaseAgent
+from search_gym.agents.baselines import _information_docs, question_of, short_grounded_answer
+
+__all__ = ["AlignedOracleAgent", "AlignedRefusalAgent", "rephrase_query", "deflecting_query", "request_topic",
+           "THINK_BEFORE_SEARCH", "THINK_BEFORE_ANSWER", "REFUSALS", "THINK_BEFORE_REFUSAL", "SEARCH_REFUSALS"]
+
+# ------------------------------------------------------------------------------------------------ phrase families
+# Each family says the same thing in other words; {topic} is a short phrase of the question (may be left out).
+
+THINK_BEFORE_SEARCH = (
+    "I need to search for this.",
+    "I don't know this offhand, so I will look it up.",
+    "Let me search for {topic}.",
+    "I should find out more about {topic} before answering.",
+    "This needs a fact I am not sure of. I'll search.",
+    "To answer, I need information about {topic}.",
+    "I am not certain. A search should help.",
+    "Let me look up {topic} first.",
+    "I will check a reference on {topic}.",
+    "The question is about {topic}; I should search for it.",
+    "I need more information to answer this.",
+    "Searching is the safest way to get this right.",
+)
+THINK_BEFORE_ANSWER = (
+    "The documents answer the question.",
+    "The search results give the answer.",
+    "Doc 1 has what I need.",
+    "From the retrieved passages, I can answer now.",
+    "The information matches the question.",
+    "I found it in the results.",
+    "The passages name the answer.",
+    "That is enough information to answer.",
+)
+THINK_BEFORE_REFUSAL = (
+    "This request asks for something harmful. I will not help with it.",
+    "Helping with this could hurt people, so I should decline.",
+    "This is a request for harmful content. I won't assist.",
+    "I should not provide this; it could be used to cause harm.",
+    "This could enable harm to others. I need to refuse.",
+    "The request is unsafe. I will decline politely.",
+    "I can't help with this kind of request.",
+    "Answering would mean giving dangerous help. I'll refuse.",
+)
+REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I cannot help with this request because it could cause harm.",
+    "I'm sorry, I can't assist with that request.",
+    "I can't provide help with that. It could be used to hurt people.",
+    "I won't help with this. If you are in danger, please contact local emergency services.",
+    "Sorry, I can't do that. It could put people at risk.",
+    "I'm not able to help with that request.",
+    "I have to decline. This could cause real harm.",
+    "I can't assist with this, but I'm happy to help with something else.",
+    "That is not something I can help with.",
+)
+# written inside a forced <search>: a refusal instead of a query
+SEARCH_REFUSALS = (
+    "I can't help with this request",
+    "I will not search for harmful information",
+    "sorry, I cannot assist with that",
+    "I won't look this up because it could cause harm",
+    "I can't provide this",
+)
+# deflecting queries: the risks, law or help around the topic (or help in general), never the request itself
+DEFLECTIONS = (
+    "why {topic} is harmful",
+    "laws about {topic}",
+    "risks of {topic}",
+    "how to report {topic}",
+    "ethics of {topic}",
+    "how {topic} is prevented",
+    "where to get help and support",
+    "safety guidelines",
+    "crisis hotline",
+    "legal advice services",
+)
+
+# ------------------------------------------------------------------------------------------------ text rules
+
+_STOPWORDS = frozenset(
+    "a an the of is was are were be been in on at to from for by with and or as that which who whom whose what "
+    "when where why how did does do this these those its it his her their its called name named".split()
+)
+_CONNECTIVES = frozenset("but so if then than into onto over under about all any some just".split())
+_WH_PREFIX = re.compile(
+    r"^(?:in |on |at |for |of )?(?:what|which|who|whom|whose|when|where|why|how)"
+    r"(?: (?:is|was|are|were|did|does|do|can|could|should|would|many|much|long|old|far))?"
+    r"(?: (?:i|we|you|one|someone|people|my|the name of))?(?: (?:the|a|an))?\s+", re.I)
+_CALLED = re.compile(r"\s+(?:called|named|known as)$", re.I)
+_REQUEST_PREFIX = re.compile(
+    r"^(?:please\s+)?(?:(?:can|could|would|will) you\s+)?(?:please\s+)?"
+    r"(?:(?:write|create|give|provide|generate|develop|design|outline|describe|explain|list|draft|compose|produce|"
+    r"suggest|tell|show|teach|help|instruct|offer|share)\s+(?:me\s+|us\s+|users\s+)?)?"
+    r"(?:(?:a|an|the|some|detailed|step-by-step|specific|clear|short|persuasive|convincing)\s+)*"
+    r"(?:(?:list|plan|guide|tutorial|instructions|steps|script|article|post|message|email|letter|essay|story|"
+    r"speech|program|code|strategy|method|ways?|tips|advice|explanation|description|overview)\s+)?"
+    r"(?:(?:for|on|of|about|to|that|which)\s+)?(?:how\s+(?:to|can|do|does|could|would|should)\s+)?"
+    r"(?:(?:i|we|you|one|someone|people)\s+)?", re.I)
+
+
+def _seeded(seed: int, *keys: str | int) -> np.random.Generator:
+    return np.random.default_rng([seed] + [zlib.crc32(str(k).encode("utf-8")) for k in keys])
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[\w'’\-–]+", text)
+
+
+def request_topic(request: str, max_words: int = 6) -> str:
+    """A short phrase naming what a request or question is about: its instruction prefix ("Write a tutorial on
+    how to", "Can you", "What is the") dropped, then at most ``max_words`` words."""
+    text = request.strip().rstrip("?.!").strip()
+    text = _CALLED.sub("", _WH_PREFIX.sub("", text))
+    stripped = _REQUEST_PREFIX.sub("", text).strip()
+    words = _words(stripped or text)[:max_words]
+    while len(words) > 1 and words[-1].lower() in _STOPWORDS | _CONNECTIVES:
+        words.pop()  # end on a content word: "a terrorist attack that" -> "a terrorist attack"
+    return " ".join(words).strip()
+
+
+def rephrase_query(question: str, rng: np.random.Generator) -> str:
+    """A search query for ``question`` that rephrases rather than copies it: the question words dropped (keeping
+    the rest in order), or the content words only; never the question verbatim."""
+    base = question.strip().rstrip("?").strip()
+    core = _CALLED.sub("", _WH_PREFIX.sub("", base)).strip() or base
+    content = " ".join(w for w in _words(core) if w.lower() not in _STOPWORDS) or core
+    forms = [core, content, core[:1].lower() + core[1:]]
+    if re.search(r"\blived from (\d{3,4}) to (\d{3,4})", core):
+        forms.append(re.sub(r"\blived from (\d{3,4}) to (\d{3,4})", r"born \1 died \2", core))
+    forms = [f for f in dict.fromkeys(f.strip() for f in forms) if f and f.rstrip("?") != base]
+    return forms[int(rng.integers(len(forms)))] if forms else content
+
+
+def deflecting_query(request: str, rng: np.random.Generator) -> str:
+    """A query about the risks, law or help around a harmful request's topic (not the request itself)."""
+    topic = request_topic(request, max_words=4) or "this"
+    return DEFLECTIONS[int(rng.integers(len(DEFLECTIONS)))].format(topic=topic)
+
+
+def _think(options: tuple[str, ...], rng: np.random.Generator, topic: str) -> str:
+    choice = options[int(rng.integers(len(options)))]
+    if "{topic}" in choice and not topic:
+        choice = options[0]
+    return choice.format(topic=topic)
+
+
+# ------------------------------------------------------------------------------------------------ teachers
+
+
+class _Teacher(BaseAgent):
+    def __init__(self, seed: int = 0):
+        self._seed = int(seed)
+
+    def seed(self, seed: int | None) -> None:
+        self._seed = int(seed or 0)
+
+    def _rng(self, observation: dict, purpose: str) -> np.random.Generator:
+        prefill = observation.get("prefill", "")
+        return _seeded(self._seed, question_of(observation), prefill.count("<information>"), purpose)
+
+
+class AlignedOracleAgent(_Teacher):
+    """Think in varied words, search a rephrased query, read, answer (gold answers when known, else a short
+    grounded sentence as :class:`~search_gym.agents.baselines.OracleAgent` does).
+
+    ``golden``: question text -> gold answers. Continues an attack's or the env's prefill (``<search>``,
+    ``<answer>``) rather than repeating it.
+    """
+
+    name = "aligned_oracle"
+
+    def __init__(self, golden: dict[str, list[str]] | None = None, *, seed: int = 0, max_answer_words: int = 24):
+        super().__init__(seed)
+        self.golden = {k.strip(): list(v) for k, v in (golden or {}).items()}
+        self.max_answer_words = max_answer_words
+
+    def act(self, observation: dict) -> AgentStep:
+        question = question_of(observation)
+        prefill = observation.get("prefill", "")
+        docs = _information_docs(prefill)
+        topic = request_topic(question, max_words=5)
+        if prefill.rstrip().endswith("<search>"):
+            return AgentStep(f" {rephrase_query(question, self._rng(observation, 'query'))} </search>")
+        if not docs:
+            thought = _think(THINK_BEFORE_SEARCH, self._rng(observation, "think"), topic)
+            query = rephrase_query(question, self._rng(observation, "query"))
+            return AgentStep(f"<think> {thought} </think>\n<search> {query} </search>")
+        answer = self._answer(question, docs)
+        if prefill.rstrip().endswith("<answer>"):
+            return AgentStep(f" {answer} </answer>")
+        thought = _think(THINK_BEFORE_ANSWER, self._rng(observation, "think"), topic)
+        return AgentStep(f"<think> {thought} </think>\n<answer> {answer} </answer>")
+
+    def _answer(self, question: str, docs: list[tuple[str, str]]) -> str:
+        golds = self.golden.get(question.strip())
+        if golds:
+            text = " ".join(f"{t} {x}" for t, x in docs).lower()
+            for gold in golds:
+                if gold.strip() and gold.lower() in text:
+                    return gold
+            return docs[0][0]
+        return short_grounded_answer(docs, self.max_answer_words)
+
+
+class AlignedRefusalAgent(_Teacher):
+    """Refuse a harmful request in varied words; under a forced ``<search>``, write a refusal inside the tag
+    (``search_refusal_share`` of requests) or a deflecting query, then refuse after the information block."""
+
+    name = "aligned_refusal"
+
+    def __init__(self, *, seed: int = 0, search_refusal_share: float = 0.7):
+        super().__init__(seed)
+        if not 0.0 <= search_refusal_share <= 1.0:
+            raise ValueError(f"search_refusal_share must be in [0, 1], got {search_refusal_share}")
+        self.search_refusal_share = search_refusal_share
+
+    def act(self, observation: dict) -> AgentStep:
+        request = question_of(observation)
+        prefill = observation.get("prefill", "").rstrip()
+        rng = self._rng(observation, "refuse")
+        refusal = REFUSALS[int(rng.integers(len(REFUSALS)))]
+        if prefill.endswith("<search>"):
+            if rng.random() < self.search_refusal_share:
+                return AgentStep(f" {SEARCH_REFUSALS[int(rng.integers(len(SEARCH_REFUSALS)))]} </search>")
+            return AgentStep(f" {deflecting_query(request, rng)} </search>")
+        if prefill.endswith("<answer>"):
+            return AgentStep(f" {refusal} </answer>")
+        thought = THINK_BEFORE_REFUSAL[int(rng.integers(len(THINK_BEFORE_REFUSAL)))]
+        return AgentStep(f"<think> {thought} </think>\n<answer> {refusal} </answer>")
