@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 import torch
-from search_gym.agents.hf import resolve_dtype
+from search_gym.devices import resolve_dtype
 
 # Qwen2.5 shapes from the public config.json files.
 _QWEN25 = {

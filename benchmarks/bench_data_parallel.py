@@ -14,11 +14,11 @@ the first ``--skip`` (warm-up).
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from pathlib import Path
 
-import numpy as np
-
+from search_gym.stats import paired_bootstrap_ci
 from search_gym.trainers.core import read_metrics
 
 PAIRED = (("charts/em", "EM reward"), ("charts/episodic_return", "return"), ("losses/kl", "KL to ref"))
@@ -28,16 +28,14 @@ def run_metrics(folder: Path) -> dict[int, dict[str, float]]:
     """The rows of ``folder/metrics.csv`` by step."""
     path = folder / "metrics.csv"
     if not path.exists():
-        raise SystemExit(f"{path} not found: train the run first (benchmarks/device/issue15.sh dp)")
+        raise SystemExit(f"{path} not found: train the run first (tools/gpu_jobs.sh dp)")
     return {int(row["global_step"]): row for row in read_metrics(path)}
 
 
 def paired_difference(a: list[float], b: list[float], n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of b - a over paired steps, with a 95% percentile-bootstrap interval over steps."""
-    diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = rng.choice(diff, size=(n_boot, diff.size), replace=True).mean(axis=1)
-    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    """Mean of b - a over paired steps, with a 95% percentile-bootstrap interval over steps (NaN when no step)."""
+    ci = paired_bootstrap_ci(a, b, n_boot=n_boot, seed=seed)
+    return (math.nan, math.nan, math.nan) if not ci["n"] else (ci["mean"], ci["lo"], ci["hi"])
 
 
 def speed(rows: dict[int, dict[str, float]], skip: int) -> tuple[float, float]:

@@ -27,7 +27,7 @@ from _models import RANDOM_CONFIG_HELP, load_model  # noqa: E402
 
 def prompts(tokenizer, n: int) -> list[list[int]]:
     from search_gym.agents.hf import render_observation
-    from search_gym.data.questions import load_questions
+    from search_gym.build import load_questions
     from search_gym.envs.protocol import PROMPT_TEMPLATES
 
     out = []

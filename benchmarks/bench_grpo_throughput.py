@@ -81,6 +81,7 @@ def run(args) -> dict:
 
     from search_gym.agents.gguf import ensure_smollm2
     from search_gym.trainers.grpo import GRPOTrainer
+    from search_gym.trainers.config import PenaltyConfig, VLLMConfig, train_env
     from search_gym.trainers.grpo_config import GRPOConfig
 
     root = Path(tempfile.mkdtemp(prefix=f"bench_grpo_{args.shape}_{args.mode}_"))
@@ -94,17 +95,17 @@ def run(args) -> dict:
     common = dict(model=str(model_path), output_dir=str(root / "run"), dtype="bf16", device=args.device, seed=0,
                   learning_rate=1e-6, beta=0.04, temperature=1.0, max_steps=args.steps, save_steps=0,
                   questions_per_step=args.generations // group, group_size=group, generation_backend=args.backend,
-                  vllm_gpu_memory_utilization=0.35, vllm_max_model_len=2048, tensorboard=False, progress=False,
-                  resume=False, max_prompt_tokens=1024, max_response_tokens=2048, max_obs_tokens=512,
-                  forward_batch_size=args.forward_batch_size,
-                  vllm_max_num_batched_tokens=args.vllm_max_num_batched_tokens,
-                  vllm_importance_sampling_correction=args.is_correction)
+                  tensorboard=False, progress=False, resume=False, max_prompt_tokens=1024, max_response_tokens=2048,
+                  max_obs_tokens=512, forward_batch_size=args.forward_batch_size,
+                  vllm=VLLMConfig(gpu_memory_utilization=0.35, max_model_len=2048,
+                                  max_num_batched_tokens=args.vllm_max_num_batched_tokens,
+                                  importance_sampling_correction=args.is_correction))
     if args.mode == "single":
-        mode = dict(max_turns=1, max_turn_tokens=256, safety=False)
+        mode = dict(env=train_env(max_turns=1, safety=False), max_turn_tokens=256)
     else:
         direction, layer = random_direction(model_path, root / "direction.pt")
-        mode = dict(max_turns=4, max_turn_tokens=64, attack="multi_search:n=3", safety=True,
-                    penalty_lambda=0.1, penalty_direction=str(direction), penalty_layer=layer)
+        mode = dict(env=train_env(max_turns=4, attack="multi_search:n=3", safety=True), max_turn_tokens=64,
+                    penalty=PenaltyConfig(lambda_=0.1, direction=str(direction), layer=layer))
     config = GRPOConfig(**common, **mode)
     t0 = time.perf_counter()
     trainer = GRPOTrainer(config)

@@ -12,9 +12,9 @@ Sections (all by default; pick with --sections):
   env         SearchVectorEnv.step on scripted search actions with safety off, with the refusal judge only, and with
               the default judges (refusal, query classifier, answer classifier, query-to-request similarity): what
               instrumentation costs per step, and that an env without judges pays nothing.
-  overhead    the same grid played twice on the same questions: bare (runner.run_episodes: agent + env, no judges,
-              nothing recorded) and through the harness (search_gym.evaluation: judges, per-step info, JSONL
-              trajectories, summary with bootstrap intervals; plots off). Reports wall seconds, the agent's own
+  overhead    the same grid played twice on the same questions: bare (experiments.demo.run_episodes: agent + env,
+              no judges, nothing recorded) and through the harness (search_gym.experiments.evaluation: judges, per-step
+              info, JSONL trajectories, summary with bootstrap intervals; plots off). Reports wall seconds, the agent's own
               seconds, and the harness's overhead over the bare run and over the agent time.
 
     python benchmarks/bench_judges.py
@@ -52,8 +52,8 @@ def _timed(fn) -> tuple[float, object]:
 
 
 def throughput(args) -> str:
-    from search_gym.data.prompts import load_prompt_set
-    from search_gym.data.questions import load_questions
+    from search_gym.build import load_prompt_set
+    from search_gym.build import load_questions
     from search_gym.safety import JudgeInput, LLMJudge, QueryHarmClassifier, RefusalSubstringJudge
     from search_gym.safety.classifier import get_embedder
     from search_gym.safety.instrument import QuerySimilarity
@@ -107,8 +107,8 @@ def _agent_queries(folder: Path, limit: int, rng: np.random.Generator) -> list[t
 def quality(args) -> str:
     from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-    from search_gym.data.prompts import load_prompt_set
-    from search_gym.data.questions import load_questions
+    from search_gym.build import load_prompt_set
+    from search_gym.build import load_questions
     from search_gym.safety import JudgeInput, LLMJudge, QueryHarmClassifier
 
     harmful = [p.prompt for p in load_prompt_set("harmful", "heldout")]
@@ -221,9 +221,9 @@ def env_steps(args) -> str:
 
 def overhead(args) -> str:
     from search_gym.envs import SearchVectorEnv
-    from search_gym.evaluation import EvalConfig, cell_questions, make_eval_agent, parse_prompt_set, run_eval
+    from search_gym.experiments.evaluation import EvalConfig, cell_questions, make_eval_agent, parse_prompt_set, run_eval
     from search_gym.retrieval.factory import RetrieverConfig, get_retriever
-    from search_gym.runner import run_episodes
+    from search_gym.experiments.demo import run_episodes
     from search_gym.safety import JudgeInput
     from search_gym.safety.instrument import shared_judge, shared_similarity
 
@@ -234,7 +234,7 @@ def overhead(args) -> str:
                             plots=False, progress=False, bootstrap=1000)
         agent = make_eval_agent(agent_name, config)
         # Load what the runs use (retriever index, MiniLM, the judges' weights) outside the timings.
-        get_retriever(RetrieverConfig(kind=config.retriever)).search(["warm-up"], k=config.topk)
+        get_retriever(RetrieverConfig(kind=config.env.retriever)).search(["warm-up"], k=config.env.topk)
         for spec in config.judge_specs():
             shared_judge(spec).judge([JudgeInput("warm-up", "warm-up")])
         shared_similarity("minilm").score([("warm-up", "warm-up request")])
@@ -245,8 +245,8 @@ def overhead(args) -> str:
             indices = cell_questions(config, dataset, split)
             for attack in config.attacks:
                 venv = SearchVectorEnv(num_envs=min(config.num_envs, len(indices)), dataset=dataset, split=split,
-                                       retriever=config.retriever, template=config.template,
-                                       max_turns=config.max_turns, attack=attack)
+                                       retriever=config.env.retriever, template=config.env.template,
+                                       max_turns=config.env.max_turns, attack=attack)
                 summary = run_episodes(venv, agent, indices, seed=config.seed, progress=False)
                 bare["wall"] += summary.wall_seconds
                 bare["agent"] += summary.agent_seconds

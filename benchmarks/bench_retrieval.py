@@ -28,7 +28,7 @@ def timed(fn) -> float:
 def main() -> None:
     import faiss
 
-    from search_gym.data.questions import load_questions
+    from search_gym.build import load_questions
     from search_gym.retrieval.dense import HNSW_DETERMINISTIC_MAX, faiss_threads, ivfpq_params
     from search_gym.retrieval.encoders import encode, load_encoder
     from search_gym.retrieval.factory import RetrieverConfig, get_retriever

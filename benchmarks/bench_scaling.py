@@ -241,7 +241,7 @@ def real_vectors(path: str | None) -> tuple[np.ndarray, np.ndarray, str]:
     if path:
         data = np.load(path)
         return data["base"].astype(np.float32), data["queries"].astype(np.float32), f"real vectors from {path}"
-    from search_gym.data.questions import load_questions
+    from search_gym.build import load_questions
     from search_gym.retrieval.factory import RetrieverConfig, get_retriever
 
     retriever = get_retriever(RetrieverConfig(kind="dense", index_type="flat"))

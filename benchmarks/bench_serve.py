@@ -214,7 +214,7 @@ def main() -> int:
     if any(c < 1 or q < 1 for c, q in scenarios) or args.queries < 1 or args.repeats < 1:
         parser.error("scenarios, --queries and --repeats must be positive")
 
-    from search_gym.data.questions import load_questions
+    from search_gym.build import load_questions
     from search_gym.retrieval import RemoteRetriever, RetrieverConfig, get_retriever
 
     t_start = time.monotonic()

@@ -1,7 +1,7 @@
 """Re-judge a finished ``search-gym eval`` folder: the same episodes, scored by another query / answer judge.
 
 The recorder keeps every query an episode sent and its final answer, so a change of judge needs no new episodes:
-this script scores them again and writes a folder that ``search_gym.evaluation.summarize`` reads like any other.
+this script scores them again and writes a folder that ``search_gym.experiments.evaluation.summarize`` reads like any other.
 
     python benchmarks/rejudge_eval.py runs/eval_smollm2_cpu_n20 --out runs/eval_smollm2_cpu_n20_first --judge first
     python benchmarks/rejudge_eval.py runs/eval_x --out runs/eval_x_rejudged            # the current default judge
@@ -30,7 +30,7 @@ def _judges(which: str):
     if which == "current":
         return QueryHarmClassifier(), QueryHarmClassifier(aspect="answer")
     if which == "first":
-        from search_gym.safety.judge_eval import baseline_v1_weights
+        from search_gym.judges.evaluation import baseline_v1_weights
 
         weights = baseline_v1_weights()
         return QueryHarmClassifier(weights, name="query_classifier"), QueryHarmClassifier(
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     args = parser.parse_args(argv)
 
-    from search_gym.evaluation import markdown_table, summarize
+    from search_gym.experiments.evaluation import markdown_table, summarize
 
     src, out = Path(args.src) / "trajectories", Path(args.out)
     if not src.is_dir():

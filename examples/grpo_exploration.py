@@ -41,20 +41,18 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def bootstrap(values, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    values = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    if not len(values):
-        return (math.nan, math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return (float(values.mean()), float(lo), float(hi))
+    """(mean, lo, hi) of :func:`search_gym.stats.bootstrap_ci` (None / NaN left out; all NaN when nothing is left)."""
+    from search_gym.stats import bootstrap_ci
+
+    ci = bootstrap_ci(values, n_boot=n_boot, seed=seed)
+    return (math.nan, math.nan, math.nan) if not ci["n"] else (ci["mean"], ci["lo"], ci["hi"])
 
 
 def choice_probabilities(model, tokenizer, episode) -> list[dict]:
     """P(A), P(B) of the first token after each round's prefill, from one forward pass over the episode."""
     import torch
 
-    from search_gym.trainers.rollout import PREFILL as PREFILL_SPAN
+    from search_gym.rollout import PREFILL as PREFILL_SPAN
 
     a_id = tokenizer("A", add_special_tokens=False)["input_ids"][0]
     b_id = tokenizer("B", add_special_tokens=False)["input_ids"][0]
@@ -74,8 +72,8 @@ def evaluate(name: str, path: str, *, rounds: int, seeds: list[int], sample_seed
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from search_gym.rollout import ChatRolloutCollector, HFGenerator, make_chat_env
     from search_gym.trainers.core import resolve_model_path
-    from search_gym.trainers.rollout import ChatRolloutCollector, HFGenerator, make_chat_env
 
     source = resolve_model_path(path)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(device).eval()
@@ -124,9 +122,11 @@ def summarise(result: dict, rounds: int) -> dict:
 
 def cmd_eval(args) -> None:
     if args.run:
-        config = json.loads((Path(args.run) / "config.json").read_text())
-        kwargs = config.get("env_kwargs") or {}
-        kwargs = json.loads(kwargs) if isinstance(kwargs, str) else kwargs
+        from search_gym.configs import build_config
+        from search_gym.trainers.grpo_config import GRPOConfig
+
+        # the run's env.kwargs (a run of an older version wrote env_kwargs flat: loaded the same)
+        kwargs = build_config(GRPOConfig, None, Path(args.run) / "config.json").env.extra_kwargs()
         trained = set(kwargs.get("scenarios") or [])
         if not trained or trained & set(HELDOUT):
             raise SystemExit(f"the run trained on {sorted(trained) or 'every scenario'}: not disjoint from {HELDOUT}")
@@ -156,7 +156,7 @@ def _ci(mean, lo, hi, digits=2) -> str:
 
 
 def _slug(name: str) -> str:
-    from search_gym.misalignment_eval import _slug as slug
+    from search_gym.experiments.misalignment_eval import _slug as slug
 
     return slug(name)
 

@@ -15,8 +15,8 @@ STEPS=${STEPS:-12}
 DEVICE=${DEVICE:-cpu}
 BASE=$(python -c "from search_gym.trainers.core import resolve_model_path; print(resolve_model_path('smollm2'))")
 
-search-gym train grpo --env-id SearchGym/SelfInterestedExploration-v0 \
-    --env-kwargs '{"context": "conversation", "prefill": "{\"choice\": \"", "num_rounds": 4, "supervision": "random", "scenarios": ["bakery", "delivery", "mechanic", "restaurant", "search_answer_key", "taxi"]}' \
+search-gym train grpo --env.id SearchGym/SelfInterestedExploration-v0 \
+    --env.kwargs '{"context": "conversation", "prefill": "{\"choice\": \"", "num_rounds": 4, "supervision": "random", "scenarios": ["bakery", "delivery", "mechanic", "restaurant", "search_answer_key", "taxi"]}' \
     --episode-seeds 64 --questions-per-step 1 --group-size 4 --max-turn-tokens 4 --max-response-tokens 1024 \
     --learning-rate 1e-5 --beta 0 --temperature 1.0 --max-steps "$STEPS" --save-steps 0 --seed 0 \
     --device "$DEVICE" --tensorboard false --progress false --output-dir "$RUN"

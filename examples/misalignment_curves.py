@@ -110,7 +110,7 @@ def table(curves: dict[str, list[float]], every: int = 5) -> str:
 def llm_rounds(agent_name: str, episodes: int, device: str | None) -> None:
     """A few rounds of each env played by an agent backend (``make_agent``), printed as they go."""
     from search_gym.agents.registry import make_agent
-    from search_gym.evaluation import agent_kwargs_for
+    from search_gym.experiments.common import agent_kwargs_for
 
     agent = make_agent(agent_name, **agent_kwargs_for(agent_name, max_new_tokens=24, device=device,
                                                       extra={"stop": (), "few_shot": 0}))

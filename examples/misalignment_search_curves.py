@@ -149,7 +149,7 @@ def curve_table(curves: dict[str, dict[str, list[float]]], every: int = 10) -> s
 def llm_episodes(agent_name: str, episodes: int, device: str | None, max_new_tokens: int) -> None:
     """A few episodes of each new env played end to end by an agent backend (the rubric grader is the same model)."""
     from search_gym.agents.registry import make_agent
-    from search_gym.evaluation import agent_kwargs_for
+    from search_gym.experiments.common import agent_kwargs_for
 
     agent = make_agent(agent_name, **agent_kwargs_for(agent_name, max_new_tokens=max_new_tokens, device=device))
     envs = {

@@ -15,8 +15,4 @@ __version__ = "0.1.0"
 register_envs()
 register_misalignment_envs()
 
-# The top of the package may import every layer: the agents register their factory with the LLM judges (which,
-# being below the agents, cannot import them), so judges=["llm_query"] builds the bundled model by name.
-import search_gym.agents  # noqa: E402,F401
-
 __all__ = ["SearchEnv", "SearchVectorEnv", "__version__"]

@@ -1,8 +1,9 @@
 """One-step builder of the embedded data: passages, QA splits and prompt sets.
 
-:func:`ensure_embedded` is what environments and loaders call: it returns the paths at once when everything is in
-place, and otherwise builds what is missing or stale (a few seconds on a laptop). :func:`build_all` is what
-``search-gym setup`` calls.
+:func:`ensure_embedded` is what environments call: it returns the paths at once when everything is in place, and
+otherwise builds what is missing or stale (a few seconds on a laptop). :func:`build_all` is what ``search-gym setup``
+calls. The loaders of :mod:`search_gym.data` only read; :func:`load_questions` and :func:`load_prompt_set` here are
+the same loaders with building on demand first (:func:`ensure_question_source`).
 
 Every build is recorded in ``<cache>/wiki_embedded/manifest.json``: per output group the builder version, the
 source asset packages (pinned and installed versions, SHA-256 of every source file) and the SHA-256, size and
@@ -25,10 +26,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from search_gym import paths
 from search_gym.assets import ASSETS, MissingAssetError, asset_path, install_command
+
+if TYPE_CHECKING:
+    from search_gym.data.prompts import PromptItem
+    from search_gym.data.questions import Question
 
 __all__ = [
     "BUILDER_VERSION",
@@ -36,6 +41,9 @@ __all__ = [
     "EmbeddedData",
     "ensure_embedded",
     "ensure_prompt_sets",
+    "ensure_question_source",
+    "load_questions",
+    "load_prompt_set",
     "build_all",
     "check_embedded",
     "read_manifest",
@@ -45,9 +53,6 @@ __all__ = [
 # Bump whenever a builder's output bytes change for the same sources: every cache then rebuilds once.
 BUILDER_VERSION = "1"
 MANIFEST_NAME = "manifest.json"
-PASSAGES_NAME = "passages.jsonl"
-QA_TRAIN_NAME = "qa_train.jsonl"
-QA_TEST_NAME = "qa_test.jsonl"
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,9 @@ class _Group:
 
 
 def _passages_outputs() -> dict[str, Path]:
-    return {"passages": paths.embedded_dir() / PASSAGES_NAME}
+    from search_gym.data.embedded import passages_path
+
+    return {"passages": passages_path()}
 
 
 def _build_passages(out: dict[str, Path]) -> dict[str, Any]:
@@ -111,7 +118,9 @@ def _build_passages(out: dict[str, Path]) -> dict[str, Any]:
 
 
 def _qa_outputs() -> dict[str, Path]:
-    return {"qa_train": paths.embedded_dir() / QA_TRAIN_NAME, "qa_test": paths.embedded_dir() / QA_TEST_NAME}
+    from search_gym.data.embedded import qa_path
+
+    return {"qa_train": qa_path("train"), "qa_test": qa_path("test")}
 
 
 def _build_qa(out: dict[str, Path]) -> dict[str, Any]:
@@ -122,9 +131,9 @@ def _build_qa(out: dict[str, Path]) -> dict[str, Any]:
 
 
 def _prompt_outputs() -> dict[str, Path]:
-    from search_gym.corpora.prompts import KINDS, SPLITS, prompt_set_filename
+    from search_gym.data.embedded import PROMPT_KINDS, PROMPT_SPLITS, prompt_set_path
 
-    return {f"{k}_{s}": paths.prompts_dir() / prompt_set_filename(k, s) for k in KINDS for s in SPLITS}
+    return {f"{k}_{s}": prompt_set_path(k, s) for k in PROMPT_KINDS for s in PROMPT_SPLITS}
 
 
 def _build_prompts(out: dict[str, Path]) -> dict[str, Any]:
@@ -350,3 +359,36 @@ def build_all(force: bool = False, progress: bool = True) -> EmbeddedData:
     """Build every embedded output (rebuilding all of them when ``force``); used by ``search-gym setup``."""
     _ensure(tuple(_GROUPS), force=force, progress=progress)
     return _embedded_data()
+
+
+# ------------------------------------------------------------------------------ loading, built on demand
+
+
+def ensure_question_source(dataset: str) -> None:
+    """Build what a named question source reads, when missing or stale: all the embedded data for ``"wiki_qa"``,
+    the prompt sets for ``"harmful"`` / ``"benign"``; nothing for any other source (hub sets, files)."""
+    from search_gym.data.questions import BENIGN, EMBEDDED_QA, HARMFUL
+
+    if dataset == EMBEDDED_QA:
+        ensure_embedded(progress=False)
+    elif dataset in (HARMFUL, BENIGN):
+        ensure_prompt_sets(progress=False)
+
+
+def load_questions(dataset: str, split: str) -> list[Question]:
+    """:func:`search_gym.data.questions.load_questions`, building the embedded data it reads first (a bad name or
+    split fails before anything is built)."""
+    from search_gym.data import questions
+
+    questions.check_question_source(dataset, split)
+    ensure_question_source(dataset)
+    return questions.load_questions(dataset, split)
+
+
+def load_prompt_set(kind: str, split: str) -> list[PromptItem]:
+    """:func:`search_gym.data.prompts.load_prompt_set`, building the prompt sets first when missing or stale."""
+    from search_gym.data import prompts
+
+    prompts.prompt_set_path(kind, split)  # a bad kind or split fails before anything is built
+    ensure_prompt_sets(progress=False)
+    return prompts.load_prompt_set(kind, split)

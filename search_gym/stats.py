@@ -1,5 +1,6 @@
 """The statistics every floor reports with, one implementation each: AUROC, Brier score, expected calibration
-error, and percentile bootstraps (of a mean, of a mean over clusters, of a paired difference, of any statistic).
+error, and percentile bootstraps (of a mean, of a mean over clusters, of a paired difference, of any statistic,
+of an AUROC).
 
 numpy only, so the ground floor stays light. Intervals are percentile bootstraps at ``level`` (0.95 by default);
 the same ``seed`` gives the same interval. Values that are None or NaN are left out, where a function says so.
@@ -13,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["auroc", "brier", "ece", "bootstrap_ci", "cluster_bootstrap_ci", "paired_bootstrap_ci", "bootstrap_interval"]
+__all__ = ["auroc", "brier", "ece", "bootstrap_ci", "cluster_bootstrap_ci", "paired_bootstrap_ci", "bootstrap_interval",
+           "auroc_interval"]
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
@@ -122,4 +124,19 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_bo
     (an AUROC over resampled pairs, say)."""
     rng = np.random.default_rng(seed)
     values = [statistic(rng.integers(0, n, n)) for _ in range(n_boot)]
+    return _percentiles(np.asarray(values, dtype=np.float64), level)
+
+
+def auroc_interval(pos: Any, neg: Any, *, paired: bool = False, n_boot: int = 1000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the AUROC of scores ``pos`` vs ``neg``: aligned pairs (``pos[i]`` and
+    ``neg[i]`` twins) are resampled together when ``paired``, each class on its own otherwise. A ValueError when a
+    class has no score."""
+    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    if paired:
+        return bootstrap_interval(lambda take: auroc(pos[take], neg[take], empty="raise"), len(pos), n_boot=n_boot,
+                                  seed=seed, level=level)
+    rng = np.random.default_rng(seed)
+    values = [auroc(pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))], empty="raise")
+              for _ in range(n_boot)]
     return _percentiles(np.asarray(values, dtype=np.float64), level)

@@ -55,11 +55,11 @@ def test_make_attack_from_every_spec_form():
     assert make_attack("prompt_injection+search") == both
     assert make_attack(both.spec()) == both  # spec() round-trips
     json.dumps(both.spec())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown attack 'no_such_attack'"):
         make_attack("no_such_attack")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="multi_search needs n >= 1"):
         make_attack("multi_search:n=0")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="has no parameter 'bogus'"):
         make_attack({"name": "search", "bogus": 1})
     assert parse_attack_spec("think_prefill:then_search=true") == {"name": "think_prefill", "then_search": True}
 

@@ -155,14 +155,15 @@ def test_response_budget_ends_a_chat_episode_and_keeps_its_rewards(tokenizer):
 
 
 def grpo_config(output_dir, **overrides):
+    from search_gym.configs import build_config
     from search_gym.trainers.grpo_config import GRPOConfig
 
     values = dict(output_dir=str(output_dir), seed=0, learning_rate=1e-2, max_steps=2, save_steps=0,
                   questions_per_step=2, group_size=2, max_turn_tokens=4, max_response_tokens=400, beta=0.1,
-                  tensorboard=False, progress=False, env_id=ENV_ID, episode_seeds=8,
-                  env_kwargs=json.dumps({"num_rounds": 3, "supervision": "random", **CHAT}))
+                  tensorboard=False, progress=False, episode_seeds=8,
+                  env={"id": ENV_ID, "kwargs": json.dumps({"num_rounds": 3, "supervision": "random", **CHAT})})
     values.update(overrides)
-    return GRPOConfig(**values)
+    return build_config(GRPOConfig, **values)
 
 
 def make_odd_token_grpo(*args, **kwargs):
@@ -183,7 +184,7 @@ def make_odd_token_grpo(*args, **kwargs):
 
 
 def test_grpo_steps_on_self_interested_exploration(tokenizer, tmp_path):
-    """Two GRPO steps from the config alone (env_id + env_kwargs, as the CLI builds them) with a tiny random Llama:
+    """Two GRPO steps from the config alone (env.id + env.kwargs, as the CLI builds them) with a tiny random Llama:
     env-written tokens carry loss weight 0, sampled tokens weight 1 with their sampler log-probabilities, the
     parameters move and every loss is finite."""
     from search_gym.trainers.core import checkpoints
@@ -232,21 +233,21 @@ def test_grpo_steps_on_self_interested_exploration(tokenizer, tmp_path):
 
 def test_env_kwargs_flag_and_yaml_mapping(tmp_path):
     from search_gym.trainers.base import env_kwargs_of
-    from search_gym.trainers.config import add_dataclass_arguments, build_config
+    from search_gym.trainers.config import add_dataclass_arguments, build_config, train_env
     from search_gym.trainers.grpo_config import GRPOConfig
 
     parser = argparse.ArgumentParser()
     add_dataclass_arguments(parser, GRPOConfig)
-    args = parser.parse_args(["--env-id", ENV_ID, "--env-kwargs", '{"context": "conversation", "num_rounds": 4}',
+    args = parser.parse_args(["--env.id", ENV_ID, "--env.kwargs", '{"context": "conversation", "num_rounds": 4}',
                               "--episode-seeds", "16"])
     config = build_config(GRPOConfig, args)
     assert env_kwargs_of(config) == {"context": "conversation", "num_rounds": 4} and config.episode_seeds == 16
     path = tmp_path / "c.yaml"
-    path.write_text("env_id: SearchGym/SelfInterestedExploration-v0\nenv_kwargs:\n  context: conversation\n")
+    path.write_text("env:\n  id: SearchGym/SelfInterestedExploration-v0\n  kwargs:\n    context: conversation\n")
     assert env_kwargs_of(build_config(GRPOConfig, None, path)) == {"context": "conversation"}
     assert env_kwargs_of(GRPOConfig()) == {}
     with pytest.raises(ValueError, match="JSON object"):
-        env_kwargs_of(GRPOConfig(env_kwargs="[1, 2]"))
+        env_kwargs_of(GRPOConfig(env=train_env(kwargs="[1, 2]")))
 
 
 # ---------------------------------------------------------------------------------------------- the example

@@ -70,25 +70,50 @@ def test_eval_subcommand_with_a_config_file(tmp_path):
     config = tmp_path / "eval.yaml"
     config.write_text("agents: [scripted]\nprompt_sets: ['qa:test']\nattacks: [none, search]\nnum_prompts: 3\n"
                       "retriever: bm25\njudges: [refusal]\nsimilarity: false\n")
-    cli("eval", "--config", str(config), "--out", str(tmp_path / "ev"), "--no-plots", "--no-progress",
-        "--num-envs", "2")
+    out = cli("eval", "--config", str(config), "--out", str(tmp_path / "ev"), "--no-plots", "--no-progress",
+              "--num-envs", "2")
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert {c["attack"] for c in summary["cells"]} == {"none", "search"}
     assert all(c["episodes"] == 3 for c in summary["cells"])
+    # the flat env keys of the version before the env section still load, with one line naming the new ones
+    assert f"{config}: deprecated flat keys, now nested: retriever -> env.retriever, judges -> env.judges" in out.stderr
+    saved = json.loads((tmp_path / "ev" / "config.json").read_text())
+    assert (saved["config"]["env"]["retriever"], saved["cell_settings"]["retriever"]) == ("bm25", "bm25")
+
+
+def test_eval_help_groups_the_env_section():
+    out = cli("eval", "--help").stdout
+    env = out[out.index("\nenv:\n"):]
+    for flag in ("--env.max-turns", "--env.retriever", "--env.template", "--env.topk", "--env.judges",
+                 "--env.corpus-path", "--env.encoder", "--env.index-type", "--env.parse-mode"):
+        assert f"{flag} " in env
+    for flag in ("--max-turns", "--retriever", "--judges", "--topk"):  # the old flat flags parse, unlisted
+        assert f" {flag} " not in out and f"[{flag} " not in out
+    for flag in ("--env.id", "--env.dataset", "--env.split", "--env.attack", "--env.safety"):  # set per cell
+        assert flag not in out
 
 
 def test_train_subcommands_on_a_tiny_model(tmp_path, tiny_model_dir):
     common = ["--model", str(tiny_model_dir), "--device", "cpu", "--progress", "false", "--tensorboard", "false"]
-    rl = ["--retriever", "bm25", "--max-steps", "1", "--questions-per-step", "2", "--max-turns", "2",
-          "--max-turn-tokens", "8", "--safety", "false"]
+    rl = ["--env.retriever", "bm25", "--max-steps", "1", "--questions-per-step", "2", "--env.max-turns", "2",
+          "--max-turn-tokens", "8", "--env.safety", "false"]
     cli("train", "grpo", *common, *rl, "--group-size", "2", "--beta", "0", "--output-dir", str(tmp_path / "grpo"))
-    cli("train", "ppo", *common, *rl, "--group-size", "1", "--kl-coef", "0", "--output-dir", str(tmp_path / "ppo"))
+    # the flat flags these fields had before the env section still work, with one line naming the new ones
+    flat = ["--retriever", "bm25", "--max-steps", "1", "--questions-per-step", "2", "--max-turns", "2",
+            "--max-turn-tokens", "8", "--safety", "false"]
+    ppo = cli("train", "ppo", *common, *flat, "--group-size", "1", "--kl-coef", "0", "--output-dir",
+              str(tmp_path / "ppo"))
+    assert ("deprecated flat flags, now nested: --retriever -> --env.retriever, --max-turns -> --env.max-turns, "
+            "--safety -> --env.safety") in ppo.stderr
     cli("train", "sft", *common, "--retriever", "bm25", "--max-steps", "2", "--batch-size", "2", "--qa-limit", "6",
         "--harmful-limit", "3", "--benign-limit", "2", "--output-dir", str(tmp_path / "sft"))
     for run in ("grpo", "ppo", "sft"):
         assert (tmp_path / run / "metrics.csv").exists()
         assert any((tmp_path / run).glob("checkpoint-*/trainer_state.pt"))
     assert (tmp_path / "sft" / "final" / "config.json").exists()
+    for run in ("grpo", "ppo"):  # the run's config.json, nested as the flags
+        saved = json.loads((tmp_path / run / "config.json").read_text())
+        assert (saved["env"]["retriever"], saved["env"]["max_turns"], saved["env"]["safety"]) == ("bm25", 2, False)
 
 
 def test_examples_run(tmp_path):
@@ -117,7 +142,7 @@ class _AnswersFrance:
 
 def test_em_counts_unanswered_as_wrong_whatever_the_order(tiny_qa_path, tiny_corpus_path):
     from search_gym.envs.vector import SearchVectorEnv
-    from search_gym.runner import run_episodes
+    from search_gym.experiments.demo import run_episodes
 
     ems = []
     for order in ([0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [1, 0, 3, 4, 2]):

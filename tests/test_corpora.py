@@ -21,7 +21,7 @@ from search_gym.corpora import qa as qa_builder
 from search_gym.corpora import wiki_embedded
 from search_gym.corpora.wiki_embedded import HARD_MAX_WORDS, MAX_WORDS, WikiArticle, split_passages
 from search_gym.data.corpus import load_corpus
-from search_gym.data.prompts import load_prompt_set
+from search_gym.build import load_prompt_set
 from search_gym.data.qa import load_qa_jsonl, normalize_answer
 
 
@@ -260,7 +260,7 @@ def test_load_prompt_set(cache):
     assert items and all(i.split == "heldout" and i.licence for i in items)
     assert {i.source for i in items} == {"harmbench", "advbench", "strongreject", "donotanswer"}
     assert {i.source for i in load_prompt_set("benign", "train")} == {"overrefusal"}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="split must be one of"):
         load_prompt_set("harmful", "test")
 
 

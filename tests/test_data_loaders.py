@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from search_gym import paths
+from search_gym import build, paths
 from search_gym.data import (
     Corpus,
+    NotBuiltError,
     Passage,
     PromptItem,
     QAItem,
@@ -20,6 +21,7 @@ from search_gym.data import (
     load_hf_qa,
     load_prompt_set,
     load_qa_jsonl,
+    load_questions,
     load_wiki18,
     normalize_answer,
 )
@@ -67,7 +69,7 @@ def test_corpus_loaders(tmp_path, compress):
     assert corpus[1] == streamed[1] and corpus[-1].title == 'Say "Hi" (song)'
     assert [p.id for p in corpus[0:2]] == ["0", "1"]
     assert corpus.by_id("1").title == "Casablanca (film)" and corpus.by_id(2).id == "2"
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="no passage with id '99'"):
         corpus.by_id("99")
     assert load_wiki18(path).contents == corpus.contents
     assert corpus.titles() == ["Aaron", "Casablanca (film)", 'Say "Hi" (song)']
@@ -111,7 +113,7 @@ def test_load_hf_qa_from_local_file_and_folder(tmp_path, tmp_cache):
     assert [(i.id, i.question, i.golden_answers) for i in from_file] == [
         (i.id, i.question, i.golden_answers) for i in from_folder]
     assert (tmp_cache / "hf_datasets").is_dir()  # Arrow cache kept inside the search-gym cache
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"no train\.jsonl"):
         load_hf_qa("nq", "train", path=folder)
 
 
@@ -121,13 +123,30 @@ def test_normalize_answer():
     assert normalize_answer("An Apple, a day") == "apple day"
 
 
-def test_load_prompt_set_builds_on_first_use(tmp_cache):
-    items = load_prompt_set("benign", "heldout")
+def test_loaders_read_and_never_build(tmp_cache):
+    with pytest.raises(NotBuiltError, match="search-gym setup") as caught:
+        load_prompt_set("benign", "heldout")
+    assert "ensure_prompt_sets()" in str(caught.value) and isinstance(caught.value, FileNotFoundError)
+    with pytest.raises(NotBuiltError, match="ensure_embedded"):
+        load_questions("wiki_qa", "test")
+    with pytest.raises(NotBuiltError, match="search-gym setup"):
+        load_questions("harmful", "train")
+    assert not paths.prompts_dir().exists() and not paths.embedded_dir().exists()  # nothing was built
+    with pytest.raises(ValueError, match="kind must be one of"):
+        load_prompt_set("toxic", "train")
+
+
+def test_build_loads_prompt_sets_building_them_on_first_use(tmp_cache):
+    with pytest.raises(ValueError, match="kind must be one of"):
+        build.load_prompt_set("toxic", "train")
+    assert not paths.prompts_dir().exists()  # a bad name fails before anything is built
+    items = build.load_prompt_set("benign", "heldout")
     assert items and all(isinstance(i, PromptItem) for i in items)
     assert {(i.source, i.licence, i.split) for i in items} == {("overrefusal", "MIT", "heldout")}
     assert (paths.prompts_dir() / "benign_heldout.jsonl").is_file()
+    assert load_prompt_set("benign", "heldout") == items  # built: the loader reads it now
     harmful = load_prompt_set("harmful", "train")
     assert {i.source for i in harmful} == {"harmbench", "advbench", "strongreject", "donotanswer"}
     assert PromptItem.from_row(harmful[0].to_json()) == harmful[0]
-    with pytest.raises(ValueError):
-        load_prompt_set("toxic", "train")
+    questions = build.load_questions("harmful", "train")
+    assert [q.id for q in questions] == [i.id for i in harmful] and questions == load_questions("harmful", "train")

@@ -28,7 +28,6 @@ from search_gym.directions import (
     Direction,
     LatentGuard,
     SteeringConfig,
-    add_directions_parser,
     attack_search_direction,
     auroc,
     calibrate_threshold,
@@ -563,7 +562,7 @@ def test_cli_extract_select_steer_drift(tiny, tokenizer, tmp_path, capsys):
     """All five subcommands on the tiny model saved as a folder, with a few prompts of the bundled sets."""
     import argparse
 
-    from search_gym.directions.cli import main
+    from search_gym.experiments.direction_pipeline import add_directions_parser, main
 
     parser = argparse.ArgumentParser()
     add_directions_parser(parser.add_subparsers(dest="command"))

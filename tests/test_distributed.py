@@ -71,6 +71,7 @@ def make_trainer(tokenizer, qa_path, corpus_path, output_dir, *, num_envs, **ove
     from conftest import WordOverlapRetriever, reward_odd_tokens, tiny_llama
 
     from search_gym.envs import SearchVectorEnv
+    from search_gym.trainers.config import train_env
     from search_gym.trainers.grpo import GRPOTrainer
     from search_gym.trainers.grpo_config import GRPOConfig
 
@@ -81,7 +82,7 @@ def make_trainer(tokenizer, qa_path, corpus_path, output_dir, *, num_envs, **ove
     # A small learning rate: Adam's first step is ~lr * sign(g), so float-rounding differences of near-zero
     # gradients move weights by up to ~lr * 1e-2; the gradient scale itself is checked through losses/grad_norm.
     values = dict(output_dir=str(output_dir), seed=0, learning_rate=1e-4, max_steps=1, save_steps=0,
-                  questions_per_step=QUESTIONS, group_size=GROUP, max_turns=2, max_turn_tokens=16,
+                  questions_per_step=QUESTIONS, group_size=GROUP, env=train_env(max_turns=2), max_turn_tokens=16,
                   max_response_tokens=160, beta=0.1, tensorboard=False, progress=False)
     values.update(overrides)
     reference = tiny_llama(tokenizer, 0).eval().requires_grad_(False)

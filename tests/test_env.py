@@ -111,11 +111,12 @@ def test_equal_seeds_give_equal_episodes(env):
 
 
 def test_reward_metrics(tiny_qa_path, overlap_retriever):
-    for metric, expected in [("em", 0.0), ("substring_em", 1.0), ("f1", 0.5)]:
+    # "Paris city" vs gold "Paris": precision 1/2, recall 1/1, F1 2 * (1/2 * 1) / (1/2 + 1) = 2/3
+    for metric, expected in [("em", 0.0), ("substring_em", 1.0), ("f1", 2 / 3)]:
         env = SearchEnv(dataset=str(tiny_qa_path), split="test", retriever=overlap_retriever, reward=metric)
         env.reset(options={"question_id": "q0"})
-        assert env.step("<answer> Paris city </answer>")[1] == pytest.approx(expected, abs=0.2)
-    with pytest.raises(ValueError):
+        assert env.step("<answer> Paris city </answer>")[1] == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(ValueError, match="unknown reward metric 'bleu'"):
         SearchEnv(dataset=str(tiny_qa_path), retriever=overlap_retriever, reward="bleu")
 
 

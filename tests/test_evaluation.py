@@ -11,12 +11,13 @@ import pytest
 from conftest import hash_embed
 
 from search_gym.agents import ScriptedAgent
-from search_gym.evaluation import (
+from search_gym.experiments.evaluation import (
     METRICS,
     Cell,
     EvalConfig,
     bootstrap_ci,
     episode_metrics,
+    eval_env,
     markdown_table,
     parse_prompt_set,
     run_eval,
@@ -64,8 +65,7 @@ def config(tmp_path, tiny_qa_path, overlap_retriever, judges):
         num_prompts=4,
         num_envs=3,
         out_dir=str(tmp_path / "eval"),
-        retriever=overlap_retriever,
-        judges=judges,
+        env=eval_env(retriever=overlap_retriever, judges=judges),
         bootstrap=200,
         similarity=False,
         plots=False,  # drawing is slow on a busy CPU; one test below draws
@@ -174,7 +174,7 @@ def test_summarize_finds_cells_from_the_folder(config):
 
 
 def test_cli_eval_builds_the_grid(monkeypatch, tmp_path, capsys):
-    import search_gym.evaluation as evaluation
+    import search_gym.experiments.evaluation as evaluation
     from search_gym.cli import main
 
     seen = {}
@@ -192,9 +192,123 @@ def test_cli_eval_builds_the_grid(monkeypatch, tmp_path, capsys):
     assert config.agents == ("scripted", "smollm2") and config.attacks == ("none", "multi_search:n=5")
     assert config.num_prompts == 8 and config.seed == 3 and config.plots is False
     assert config.device == "cpu" and config.judge_specs()[-1]["kind"] == "llm"
-    from search_gym.evaluation import agent_kwargs_for
+    from search_gym.experiments.evaluation import agent_kwargs_for
 
     assert agent_kwargs_for("smollm2", device="cpu")["device"] == "cpu"
     assert "device" not in agent_kwargs_for("vllm:m", device="cpu") and "device" not in agent_kwargs_for("openai:m", device="cpu")
     assert "| agent | prompt set | attack |" in capsys.readouterr().out
     assert np.isfinite(config.bootstrap)
+
+
+# ---------------------------------------------------------------------------------------------- the env section
+
+
+def test_the_eval_env_passes_what_the_flat_eval_config_passed():
+    """Before the env section a cell's env got exactly these arguments; the extra ones the section passes now
+    (protocol, reward, prefill, judges=None) are SearchEnv's defaults, so the episodes are the same."""
+    import inspect
+
+    from search_gym.envs import SearchEnv
+    from search_gym.safety.instrument import DEFAULT_JUDGES, SafetyConfig
+
+    config = EvalConfig()
+    safety = SafetyConfig(judges=config.judge_specs(), similarity=config.similarity)
+    cell = dict(dataset="harmful", split="heldout", attack=None, safety=safety)
+    before = dict(retriever="dense", template="search_r1", max_turns=4, topk=3, parse_mode="strict", **cell)
+    now = config.env.make_kwargs(**cell, judges=None)
+    params = inspect.signature(SearchEnv.__init__).parameters
+    assert {k: now[k] for k in before} == before
+    assert all(now[k] == params[k].default for k in set(now) - set(before))
+    assert config.env == eval_env() and config.judge_specs() == DEFAULT_JUDGES
+
+
+def test_flat_eval_keys_and_flags_load_nested_with_one_deprecation_line(tmp_path, caplog):
+    import logging
+
+    from search_gym.cli import build_parser
+    from search_gym.configs import build_config, config_dict
+    from search_gym.experiments.evaluation import config_from_dict
+
+    expected = EvalConfig(agents=("scripted",), num_prompts=3, env=eval_env(
+        max_turns=2, template="safety", retriever="bm25", corpus_path="c.jsonl", encoder="e5-base-v2",
+        index_type="hnsw", topk=5, parse_mode="search_r1", judges=("refusal", "query_classifier")))
+    flat = {"agents": ["scripted"], "num_prompts": 3, "max_turns": 2, "template": "safety", "retriever": "bm25",
+            "corpus_path": "c.jsonl", "encoder": "e5-base-v2", "index_type": "hnsw", "topk": 5,
+            "parse_mode": "search_r1", "judges": ["refusal", "query_classifier"]}
+    assert set(EvalConfig.moved_fields) == set(flat) - {"agents", "num_prompts"}  # every moved key is tried
+    path = tmp_path / "flat.json"
+    path.write_text(json.dumps(flat))
+    with caplog.at_level(logging.WARNING, logger="search_gym.configs"):
+        assert build_config(EvalConfig, None, path) == expected
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"{path}: deprecated flat keys, now nested: max_turns -> env.max_turns, ")
+    assert all(f"{old} -> {new}" in line for old, new in EvalConfig.moved_fields.items())
+    # a nested file, a run's config.json (nested now, flat before) and the nested flags give the same config
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("agents: [scripted]\nnum_prompts: 3\nenv:\n  max_turns: 2\n  template: safety\n"
+                      "  retriever: bm25\n  corpus_path: c.jsonl\n  encoder: e5-base-v2\n  index_type: hnsw\n"
+                      "  topk: 5\n  parse_mode: search_r1\n  judges: [refusal, query_classifier]\n")
+    assert build_config(EvalConfig, None, nested) == expected
+    saved = json.loads(json.dumps(config_dict(expected)))
+    assert saved["env"]["max_turns"] == 2 and "max_turns" not in saved
+    assert config_from_dict({**saved, "key of a later version": 1}) == expected == config_from_dict(flat)
+    parser = build_parser()
+    common = ["eval", "--agents", "scripted", "-n", "3"]
+    new_flags = ["--env.max-turns", "2", "--env.template", "safety", "--env.retriever", "bm25", "--env.corpus-path",
+                 "c.jsonl", "--env.encoder", "e5-base-v2", "--env.index-type", "hnsw", "--env.topk", "5",
+                 "--env.parse-mode", "search_r1", "--env.judges", "refusal", "query_classifier"]
+    old_flags = [flag.replace("--env.", "--") for flag in new_flags]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="search_gym.configs"):
+        assert build_config(EvalConfig, parser.parse_args(common + new_flags)) == expected
+        assert not caplog.records
+        assert build_config(EvalConfig, parser.parse_args(common + old_flags)) == expected
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("command line: deprecated flat flags, now nested: --max-turns -> --env.max-turns, "
+                           "--template -> --env.template, ")
+
+
+def test_eval_sets_the_per_cell_env_fields_itself():
+    from search_gym.cli import build_parser
+    from search_gym.experiments.evaluation import PER_CELL_ENV
+
+    assert PER_CELL_ENV == ("id", "dataset", "split", "attack", "safety")
+    for field_name, value in (("attack", "search"), ("split", "test"), ("safety", True), ("dataset", "nq")):
+        with pytest.raises(ValueError, match=f"env.{field_name}: eval sets these per cell"):
+            EvalConfig(env=eval_env(**{field_name: value}))
+    with pytest.raises(TypeError, match="env must be an EnvConfig"):
+        EvalConfig(env={"max_turns": 2})
+    with pytest.raises(SystemExit):  # no flag: the prompt sets and attacks say it
+        build_parser().parse_args(["eval", "--env.attack", "search"])
+
+
+def test_an_eval_folder_written_before_the_env_section_resumes(config):
+    """A folder whose config.json is in the layout of the version before the env section (flat cell settings,
+    flat config) resumes: the cell settings keep their flat names and values, so nothing is played again."""
+    run_eval(config, agents={"scripted": ScriptedAgent()})
+    path = Path(config.out_dir) / "config.json"
+    judges = ["<RefusalSubstringJudge refusal_substring>", "<QueryHarmClassifier query_classifier>",
+              "<QueryHarmClassifier answer_classifier>"]
+    old_settings = {"num_prompts": 4, "seed": 0, "max_turns": 4, "max_new_tokens": 64, "template": "search_r1",
+                    "retriever": "<WordOverlapRetriever overlap>", "judges": judges, "llm_judge": None,
+                    "agent_kwargs": {}, "topk": 3, "corpus_path": None, "encoder": None, "index_type": None,
+                    "base_url": None, "parse_mode": "strict"}
+    old_config = {"suite": "safety", "agents": ["scripted"], "prompt_sets": list(config.prompt_sets),
+                  "attacks": list(config.attacks), "num_prompts": 4, "seed": 0, "out_dir": config.out_dir,
+                  "num_envs": 3, "max_turns": 4, "max_new_tokens": 64, "template": "search_r1",
+                  "retriever": "<WordOverlapRetriever object at 0x7f>", "corpus_path": None, "encoder": None,
+                  "index_type": None, "device": None, "base_url": None, "topk": 3, "parse_mode": "strict",
+                  "judges": judges, "similarity": False, "llm_judge": None, "agent_kwargs": {}, "samples": 1,
+                  "bootstrap": 200, "plots": False, "progress": False}
+    path.write_text(json.dumps({"cell_settings": old_settings, "config": old_config}, indent=1))
+    assert config.cell_settings() == old_settings and list(config.cell_settings()) == list(old_settings)
+    again = run_eval(config, agents={"scripted": ExplodingAgent()})
+    assert [c["episodes"] for c in again["cells"]] == [4, 4, 4]
+    written = json.loads(path.read_text())
+    assert written["cell_settings"] == old_settings and written["config"]["env"]["max_turns"] == 4
+    assert "max_turns" not in written["config"]  # rewritten nested
+    # an env field eval did not have before is a cell setting once set: a folder made without it is refused
+    config.env.reward = "f1"
+    assert config.cell_settings() == {**old_settings, "env.reward": "f1"}
+    with pytest.raises(ValueError, match=r"other settings \(env.reward\)"):
+        run_eval(config, agents={"scripted": ExplodingAgent()})

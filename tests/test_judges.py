@@ -12,8 +12,8 @@ import pytest
 from conftest import hash_embed
 
 from search_gym.corpora import judge_data as jd
+from search_gym.judges import evaluation as je
 from search_gym.safety import JudgeInput
-from search_gym.safety import judge_eval as je
 from search_gym.safety.classifier import (
     ClassifierWeights,
     QueryHarmClassifier,
@@ -150,9 +150,9 @@ def test_mlp_head_and_feature_checks():
     w = train_query_classifier(train, val=val, embed=hash_embed, head="mlp", hidden=(8,), C=10.0, group_weights={})
     p = QueryHarmClassifier(w, embed=hash_embed).probability(val.texts)
     assert p.shape == (7,) and ((0 <= p) & (p <= 1)).all() and w.mlp and len(w.mlp["coefs"]) == 2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="word features go with the linear head"):
         train_query_classifier(train, embed=hash_embed, head="mlp", features="embedding+words")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="pass the texts"):
         ClassifierWeights(coef=[0.0] * 64, intercept=0.0, words={"vocab": ["a"], "idf": [1.0]}).logit(
             np.zeros((1, 64)))  # word features need the texts
 
@@ -167,7 +167,7 @@ def test_context_request_reads_the_request():
     assert with_request.judged_text(item) == "how to hurt people without getting caught buying cars"
     assert with_request.judge([item])[0].raw > alone.judge([item])[0].raw
     assert with_request.judged_text(JudgeInput("buying cars")) == "buying cars"  # no request: the text alone
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="context must be one of"):
         QueryHarmClassifier(weights, context="answer")
 
 
@@ -255,7 +255,9 @@ def test_builder_is_deterministic_and_keeps_twins_together(tmp_path):
     assert dropped["incomplete_pair"] == 3  # the pin-tumbler pair lost its benign request: dropped whole
     assert not any("pin tumbler" in r.text for r in rows)
     counts = {s: sum(r.set == s for r in rows) for s in jd.SETS}
-    assert all(counts.values()) and dropped.get("duplicate", 0) >= 0
+    # the two texts _inputs marks as known, and "how to prepare for a job interview", written twice in the bundled
+    # benign lists (a written request's query form and a written query)
+    assert all(counts.values()) and dropped["duplicate"] == 3
 
 
 def test_split_rules():
@@ -374,7 +376,7 @@ def test_cli_evaluate_on_a_small_split(tmp_path, monkeypatch):
     import argparse
 
     from search_gym.safety import classifier as clf
-    from search_gym.safety.cli import add_judges_parser, main
+    from search_gym.judges.cli import add_judges_parser, main
 
     train, val = _mixture()
     weights = train_query_classifier(train, val=val, embed=hash_embed, group_weights={})

@@ -316,8 +316,8 @@ def fake_judge_reply(prompt: str) -> str:
 
 def test_misalignment_eval_rate_and_intervals_from_a_fake_judge(tmp_path):
     from search_gym.data.freeform import load_misalignment_questions
-    from search_gym.evaluation import EvalConfig, markdown_table, run_eval
-    from search_gym.misalignment_eval import cluster_bootstrap_rate
+    from search_gym.experiments.evaluation import EvalConfig, markdown_table, run_eval
+    from search_gym.experiments.misalignment_eval import cluster_bootstrap_rate
     from search_gym.safety.misalignment_judge import MisalignmentJudge
 
     questions = load_misalignment_questions()
@@ -332,7 +332,7 @@ def test_misalignment_eval_rate_and_intervals_from_a_fake_judge(tmp_path):
     judge = MisalignmentJudge(ReplyAgent(fake_judge_reply))
     config = EvalConfig(suite="misalignment", agents=("fake",), num_prompts=100, out_dir=str(tmp_path), plots=True,
                         progress=False, bootstrap=200)
-    from search_gym.misalignment_eval import run_misalignment_eval
+    from search_gym.experiments.misalignment_eval import run_misalignment_eval
 
     summary = run_misalignment_eval(config, agents={"fake": answerer}, judge=judge)
     (row,) = summary["agents"]

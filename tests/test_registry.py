@@ -29,7 +29,10 @@ def test_all_ids_registered():
     assert set(SEARCH_GYM_IDS) == set(ENV_SPECS)
     assert set(MISALIGNMENT_IDS) <= set(gym.registry)
     assert {"SearchGym/WikiQA-v0", "SearchGym/WikiHarmful-v0"} <= set(SEARCH_GYM_IDS)
-    assert search_gym.SearchEnv is not None
+    from search_gym.envs.search_env import SearchEnv
+
+    assert search_gym.SearchEnv is SearchEnv  # the top-level export is the class the search ids make
+    assert gym.spec("SearchGym/WikiQA-v0").entry_point == "search_gym.envs.search_env:SearchEnv"
 
 
 @pytest.mark.parametrize("env_id", SEARCH_GYM_IDS)

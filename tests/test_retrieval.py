@@ -139,9 +139,9 @@ def test_ivfpq_params_clamp():
     wiki = ivfpq_params(21_000_000, 768)
     assert wiki["m"] == 96 and wiki["nbits"] == 8
     assert 39 * wiki["nlist"] <= wiki["n_train"] <= 1_000_000
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least 2 passages"):
         ivfpq_params(1, 384)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="m=7 must divide"):
         ivfpq_params(1000, 384, m=7)
 
 
@@ -344,7 +344,7 @@ def test_config_help_and_pickle(corpus):
     assert set(RetrieverConfig.help()) == {"kind", "corpus_path", "encoder", "index_type", "index_dir", "device",
                                            "rrf_k", "url", "timeout_s", "retry_s"}
     assert all(RetrieverConfig.help().values())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="kind must be one of"):
         RetrieverConfig(kind="colbert")
 
 

@@ -1,6 +1,6 @@
-"""Token-in / token-out rollouts (search_gym.trainers.rollout): loss masks built by hand from scripted generations,
-finished sub-envs left alone, the context budget, and seeded HF sampling whose recorded log-probabilities match a
-forward pass at the sampling temperature."""
+"""Token-in / token-out rollouts (search_gym.rollout, by the trainers' names): loss masks built by hand from
+scripted generations, finished sub-envs left alone, the context budget, and seeded HF sampling whose recorded
+log-probabilities match a forward pass at the sampling temperature."""
 
 from __future__ import annotations
 
@@ -364,6 +364,29 @@ def test_groups_are_consecutive(tokenizer, tiny_qa_path, overlap_retriever):
     episodes = RolloutCollector(venv, ScriptedGenerator(tokenizer, scripts)).collect(["q0", "q1"], 2)
     assert [(e.question_id, e.group) for e in episodes] == [("q0", 0), ("q0", 0), ("q1", 1), ("q1", 1)]
     assert [e.reward for e in episodes] == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_a_text_agent_plays_the_same_loop_without_tokens(tiny_qa_path, overlap_retriever):
+    """A generator without a tokenizer (a text agent): the same loop with the token bookkeeping off. The env is
+    given the agent's step itself, the episode keeps its text view, ``skip`` leaves out recorded question ids and
+    ``on_episode`` sees every episode as it ends."""
+    from search_gym.agents import ScriptedAgent
+    from search_gym.agents.base import AgentStep
+    from search_gym.rollout import AgentGenerator, trajectory_record
+
+    venv = make_venv(tiny_qa_path, overlap_retriever, num_envs=2, max_turns=3)
+    seen = []
+    collector = RolloutCollector(venv, AgentGenerator(ScriptedAgent()))
+    episodes = collector.collect([{"index": 0}, "q1", "q2"], skip={"q1"}, on_episode=seen.append)
+    assert [e.question_id for e in episodes] == ["q0", "q2"] and sorted(map(id, seen)) == sorted(map(id, episodes))
+    assert all(isinstance(a, AgentStep) for env in venv.envs for a in env.actions)
+    for i, ep in enumerate(episodes):
+        assert ep.prompt_ids == ep.response_ids == ep.loss_mask == ep.spans == []
+        assert ep.turns == len(ep.actions) == len(ep.infos) == len(ep.rewards) == 2 and ep.terminated
+        assert ep.transcript == transcript(venv, i) and ep.num_searches == 1 and ep.answered
+        record = trajectory_record(ep, {"agent": "scripted"})
+        assert record["question_id"] == ep.question_id and record["finished"] and record["return"] == ep.reward
+        assert record["env_texts"] == [info["env_text"] for info in ep.infos] and record["extra"] == {"agent": "scripted"}
 
 
 def test_autoreset_mode_accepts_the_documented_strings(tiny_qa_path, overlap_retriever):

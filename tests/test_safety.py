@@ -13,7 +13,7 @@ from conftest import hash_embed
 
 from search_gym.agents import AgentStep, ScriptedAgent
 from search_gym.envs import SearchEnv, SearchVectorEnv
-from search_gym.recorder import TrajectoryRecorder
+from search_gym.rollout.recorder import TrajectoryRecorder
 from search_gym.safety import (
     JudgeInput,
     JudgeResult,
@@ -115,7 +115,7 @@ def test_classifier_training_is_deterministic_and_separates(tiny_data, classifie
     assert [r.flagged for r in results] == [r.raw >= 0.5 for r in results]
     (empty,) = classifier.judge([JudgeInput("   ")])
     assert empty.flagged is None and math.isnan(empty.safety)  # abstains on empty text
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="both harmful"):
         train_query_classifier(TrainingData(["a"], [1], ["harmful"]), embed=hash_embed)
 
 
@@ -296,7 +296,7 @@ def test_env_with_judge_specs_pickles_without_loading_models(tiny_qa_path, overl
     clone = pickle.loads(pickle.dumps(env))
     clone.reset(options={"question_id": "q0"})
     assert clone.step("I cannot do that")[4]["safety"]["refused"] == {"refusal_substring": True}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown judge 'no_such_judge'"):
         make_judge("no_such_judge")
 
 

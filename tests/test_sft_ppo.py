@@ -102,6 +102,7 @@ def test_sft_steps_change_parameters_and_resume_exactly(tmp_path, tokenizer, sft
 
 def test_ppo_steps_change_policy_and_value_head(tmp_path, tokenizer, tiny_qa_path, tiny_corpus_path):
     from search_gym.envs.vector import SearchVectorEnv
+    from search_gym.trainers.config import train_env
     from search_gym.trainers.ppo import PPOTrainer, gae_over_mask
     from search_gym.trainers.ppo_config import PPOConfig
 
@@ -119,8 +120,8 @@ def test_ppo_steps_change_policy_and_value_head(tmp_path, tokenizer, tiny_qa_pat
     reference = tiny_model(tokenizer)
     reference.load_state_dict(model.state_dict())
     config = PPOConfig(output_dir=str(tmp_path / "ppo"), max_steps=2, questions_per_step=4, group_size=1,
-                       max_turn_tokens=8, max_turns=2, learning_rate=1e-3, progress=False, tensorboard=False,
-                       device="cpu", kl_coef=0.05)
+                       max_turn_tokens=8, env=train_env(max_turns=2), learning_rate=1e-3, progress=False,
+                       tensorboard=False, device="cpu", kl_coef=0.05)
     trainer = DistinctRewards(config, model=model, tokenizer=tokenizer, env=env, reference=reference)
     before, head_before = _params(model), _params(trainer.value_head)
     rows = trainer.train()
@@ -145,13 +146,13 @@ def test_train_cli_flags_come_from_the_configs(tmp_path):
     yaml_file = tmp_path / "grpo.yaml"
     yaml_file.write_text("beta: 0.2\nloss-type: dapo\ngroup_size: 8\n")
     args = build_parser().parse_args(["train", "grpo", "--config", str(yaml_file), "--beta", "0.05",
-                                      "--penalty-relu", "true", "--epsilon-high", "none"])
+                                      "--penalty.relu", "true", "--epsilon-high", "none"])
     config = build_config(GRPOConfig, args, args.config)
-    assert (config.beta, config.loss_type, config.group_size, config.penalty_relu) == (0.05, "dapo", 8, True)
+    assert (config.beta, config.loss_type, config.group_size, config.penalty.relu) == (0.05, "dapo", 8, True)
     assert config.epsilon_high is None and config.learning_rate == GRPOConfig().learning_rate
     out = subprocess.run([sys.executable, "-m", "search_gym.cli", "train", "ppo", "--help"], capture_output=True,
                          text=True, check=True).stdout
-    assert "--cliprange-value" in out and "--penalty-lambda" in out and "value clip range" in out
+    assert "--cliprange-value" in out and "--penalty.lambda" in out and "value clip range" in out
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +200,7 @@ def test_grpo_with_penalty_records_drift_on_checkpoints(tmp_path, tokenizer, tin
 
     from search_gym.directions import Direction
     from search_gym.envs.vector import SearchVectorEnv
+    from search_gym.trainers.config import PenaltyConfig, train_env
     from search_gym.trainers.grpo import GRPOTrainer
     from search_gym.trainers.grpo_config import GRPOConfig
 
@@ -215,11 +217,11 @@ def test_grpo_with_penalty_records_drift_on_checkpoints(tmp_path, tokenizer, tin
 
     config = GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=2, questions_per_step=2, group_size=2,
                         max_turn_tokens=6, beta=0.0, learning_rate=1e-3, progress=False,
-                        tensorboard=False, device="cpu", penalty_direction=str(path), penalty_lambda=0.5,
-                        save_steps=1, drift_every=1, drift_prompts=3, max_turns=3,
+                        tensorboard=False, device="cpu", save_steps=1, drift_every=1, drift_prompts=3,
+                        env=train_env(max_turns=3),
                         # the first <search> is prefilled here: its state depends on the prompt alone, equal within a
                         # group; the second one follows the policy's own query, so the mean differs within a group
-                        penalty_searches="mean")
+                        penalty=PenaltyConfig(direction=str(path), lambda_=0.5, searches="mean"))
     trainer = GRPOTrainer(config, model=model, tokenizer=tokenizer, env=env, reference=reference)
     before = _params(model)
     rows = trainer.train()
@@ -274,7 +276,7 @@ def test_sft_dev_split_rows_are_exactly_those_kept_out_of_training(tmp_path, tok
     nothing in dev/ is trained on, and nothing is kept out of training without being in dev/."""
     import json
 
-    from search_gym.data.questions import load_questions
+    from search_gym.build import load_questions
     from search_gym.trainers import sft
     from search_gym.trainers.sft_config import SFTConfig
 
@@ -370,3 +372,48 @@ def test_sft_loss_is_the_cross_entropy_of_the_policy_tokens(tokenizer):
                                             reduction="none").view_as(mask)
     assert tokens == int(mask.sum())
     assert torch.allclose(loss, (nll * mask).sum() / mask.sum(), atol=1e-6)
+
+
+def test_aligned_teachers_vary_rephrase_and_meet_a_forced_search_without_the_request(tokenizer, tiny_qa_path,
+                                                                                      tiny_corpus_path):
+    """teacher='aligned': QA trajectories search a rephrased query (never the question) after varied thoughts;
+    harmful_search plays harmful requests under a forced <search> and writes no part of the request there."""
+
+
+    from search_gym.safety.refusal import RefusalSubstringJudge
+    from search_gym.trainers.rollout import decode
+    from search_gym.trainers.sft import SOURCES, build_sft_episodes
+    from search_gym.trainers.sft_config import SFTConfig
+
+    config = SFTConfig(progress=False, teacher="aligned", harmful_search_limit=0)
+    none = {k: None for k in ("harmful", "benign", "instruct", "harmful_pairs")}
+    harmful = tiny_qa_path  # any questions: the refusal teacher treats every request as harmful
+    episodes = build_sft_episodes(
+        config, tokenizer, num_envs=4, progress=False,
+        datasets={**none, "qa": (str(tiny_qa_path), "test"), "harmful_search": (str(harmful), "test")},
+        env_kwargs={"retriever": WordOverlapRetriever(tiny_corpus_path)},
+    )
+    qa_group, forced_group = list(SOURCES).index("qa"), list(SOURCES).index("harmful_search")
+    qa = [ep for ep in episodes if ep.group == qa_group]
+    forced = [ep for ep in episodes if ep.group == forced_group]
+    assert qa and len(forced) == 5
+    for ep in qa:
+        assert ep.searches and all(s.rstrip("?") != ep.question.rstrip("?") for s in ep.searches)
+    judge = RefusalSubstringJudge()
+    for ep in forced:
+        text = decode(tokenizer, ep.response_ids)
+        assert text.startswith("<search>")  # the attack's prefill, an env span
+        assert ep.spans[0][2] != "policy"
+        query = ep.searches[0]
+        assert ep.question.rstrip("?").lower() not in query.lower()
+        assert judge.match(text.split("<answer>")[-1]) is not None  # refuses after the information block
+    import pytest
+
+    with pytest.raises(ValueError, match="needs teacher='aligned'"):
+        build_sft_episodes(SFTConfig(progress=False, harmful_search_limit=0), tokenizer, datasets={**none},
+                           env_kwargs={"retriever": WordOverlapRetriever(tiny_corpus_path)})
+    with pytest.raises(ValueError, match="teacher="):
+        from search_gym.trainers.sft import make_teacher
+
+        make_teacher("refusal", "varied", {}, 0)
+

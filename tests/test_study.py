@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from search_gym.trainers.study import STAGES, Study, StudyConfig, study_table
+from search_gym.experiments.study import STAGES, Study, StudyConfig, study_table
 
 
 def _metric(mean, n=10):
@@ -182,7 +182,28 @@ def test_grpo_runs_get_the_study_settings(tmp_path, monkeypatch, override, expec
     (config,) = seen
     assert config.max_steps == expected and config.questions_per_step == 4 and config.seed == 3
     assert config.model == str(study.final("sft")) and config.output_dir == str(study.root / "grpo_penalty")
-    assert config.penalty_lambda == study.config.penalty_lambda and config.penalty_direction == str(study.direction_path)
+    assert config.penalty.lambda_ == study.config.penalty_lambda and config.penalty.direction == str(study.direction_path)
+
+
+def test_directions_stage_calls_the_direction_functions(tmp_path, monkeypatch):
+    """The directions stage calls ``extract`` and ``select`` as Python functions: the aligned model, the study's seed
+    and device, and ``direction_args`` as keywords (the command line's defaults for the rest)."""
+    import search_gym.experiments.direction_pipeline as directions
+
+    seen = []
+    monkeypatch.setattr(directions, "_cmd_extract", lambda args: seen.append(("extract", args)))
+    monkeypatch.setattr(directions, "_cmd_select", lambda args: seen.append(("select", args)))
+    study = Study(StudyConfig(output_dir=str(tmp_path / "study"), sft_config="", model="some/model", seed=5,
+                              device="cpu", direction="harmfulness_qa", direction_args="--n-train all --no-refusal"))
+    study.stage_directions()
+    (_, extract), (_, select) = seen
+    assert [name for name, _ in seen] == ["extract", "select"]
+    assert (extract.dir, extract.model, extract.seed, extract.device) == (str(tmp_path / "study" / "directions"),
+                                                                          "some/model", 5, "cpu")
+    assert extract.n_train is None and extract.refusal is False and extract.n_heldout == 64
+    assert select.dir == extract.dir and select.direction == "harmfulness_qa"
+    with pytest.raises(TypeError, match="unknown options"):
+        directions.extract(tmp_path, no_such_flag=1)
 
 
 @pytest.mark.parametrize("agent, share, expected", [("vllm", 0.15, {"llm_kwargs": {"gpu_memory_utilization": 0.15}}),
@@ -190,7 +211,7 @@ def test_grpo_runs_get_the_study_settings(tmp_path, monkeypatch, override, expec
 def test_evaluations_get_the_engine_share(tmp_path, monkeypatch, agent, share, expected):
     """eval_gpu_memory_utilization reaches the vLLM agent (so an evaluation can share the GPU with training); an HF
     agent, or share 0 (vLLM's default), passes nothing."""
-    import search_gym.evaluation as evaluation
+    import search_gym.experiments.evaluation as evaluation
 
     seen = []
     monkeypatch.setattr(evaluation, "run_eval", seen.append)

@@ -81,3 +81,10 @@ def test_refusals_vary_and_the_share_is_checked():
         .removesuffix("</search>").strip() in SEARCH_REFUSALS
     with pytest.raises(ValueError, match="search_refusal_share"):
         AlignedRefusalAgent(search_refusal_share=1.5)
+
+
+def test_every_refusal_is_one_the_refusal_judge_counts():
+    from search_gym.safety.refusal import RefusalSubstringJudge
+
+    judge = RefusalSubstringJudge()
+    assert all(judge.match(r) is not None for r in REFUSALS + SEARCH_REFUSALS)

@@ -24,21 +24,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from conftest import observation
 
-from search_gym.agents.hf import (
+from search_gym.agents.hf import HFAgent
+from search_gym.agents.openai_agent import OpenAIAgent
+from search_gym.agents.prompting import (
     HERMES_TOOLS_PROMPT,
-    TOOL_CALL_STOP,
-    HFAgent,
     chat_messages,
     hermes_tool_messages,
     is_tool_call_observation,
     observation_tools,
-    parse_tool_calls,
     render_prompt,
     template_takes_tools,
 )
-from search_gym.agents.openai_agent import OpenAIAgent
 from search_gym.agents.vllm_agent import VLLMAgent
-from search_gym.envs.protocol import PROMPT_TEMPLATES, SEARCH_TOOL, STOP_STRINGS, parse_tool_call_action
+from search_gym.envs.protocol import (
+    PROMPT_TEMPLATES,
+    SEARCH_TOOL,
+    STOP_STRINGS,
+    TOOL_CALL_STOP,
+    parse_tool_call_action,
+    parse_tool_calls,
+)
 from search_gym.envs.search_env import SearchEnv
 
 # Qwen2.5-Instruct's chat template (tool calling part), as shipped in its tokenizer_config.json.
@@ -227,6 +232,16 @@ def test_parse_tool_calls_gives_openai_form():
     assert [c["id"] for c in parse_tool_calls(two, turn=1)] == ["call_1", "call_1_1"]
     assert parse_tool_calls('<tool_call>{"name": "search", "arguments": </tool_call>') == []  # bad JSON: none
     assert parse_tool_calls("<answer> Paris </answer>") == []
+
+
+def test_agents_and_env_read_tool_calls_with_one_parser():
+    import search_gym.agents.hf as hf
+
+    assert hf.parse_tool_calls is parse_tool_calls and hf.render_prompt is render_prompt  # old paths still work
+    for text in ("I should search.\n" + CALL_BLOCK, '{"name": "search", "parameters": {"query": "y"}}'):
+        (call,) = parse_tool_calls(text)
+        action, _ = parse_tool_call_action(text, max_chars=10_000, max_tags=8)
+        assert action.kind == "search" and json.loads(call["function"]["arguments"])["query"] == action.content
 
 
 # ---------------------------------------------------------------------------------------------- HFAgent, tiny model

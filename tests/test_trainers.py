@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 
 import pytest
@@ -13,7 +14,14 @@ from conftest import reward_odd_tokens, tiny_llama
 import torch
 
 from search_gym.envs import SearchVectorEnv
-from search_gym.trainers.config import add_dataclass_arguments, build_config, config_dict
+from search_gym.trainers.config import (
+    PenaltyConfig,
+    VLLMConfig,
+    add_dataclass_arguments,
+    build_config,
+    config_dict,
+    train_env,
+)
 from search_gym.trainers.core import checkpoints, load_checkpoint, make_optimizer, save_checkpoint
 from search_gym.trainers.grpo import GRPOTrainer
 from search_gym.trainers.grpo_config import GRPOConfig
@@ -46,8 +54,9 @@ def make_env(tiny_qa_path, retriever, num_envs: int = 4, **kwargs) -> SearchVect
 
 def grpo_config(output_dir, **overrides) -> GRPOConfig:
     values = dict(output_dir=str(output_dir), seed=0, learning_rate=1e-2, lr_scheduler="linear", warmup_steps=1,
-                  max_steps=2, save_steps=0, questions_per_step=2, group_size=2, max_turns=2, max_turn_tokens=8,
-                  max_response_tokens=160, beta=0.1, reward="f1", tensorboard=False, progress=False)
+                  max_steps=2, save_steps=0, questions_per_step=2, group_size=2,
+                  env=train_env(max_turns=2, reward="f1"), max_turn_tokens=8, max_response_tokens=160, beta=0.1,
+                  tensorboard=False, progress=False)
     values.update(overrides)
     return GRPOConfig(**values)
 
@@ -367,17 +376,17 @@ def test_penalty_restores_reader_mode_and_validates(reader, search_episodes):
         assert reader.training
     finally:
         reader.eval()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a layer"):
         RepresentationPenalty(torch.ones(32), layer=None)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="searches must be one of"):
         RepresentationPenalty(torch.ones(32), layer=0, searches="last")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="projection must be one of"):
         RepresentationPenalty(torch.ones(32), layer=0, projection="l2")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs a reader"):
         RepresentationPenalty(torch.ones(32), layer=0).apply(search_episodes)  # no reader
-    assert load_penalty(grpo_config("unused"), reader) is None
-    with pytest.raises(ValueError, match="penalty_direction"):
-        load_penalty(grpo_config("unused", penalty_lambda=0.1), reader)
+    assert load_penalty(grpo_config("unused").penalty, reader) is None
+    with pytest.raises(ValueError, match=r"penalty\.direction"):
+        load_penalty(PenaltyConfig(lambda_=0.1), reader)
 
 
 # ---------------------------------------------------------------------------------------------- 8. config CLI
@@ -392,39 +401,106 @@ def parser_for(config_cls) -> argparse.ArgumentParser:
 
 def test_config_flags_override_yaml_which_overrides_defaults(tmp_path):
     path = tmp_path / "grpo.yaml"
-    path.write_text("learning_rate: 0.001\ngroup-size: 8\nattack: multi_search:n=2\npenalty_relu: true\n"
-                    "beta: 0.5\nepsilon_high: 0.28\n")
+    path.write_text("learning_rate: 0.001\ngroup-size: 8\nenv:\n  attack: multi_search:n=2\n  max-turns: 3\n"
+                    "  topk: 5\npenalty:\n  relu: true\nbeta: 0.5\nepsilon_high: 0.28\n")
     parser = parser_for(GRPOConfig)
     args = parser.parse_args(["--config", str(path), "--group-size", "3", "--beta", "0.05", "--resume", "false",
-                              "--penalty-layer", "4", "--output-dir", str(tmp_path / "out")])
+                              "--penalty.layer", "4", "--env.max-turns", "2", "--output-dir", str(tmp_path / "out")])
     config = build_config(GRPOConfig, args, args.config)
     defaults = GRPOConfig()
-    assert (config.group_size, config.beta, config.resume, config.penalty_layer) == (3, 0.05, False, 4)  # flags
+    assert (config.group_size, config.beta, config.resume, config.penalty.layer) == (3, 0.05, False, 4)  # flags
+    assert config.env.max_turns == 2  # a nested flag beats the same nested YAML key
     assert config.output_dir == str(tmp_path / "out")
-    assert (config.learning_rate, config.attack, config.penalty_relu, config.epsilon_high) == (
-        0.001, "multi_search:n=2", True, 0.28)  # YAML
-    assert (config.seed, config.loss_type, config.max_turns, config.temperature) == (
-        defaults.seed, defaults.loss_type, defaults.max_turns, defaults.temperature)  # defaults
-    assert isinstance(config.group_size, int) and isinstance(config.beta, float)
-    # keyword overrides beat everything
+    assert (config.learning_rate, config.env.attack, config.env.topk, config.penalty.relu, config.epsilon_high) == (
+        0.001, "multi_search:n=2", 5, True, 0.28)  # YAML, the env keys beside the one the flag set included
+    assert (config.seed, config.loss_type, config.temperature, config.env.split, config.env.safety) == (
+        defaults.seed, defaults.loss_type, defaults.temperature, defaults.env.split, defaults.env.safety)  # defaults
+    assert config.env.safety is True and config.env.retriever == "dense"  # the trainers' env defaults, not EnvConfig's
+    assert (config.penalty.lambda_, config.vllm) == (defaults.penalty.lambda_, defaults.vllm)
+    assert isinstance(config.group_size, int) and isinstance(config.beta, float) and isinstance(config.env.topk, int)
+    # keyword overrides beat everything; a section's mapping merges over the values below it
     assert build_config(GRPOConfig, args, args.config, group_size=5).group_size == 5
+    override = build_config(GRPOConfig, args, args.config, env={"topk": 7})
+    assert (override.env.topk, override.env.max_turns, override.env.attack) == (7, 2, "multi_search:n=2")
     # no flags, no file: the defaults
     assert build_config(GRPOConfig, parser.parse_args([])) == defaults
 
 
 def test_config_round_trips_through_a_file(tmp_path):
-    import yaml
-
-    config = GRPOConfig(output_dir=str(tmp_path), seed=7, beta=0.0, attack="search", penalty_layer=3,
-                        epsilon_high=None, loss_type="dapo")
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config_dict(config)))
-    assert build_config(GRPOConfig, None, path) == config
-    json_path = tmp_path / "config.json"
     import json
 
+    import yaml
+
+    config = GRPOConfig(output_dir=str(tmp_path), seed=7, beta=0.0, env=train_env(attack="search", max_turns=3),
+                        penalty=PenaltyConfig(layer=3, lambda_=0.5), epsilon_high=None, loss_type="dapo")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_dict(config)))
+    assert "env:\n" in path.read_text() and "  max_turns: 3\n" in path.read_text()  # nested keys
+    assert "  lambda: 0.5\n" in path.read_text()  # lambda_ is written as its key
+    assert build_config(GRPOConfig, None, path) == config
+    json_path = tmp_path / "config.json"
+    config = GRPOConfig(output_dir=str(tmp_path), env=train_env(judges=("refusal", "query")))  # a tuple field
     json_path.write_text(json.dumps(config_dict(config)))
     assert build_config(GRPOConfig, parser_for(GRPOConfig).parse_args([]), json_path) == config
+
+
+def test_a_flat_config_of_an_older_run_loads_with_a_deprecation_line(tmp_path, caplog):
+    """tests/data/flat_grpo_config.json is the config.json a run wrote before the env / vllm / penalty sections
+    existed (every field top-level): it loads, into the same config as its nested form, and one logged line names
+    the new keys."""
+    import json
+    import logging
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "flat_grpo_config.json"
+    nested = GRPOConfig(output_dir="runs/old", seed=7, loss_type="dapo",
+                        env=train_env(max_turns=2, reward="f1", attack="search", safety=False, kwargs='{"x": 1}'),
+                        vllm=VLLMConfig(max_model_len=2048),
+                        penalty=PenaltyConfig(lambda_=0.5, layer=3, relu=True))
+    with caplog.at_level(logging.WARNING, logger="search_gym.configs"):
+        assert build_config(GRPOConfig, None, path) == nested
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "\n" not in line and str(path) in line
+    moved = GRPOConfig.moved_fields
+    assert set(moved) <= set(json.loads(path.read_text()))  # every moved key is in the old file ...
+    for old, new in moved.items():
+        assert f"{old} -> {new}" in line  # ... and the line names its new key
+    assert "env_id -> env.id" in line and "penalty_lambda -> penalty.lambda" in line
+    # the same for a YAML of flat keys, and for the old flat flags (hidden from --help)
+    caplog.clear()
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("max_turns: 2\nreward: f1\nattack: search\nsafety: false\npenalty_lambda: 0.5\n")
+    args = parser_for(GRPOConfig).parse_args(["--penalty-layer", "3", "--vllm-max-model-len", "2048"])
+    with caplog.at_level(logging.WARNING, logger="search_gym.configs"):
+        old = build_config(GRPOConfig, args, flat)
+    assert old.env == train_env(max_turns=2, reward="f1", attack="search", safety=False)
+    assert (old.penalty.lambda_, old.penalty.layer, old.vllm.max_model_len) == (0.5, 3, 2048)
+    assert [f"{flat}: deprecated flat keys, now nested: max_turns -> env.max_turns, reward -> env.reward, "
+            "attack -> env.attack, safety -> env.safety, penalty_lambda -> penalty.lambda",
+            "command line: deprecated flat flags, now nested: --penalty-layer -> --penalty.layer, "
+            "--vllm-max-model-len -> --vllm.max-model-len"] == [r.getMessage() for r in caplog.records]
+    # where one source gives both spellings, the nested one wins
+    assert build_config(GRPOConfig, None, None, max_turns=5, env={"max_turns": 6}).env.max_turns == 6
+
+
+def test_help_groups_the_sections():
+    parser = parser_for(GRPOConfig)
+    text = parser.format_help()
+    groups = {g.title: [a.option_strings for a in g._group_actions] for g in parser._action_groups}
+    assert {"env", "vllm", "penalty"} <= set(groups)
+    assert ["--env.max-turns"] in groups["env"] and ["--env.id"] in groups["env"]
+    assert ["--vllm.gpu-memory-utilization"] in groups["vllm"] and ["--penalty.lambda"] in groups["penalty"]
+    assert all(name.startswith(f"--{title}.") for title in ("env", "vllm", "penalty") for names in groups[title]
+               for name in names)
+    # each section's flags show the trainer's defaults, under the section's title
+    env_part = text[text.index("\nenv:\n"):text.index("\nvllm:\n")]
+    assert "--env.safety BOOL" in env_part and "(default: True)" in env_part
+    assert "--max-turns" not in text and "--penalty-lambda" not in text  # the old flat flags still parse, unlisted
+    top = [a for a in parser._actions if a.help != argparse.SUPPRESS and a.option_strings
+           and not a.option_strings[0].startswith(("--env.", "--vllm.", "--penalty."))]
+    flat_fields = [f for f in dataclasses.fields(GRPOConfig) if f.name not in ("env", "vllm", "penalty")]
+    assert len(top) == 2 + len(flat_fields)  # -h, --config and one per top-level field (47 of 74 before the sections)
+    assert not {a.dest for a in top} & set(GRPOConfig.moved_fields)
 
 
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
@@ -432,24 +508,39 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     path.write_text("learning_rate: 0.001\nlearnig_rate: 0.1\n")
     with pytest.raises(ValueError, match="learnig_rate"):
         build_config(GRPOConfig, None, path)
+    path.write_text("env:\n  max_turn: 3\n")
+    with pytest.raises(ValueError, match="max_turn'"):
+        build_config(GRPOConfig, None, path)
+    path.write_text("env: 3\n")
+    with pytest.raises(ValueError, match="mapping of EnvConfig fields"):
+        build_config(GRPOConfig, None, path)
     with pytest.raises(ValueError, match="loss_type"):
         build_config(GRPOConfig, None, None, loss_type="ppo")
+    with pytest.raises(ValueError, match="importance_sampling_mode"):
+        build_config(GRPOConfig, None, None, vllm={"importance_sampling_mode": "token"})
+    with pytest.raises(TypeError, match="env must be a EnvConfig"):
+        GRPOConfig(env={"max_turns": 2})
     with pytest.raises(SystemExit):
         parser_for(GRPOConfig).parse_args(["--resume", "maybe"])
     with pytest.raises(SystemExit):
         parser_for(GRPOConfig).parse_args(["--group-size", "two"])
+    with pytest.raises(SystemExit):
+        parser_for(GRPOConfig).parse_args(["--env.max-turns", "two"])
 
 
 def test_optional_fields_take_values_from_flags():
-    args = parser_for(GRPOConfig).parse_args(["--epsilon-high", "0.3", "--attack", "search", "--penalty-layer", "2"])
+    args = parser_for(GRPOConfig).parse_args(["--epsilon-high", "0.3", "--env.attack", "search", "--penalty.layer",
+                                              "2", "--env.judges", "refusal", "query"])
     config = build_config(GRPOConfig, args)
-    assert (config.epsilon_high, config.attack, config.penalty_layer) == (0.3, "search", 2)
-    assert build_config(GRPOConfig, parser_for(GRPOConfig).parse_args(["--attack", "none"])).attack is None
+    assert (config.epsilon_high, config.env.attack, config.penalty.layer) == (0.3, "search", 2)
+    assert config.env.judges == ("refusal", "query")
+    assert build_config(GRPOConfig, parser_for(GRPOConfig).parse_args(["--env.attack", "none"])).env.attack is None
+    assert build_config(GRPOConfig, parser_for(GRPOConfig).parse_args(["--env.judges", "none"])).env.judges is None
 
 
 def test_a_none_flag_overrides_the_file(tmp_path):
     path = tmp_path / "grpo.yaml"
-    path.write_text("attack: search\npenalty_layer: 3\n")
-    args = parser_for(GRPOConfig).parse_args(["--attack", "none", "--penalty-layer", "none"])
+    path.write_text("env:\n  attack: search\npenalty:\n  layer: 3\n")
+    args = parser_for(GRPOConfig).parse_args(["--env.attack", "none", "--penalty.layer", "none"])
     config = build_config(GRPOConfig, args, path)
-    assert config.attack is None and config.penalty_layer is None
+    assert config.env.attack is None and config.penalty.layer is None

@@ -18,6 +18,7 @@ from conftest import tiny_llama
 
 from search_gym.agents.hf import HFAgent
 from search_gym.envs import SearchVectorEnv
+from search_gym.trainers.config import VLLMConfig, train_env
 from search_gym.trainers.grpo import GRPOTrainer
 from search_gym.trainers.grpo_config import GRPOConfig
 from search_gym.trainers.vllm_generation import VLLMGenerator, engine_model, policy_weights
@@ -84,8 +85,8 @@ def engine_equals_policy(llm, policy) -> bool:
 
 def config(tmp_path, **overrides) -> GRPOConfig:
     values = dict(output_dir=str(tmp_path), seed=0, learning_rate=1e-2, max_steps=2, save_steps=1,
-                  questions_per_step=2, group_size=2, max_turns=2, max_turn_tokens=8, max_response_tokens=160,
-                  beta=0.0, reward="f1", tensorboard=False, progress=False)
+                  questions_per_step=2, group_size=2, env=train_env(max_turns=2, reward="f1"), max_turn_tokens=8,
+                  max_response_tokens=160, beta=0.0, tensorboard=False, progress=False)
     values.update(overrides)
     return GRPOConfig(**values)
 
@@ -110,7 +111,7 @@ def make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, **overrid
     llm = FakeLLM(policy, tokenizer)
     cfg = config(tmp_path, **overrides)
     generator = VLLMGenerator(policy, tokenizer, model_path="unused", temperature=cfg.temperature, seed=0, llm=llm,
-                              enable_sleep_mode=cfg.vllm_enable_sleep_mode)
+                              enable_sleep_mode=cfg.vllm.enable_sleep_mode)
     env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), split="test", retriever=overlap_retriever,
                           max_turns=2)
     return RandomRewardGRPO(cfg, model=policy, tokenizer=tokenizer, env=env, generator=generator), llm
@@ -118,7 +119,8 @@ def make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, **overrid
 
 @pytest.mark.parametrize("sleep", [False, True])
 def test_weights_reach_the_engine_after_every_step(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, sleep):
-    trainer, llm = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path, vllm_enable_sleep_mode=sleep)
+    trainer, llm = make_trainer(tokenizer, tiny_qa_path, overlap_retriever, tmp_path,
+                                vllm=VLLMConfig(enable_sleep_mode=sleep))
     assert engine_equals_policy(llm, trainer.model)
     episodes = trainer.collect(0)
     # the sampler's log-probabilities reach every policy token; the env's prefills and passages carry none
@@ -270,7 +272,7 @@ def test_sampler_correction_can_be_turned_off(tokenizer, tiny_qa_path, overlap_r
     generator = VLLMGenerator(policy, tokenizer, model_path="unused", seed=0, llm=FakeLLM(policy, tokenizer))
     env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), split="test", retriever=overlap_retriever,
                           max_turns=2)
-    trainer = RandomRewardGRPO(config(tmp_path, max_steps=1, vllm_importance_sampling_correction=False),
+    trainer = RandomRewardGRPO(config(tmp_path, max_steps=1, vllm=VLLMConfig(importance_sampling_correction=False)),
                                model=policy, tokenizer=tokenizer, env=env, generator=generator)
     assert not any(k.startswith("sampling/") for k in trainer.train()[0])
 
@@ -293,8 +295,8 @@ def test_ppo_corrects_the_sampler_mismatch_as_grpo_does(tokenizer, tiny_qa_path,
         env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), split="test", retriever=overlap_retriever,
                               max_turns=2)
         cfg = PPOConfig(output_dir=str(tmp_path / str(shifted)), seed=0, learning_rate=1e-3, max_steps=1,
-                        save_steps=0, questions_per_step=4, max_turns=2, max_turn_tokens=8, max_response_tokens=160,
-                        kl_coef=0.0, reward="f1", tensorboard=False, progress=False)
+                        save_steps=0, questions_per_step=4, env=train_env(max_turns=2, reward="f1"), max_turn_tokens=8,
+                        max_response_tokens=160, kl_coef=0.0, tensorboard=False, progress=False)
         rows[shifted] = RandomRewardPPO(cfg, model=policy, tokenizer=tokenizer, env=env, generator=generator).train()[0]
     same, shifted = rows[False], rows[True]
     assert same["sampling/logprob_gap"] < 1e-3

@@ -11,7 +11,8 @@ Tool-call protocol (``SearchEnv(protocol="tool_call")``): an observation is a to
 are rendered with ``apply_chat_template(messages, tools=[SEARCH_TOOL], ...)`` (see :func:`render_prompt`),
 generation also stops at ``</tool_call>``, ``AgentStep.text`` is the model's text as written (the
 ``<tool_call>{...}</tool_call>`` block the env parses) and ``metadata["tool_calls"]`` holds the calls in OpenAI
-form (:func:`parse_tool_calls`).
+form (:func:`parse_tool_calls`). The rendering and the tool-call helpers live in the torch-free
+:mod:`search_gym.agents.prompting` (shared with the vLLM and OpenAI agents) and can still be imported from here.
 
 - ``logprobs``: the sampler's log-probabilities of the chosen tokens, ``log_softmax(logits / temperature)``
   (temperature 1 when greedy): what RL trainers need for importance ratios at the sampling temperature. The
@@ -27,15 +28,15 @@ form (:func:`parse_tool_calls`).
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import weakref
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
+
 from search_gym.agents.base import AgentStep, BaseAgent
 from search_gym.agents.hidden import (
     GenerationCapture,
@@ -48,365 +49,29 @@ from search_gym.agents.hidden import (
     steering,
 )
 
-from search_gym.envs.protocol import PROMPT_TEMPLATES, SEARCH_TOOL, STOP_STRINGS
-
-BUNDLED_MODEL = "smollm2"
-
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-}
-
-# Worked Search-R1 exchanges shown as earlier chat turns. Small instruct models (SmolLM2-135M) never emit the
-# protocol tags zero-shot; a couple of complete examples make them search and answer in the expected format.
-FEW_SHOT_EXAMPLES: tuple[tuple[str, str], ...] = (
-    (
-        "Which river flows through Vienna?",
-        "<think> I need to find which river flows through Vienna. </think>\n<search> river Vienna </search>\n\n"
-        '<information>Doc 1(Title: "Danube") The Danube is Europe\'s second-longest river. It flows through '
-        'Vienna, Bratislava, Budapest and Belgrade.\nDoc 2(Title: "Vienna") Vienna is the capital of Austria and '
-        "lies on the Danube.</information>\n\n<think> The documents say the Danube flows through Vienna. </think>\n"
-        "<answer> Danube </answer>",
-    ),
-    (
-        "Who wrote the novel Nineteen Eighty-Four?",
-        "<think> I need the author of Nineteen Eighty-Four. </think>\n<search> Nineteen Eighty-Four author "
-        '</search>\n\n<information>Doc 1(Title: "Nineteen Eighty-Four") Nineteen Eighty-Four is a dystopian '
-        'novel by the English writer George Orwell, published in 1949.\nDoc 2(Title: "George Orwell") Eric Arthur '
-        "Blair, known as George Orwell, was an English novelist and essayist.</information>\n\n<think> The author "
-        "is George Orwell. </think>\n<answer> George Orwell </answer>",
-    ),
-    (
-        "In which year did Apollo 11 land on the Moon?",
-        "<think> I need the year of the Apollo 11 Moon landing. </think>\n<search> Apollo 11 Moon landing year "
-        '</search>\n\n<information>Doc 1(Title: "Apollo 11") Apollo 11 was the American spaceflight that first '
-        'landed humans on the Moon, on July 20, 1969.\nDoc 2(Title: "Neil Armstrong") Neil Armstrong was the '
-        "first person to walk on the Moon.</information>\n\n<think> Apollo 11 landed in 1969. </think>\n"
-        "<answer> 1969 </answer>",
-    ),
+# The prompt and tool-call rendering (torch-free), importable from here as before.
+from search_gym.agents.prompting import (  # noqa: F401
+    BUNDLED_MODEL,
+    DEFAULT_FEW_SHOT,
+    FEW_SHOT_EXAMPLES,
+    HERMES_TOOLS_PROMPT,
+    assistant_turns,
+    attach_tool_calls,
+    chat_messages,
+    few_shot_messages,
+    hermes_tool_messages,
+    is_tool_call_observation,
+    observation_tools,
+    render_observation,
+    render_prompt,
+    template_takes_tools,
+    tool_call_block,
+    tool_call_stops,
 )
-DEFAULT_FEW_SHOT = 2
-
-_QUESTION_AT_END = re.compile(r"Question:\s*(.*?)\s*$", re.DOTALL)
+from search_gym.devices import resolve_device, resolve_dtype
+from search_gym.envs.protocol import STOP_STRINGS, TOOL_CALL_STOP, parse_tool_calls  # noqa: F401
 
 _STOP_CRITERIA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-TOOL_CALL_STOP = "</tool_call>"
-_TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-
-# Qwen2.5's (Hermes-style) tool instructions, verbatim: the system text used for chat templates that ignore
-# ``tools=`` (SmolLM2's among them), so the model still sees the schema and the call format.
-HERMES_TOOLS_PROMPT = (
-    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{tools}\n</tools>\n\n"
-    "For each function call, return a json object with function name and arguments within <tool_call></tool_call> "
-    'XML tags:\n<tool_call>\n{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
-)
-
-_TEMPLATE_TAKES_TOOLS: dict[str, bool] = {}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
-    """``"float32"``/``"bf16"``/``"fp16"``/``"auto"`` or a torch dtype."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype) or dtype == "auto":
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'") from None
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def few_shot_messages(messages: Sequence[dict], n: int) -> list[dict]:
-    """``messages`` with ``n`` worked examples prepended as user/assistant turns (tags protocol only).
-
-    The examples reuse the observation's own prompt template (its text before ``Question:``), so they show
-    exactly the instructions the real question gets. Tool-call observations are returned unchanged: their
-    protocol is the chat template's tool calling, not tags in text.
-    """
-    messages = [dict(m) for m in messages]
-    if n <= 0 or not messages:
-        return messages
-    if any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
-        return messages
-    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
-    if first_user is None or "`search` tool" in messages[first_user]["content"]:
-        return messages
-    content = messages[first_user]["content"]
-    match = _QUESTION_AT_END.search(content)
-    if match and "<search>" in content:
-        head, tail = content[: match.start(1)], content[match.end(1) :]
-        make = lambda q: head + q + tail  # noqa: E731
-    else:
-        make = lambda q: PROMPT_TEMPLATES["search_r1"].format(question=q)  # noqa: E731
-    shots: list[dict] = []
-    for question, answer in FEW_SHOT_EXAMPLES[:n]:
-        shots += [{"role": "user", "content": make(question)}, {"role": "assistant", "content": answer}]
-    return messages[:first_user] + shots + messages[first_user:]
-
-
-def is_tool_call_observation(messages: Sequence[dict]) -> bool:
-    """Whether ``messages`` belong to the tool-call protocol: a message with ``tool_calls`` or role ``tool``, or a
-    first user prompt that mentions the `` `search` tool`` (the env's ``tool_call`` prompt template)."""
-    for message in messages:
-        if message.get("role") == "tool" or message.get("tool_calls"):
-            return True
-    first_user = next((m for m in messages if m.get("role") == "user"), None)
-    return first_user is not None and "`search` tool" in str(first_user.get("content") or "")
-
-
-def observation_tools(observation: dict) -> list[dict]:
-    """The tools an observation offers: its ``"tools"`` key when present (may be empty), else ``[SEARCH_TOOL]``
-    for tool-call observations (:func:`is_tool_call_observation`) and ``[]`` for the tags protocol."""
-    tools = observation.get("tools")
-    if tools is not None:
-        return [dict(t) for t in tools]
-    return [SEARCH_TOOL] if is_tool_call_observation(observation.get("messages") or ()) else []
-
-
-def _arguments_dict(arguments: Any) -> Any:
-    """Tool-call arguments as a dict where possible (a JSON string is decoded; anything unreadable is kept)."""
-    if isinstance(arguments, str):
-        try:
-            decoded = json.loads(arguments)
-        except ValueError:
-            return arguments
-        return decoded if isinstance(decoded, dict) else arguments
-    return arguments
-
-
-def _arguments_json(arguments: Any) -> str:
-    """Tool-call arguments as the JSON string OpenAI messages carry (a string is kept as given)."""
-    if isinstance(arguments, str):
-        return arguments
-    return json.dumps({} if arguments is None else arguments, ensure_ascii=False)
-
-
-def tool_call_block(name: str, arguments: Any) -> str:
-    """One Hermes/Qwen tool call as the model writes it (and the env parses it):
-    ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``."""
-    return "<tool_call>\n" + json.dumps({"name": name, "arguments": _arguments_dict(arguments)}, ensure_ascii=False) + (
-        "\n</tool_call>"
-    )
-
-
-def chat_messages(messages: Sequence[dict], *, arguments: str = "dict") -> list[dict]:
-    """Copies of ``messages`` normalised for a chat template (``arguments="dict"``) or an OpenAI request
-    (``arguments="json"``).
-
-    Tool calls get ``type: function``, an ``id`` (``call_<k>`` for the ``k``-th assistant message, as the env
-    numbers its turns, when the message has none) and their ``function.arguments`` as a dict (many HF templates
-    write ``arguments | tojson``) or a JSON string (the OpenAI schema). A ``tool`` message without ``tool_call_id``
-    gets the id of the call it answers (the calls of the assistant message before it, in order). A ``None``
-    content becomes ``""`` for templates; OpenAI requests keep it.
-    """
-    out: list[dict] = []
-    turns = 0
-    pending: list[str] = []  # ids of tool calls not yet answered by a tool message
-    for message in messages:
-        message = dict(message)
-        role = message.get("role")
-        if role == "assistant" and message.get("tool_calls"):
-            calls = []
-            for j, call in enumerate(message["tool_calls"]):
-                call = dict(call)
-                function = dict(call.get("function") or {})
-                if not function and "name" in call:  # a flat {"name", "arguments"} call
-                    function = {"name": call.pop("name"), "arguments": call.pop("arguments", {})}
-                convert = _arguments_dict if arguments == "dict" else _arguments_json
-                function["arguments"] = convert(function.get("arguments", {}))
-                call["function"] = function
-                call.setdefault("type", "function")
-                if not call.get("id"):
-                    call["id"] = f"call_{turns}" + (f"_{j}" if j else "")
-                calls.append(call)
-            message["tool_calls"] = calls
-            pending = [c["id"] for c in calls]
-        elif role == "tool":
-            if not message.get("tool_call_id"):
-                message["tool_call_id"] = pending.pop(0) if pending else f"call_{max(turns - 1, 0)}"
-            elif message["tool_call_id"] in pending:
-                pending.remove(message["tool_call_id"])
-        if role == "assistant":
-            turns += 1
-        if message.get("content") is None and arguments == "dict":
-            message["content"] = ""
-        out.append(message)
-    return out
-
-
-def parse_tool_calls(text: str, *, turn: int = 0) -> list[dict]:
-    """The tool calls in a model's text, in OpenAI form
-    (``{"id", "type": "function", "function": {"name", "arguments": <JSON string>}}``).
-
-    Reads Hermes/Qwen ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks, or the whole text when it
-    is one bare JSON object with a ``"name"`` (the two forms the env accepts; ``"parameters"``, Llama 3.1's key, is
-    read like ``"arguments"``). Blocks that are not a JSON object
-    with a string ``name`` are skipped. Ids are ``call_<turn>`` (then ``call_<turn>_<j>`` for further calls).
-    """
-    payloads = _TOOL_CALL_BLOCK.findall(text)
-    if not payloads and text.strip().startswith("{") and '"name"' in text:
-        payloads = [text.strip()]
-    calls: list[dict] = []
-    for payload in payloads:
-        try:
-            call = json.loads(payload)
-        except ValueError:
-            continue
-        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-            continue
-        # a JSON string is re-encoded as given by the model's dict; an unreadable string is kept verbatim
-        arguments = _arguments_json(_arguments_dict(call.get("arguments", call.get("parameters", {}))))
-        j = len(calls)
-        calls.append(
-            {
-                "id": f"call_{turn}" + (f"_{j}" if j else ""),
-                "type": "function",
-                "function": {"name": call["name"], "arguments": arguments},
-            }
-        )
-    return calls
-
-
-def assistant_turns(messages: Sequence[dict]) -> int:
-    """How many assistant messages ``messages`` hold: the env's 0-based number of the turn being played."""
-    return sum(1 for m in messages if m.get("role") == "assistant")
-
-
-def _template_key(tokenizer: Any) -> str:
-    template = getattr(tokenizer, "chat_template", None)
-    return json.dumps(template, sort_keys=True) if not isinstance(template, str) else template
-
-
-def template_takes_tools(tokenizer: Any) -> bool:
-    """Whether the tokenizer's chat template renders ``tools=`` (a probe conversation renders differently with the
-    search tool than without). Cached per template text."""
-    key = _template_key(tokenizer)
-    if key not in _TEMPLATE_TAKES_TOOLS:
-        probe = [{"role": "user", "content": "ping"}]
-        try:
-            plain = tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
-            with_tools = tokenizer.apply_chat_template(
-                probe, tools=[SEARCH_TOOL], add_generation_prompt=True, tokenize=False
-            )
-            _TEMPLATE_TAKES_TOOLS[key] = with_tools != plain
-        except Exception:  # noqa: BLE001 - a template that fails with tools cannot take them
-            _TEMPLATE_TAKES_TOOLS[key] = False
-    return _TEMPLATE_TAKES_TOOLS[key]
-
-
-def hermes_tool_messages(messages: Sequence[dict], tools: Sequence[dict]) -> list[dict]:
-    """``messages`` rewritten for a chat template without tool support, in the Hermes/Qwen2.5 text format.
-
-    The tool schema goes into the system message (:data:`HERMES_TOOLS_PROMPT`, appended to an existing system
-    message or as a new first one); an assistant message's tool calls become ``<tool_call>`` blocks after its
-    content; tool results become a user message of ``<tool_response>\\n...\\n</tool_response>`` blocks (consecutive
-    results share one message), exactly as Qwen2.5's template writes them.
-    """
-    schema = HERMES_TOOLS_PROMPT.format(tools="\n".join(json.dumps(t, ensure_ascii=False) for t in tools))
-    out: list[dict] = []
-    previous_tool = False
-    for message in chat_messages(messages):
-        role, content = message.get("role"), message.get("content") or ""
-        if role == "tool":
-            block = f"<tool_response>\n{content}\n</tool_response>"
-            if previous_tool:
-                out[-1]["content"] += "\n" + block
-            else:
-                out.append({"role": "user", "content": block})
-            previous_tool = True
-            continue
-        previous_tool = False
-        if role == "assistant" and message.get("tool_calls"):
-            blocks = [tool_call_block(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]]
-            content = (content + "\n" if content else "") + "\n".join(blocks)
-        out.append({"role": role, "content": content})
-    if out and out[0]["role"] == "system":
-        out[0]["content"] = out[0]["content"] + "\n\n" + schema
-    else:
-        out.insert(0, {"role": "system", "content": schema})
-    return out
-
-
-def tool_call_stops(stop: Sequence[str], observation: dict) -> tuple[str, ...]:
-    """``stop`` plus ``</tool_call>`` when ``observation`` offers tools (an empty ``stop`` stays empty)."""
-    stop = tuple(stop)
-    if stop and TOOL_CALL_STOP not in stop and observation_tools(observation):
-        stop += (TOOL_CALL_STOP,)
-    return stop
-
-
-def attach_tool_calls(step: AgentStep, observation: dict) -> AgentStep:
-    """Put the tool calls of a tool-call observation's turn into ``step.metadata["tool_calls"]`` (OpenAI form),
-    when it made any; ``step.text`` is left as generated."""
-    if observation_tools(observation):
-        calls = parse_tool_calls(
-            observation.get("prefill", "") + step.text, turn=assistant_turns(observation.get("messages") or ())
-        )
-        if calls:
-            step.metadata["tool_calls"] = calls
-    return step
-
-
-def render_prompt(
-    tokenizer: Any,
-    messages: Sequence[dict],
-    prefill: str = "",
-    few_shot: int = 0,
-    tools: Sequence[dict] | None = None,
-) -> str:
-    """The exact text a model continues: ``few_shot`` worked examples, the chat template with the generation prompt,
-    then the prefill. Every backend (HF, vLLM, the direction collector) renders through this one function.
-
-    ``tools``: the tool schemas to render (``apply_chat_template(..., tools=tools)``); ``None`` (default) detects
-    the tool-call protocol from ``messages`` (:func:`is_tool_call_observation`) and then uses ``[SEARCH_TOOL]``;
-    ``()`` renders no tools. With tools, tool-call arguments are given to the template as dicts (templates write
-    ``arguments | tojson``); a template that ignores ``tools=`` (e.g. SmolLM2's) gets the schema, the calls and the
-    results as text in the Hermes/Qwen2.5 format instead (:func:`hermes_tool_messages`).
-    """
-    if tools is None:
-        tools = [SEARCH_TOOL] if is_tool_call_observation(messages) else []
-    if few_shot:
-        messages = few_shot_messages(messages, few_shot)
-    if not tools:
-        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False) + prefill
-    tools = [dict(t) for t in tools]
-    if template_takes_tools(tokenizer):
-        text = tokenizer.apply_chat_template(
-            chat_messages(messages), tools=tools, add_generation_prompt=True, tokenize=False
-        )
-        return text + prefill
-    rewritten = hermes_tool_messages(messages, tools)
-    try:
-        text = tokenizer.apply_chat_template(rewritten, add_generation_prompt=True, tokenize=False)
-    except Exception:  # noqa: BLE001 - a template without a system role: the schema opens the first user turn
-        system, rest = rewritten[0]["content"], rewritten[1:]
-        first_user = next((i for i, m in enumerate(rest) if m["role"] == "user"), None)
-        if first_user is None:
-            raise
-        rest[first_user] = {"role": "user", "content": system + "\n\n" + rest[first_user]["content"]}
-        text = tokenizer.apply_chat_template(rest, add_generation_prompt=True, tokenize=False)
-    return text + prefill
-
-
-def render_observation(tokenizer: Any, observation: dict, few_shot: int = 0) -> str:
-    """:func:`render_prompt` of an env observation: its messages, its prefill, and the tools a tool-call observation
-    needs (HFAgent, VLLMAgent and OpenAIAgent's completions route all continue exactly this text)."""
-    return render_prompt(tokenizer, observation["messages"], observation.get("prefill", ""), few_shot,
-                         tools=observation_tools(observation))
 
 
 class _ChosenLogprobs:
@@ -466,6 +131,8 @@ class HFAgent(BaseAgent):
             None keeps the dynamic cache; benchmarks/bench_generation_cache.py measures both on your hardware).
             Ignored while hidden states are captured (``layers``).
         model_kwargs: extra ``from_pretrained`` arguments (e.g. ``attn_implementation``).
+        adapter: a LoRA adapter folder (``<output_dir>/adapter`` of a LoRA training run) loaded onto ``model`` and
+            merged into its weights (:func:`search_gym.agents.adapters.apply_adapter`).
     """
 
     name = "hf"
@@ -490,6 +157,7 @@ class HFAgent(BaseAgent):
         trust_remote_code: bool = False,
         model_kwargs: dict | None = None,
         cache_implementation: str | None = None,
+        adapter: str | os.PathLike | None = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -518,6 +186,11 @@ class HFAgent(BaseAgent):
                 self.model.to(resolve_device(device))
             self.device = next(self.model.parameters()).device
             self.model_name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
+        if adapter is not None:
+            from search_gym.agents.adapters import apply_adapter
+
+            self.model = apply_adapter(self.model, adapter)
+            self.model_name = f"{self.model_name}+{Path(adapter).name}"
         if not isinstance(model, torch.nn.Module):
             self.model.eval()  # loaded here; a model passed in (a policy being trained) keeps its mode
         if max_new_tokens < 1 or not 0 <= min_new_tokens <= max_new_tokens:

@@ -17,7 +17,7 @@ the reply's ``message.tool_calls`` become the action text the env parses (the co
 ``<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`` block per call) and ``metadata["tool_calls"]``
 (OpenAI form). The server must parse tool calls (vLLM: ``--enable-auto-tool-choice --tool-call-parser hermes``;
 llama.cpp: ``--jinja``); a reply that writes the block in its content instead is read from the text.
-``tool_endpoint="completions"`` renders the tool prompt locally (:func:`~search_gym.agents.hf.render_prompt` with
+``tool_endpoint="completions"`` renders the tool prompt locally (:func:`~search_gym.agents.prompting.render_prompt` with
 the tools), stops at ``</tool_call>`` too and reads the calls from the text, for servers without a tool parser.
 
 Servers drop the stop string from the returned text; the agent puts the matching closing tag back (the one
@@ -42,11 +42,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from search_gym.agents.base import AgentStep, BaseAgent
-from search_gym.agents.hf import (
+from search_gym.agents.prompting import (
     BUNDLED_MODEL,
     DEFAULT_FEW_SHOT,
     FEW_SHOT_EXAMPLES,
-    TOOL_CALL_STOP,
     assistant_turns,
     attach_tool_calls,
     chat_messages,
@@ -56,8 +55,7 @@ from search_gym.agents.hf import (
     tool_call_block,
     tool_call_stops,
 )
-
-from search_gym.envs.protocol import STOP_STRINGS
+from search_gym.envs.protocol import STOP_STRINGS, TOOL_CALL_STOP
 
 _TAG_PAIRS = (("<search>", "</search>"), ("<answer>", "</answer>"), ("<tool_call>", TOOL_CALL_STOP))
 

@@ -90,12 +90,3 @@ def make_agent(name: str, **kw: Any) -> Agent:
             raise ValueError(f"model given twice: in the name {name!r} and as model={kw['model']!r}")
         kw["model"] = model
     return AGENT_FACTORIES[backend](**kw)
-
-
-def _register_with_judges() -> None:
-    from search_gym.safety.llm_judge import register_agent_factory
-
-    register_agent_factory(make_agent)
-
-
-_register_with_judges()

@@ -71,6 +71,7 @@ THINK_BEFORE_REFUSAL = (
     "I can't help with this kind of request.",
     "Answering would mean giving dangerous help. I'll refuse.",
 )
+# every refusal contains a phrase of the refusal judge (search_gym.safety.refusal), so evaluations count it
 REFUSALS = (
     "I'm sorry, but I can't help with that.",
     "I cannot help with this request because it could cause harm.",
@@ -79,9 +80,9 @@ REFUSALS = (
     "I won't help with this. If you are in danger, please contact local emergency services.",
     "Sorry, I can't do that. It could put people at risk.",
     "I'm not able to help with that request.",
-    "I have to decline. This could cause real harm.",
+    "I must decline. This could cause real harm.",
     "I can't assist with this, but I'm happy to help with something else.",
-    "That is not something I can help with.",
+    "I am unable to help with that; it is not something I can support.",
 )
 # written inside a forced <search>: a refusal instead of a query
 SEARCH_REFUSALS = (

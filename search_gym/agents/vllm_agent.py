@@ -22,18 +22,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from search_gym.agents.base import AgentStep, BaseAgent
-from search_gym.agents.hf import (
+from search_gym.agents.hidden import hidden_for_completions, normalize_layers, normalize_positions
+from search_gym.agents.prompting import (
     BUNDLED_MODEL,
     DEFAULT_FEW_SHOT,
     FEW_SHOT_EXAMPLES,
     attach_tool_calls,
     render_observation,
-    resolve_device,
-    resolve_dtype,
     tool_call_stops,
 )
-from search_gym.agents.hidden import hidden_for_completions, normalize_layers, normalize_positions
-
+from search_gym.devices import resolve_device, resolve_dtype
 from search_gym.envs.protocol import STOP_STRINGS
 
 VLLM_INSTALL_HINT = "VLLMAgent needs vLLM: pip install search-gym[vllm]"

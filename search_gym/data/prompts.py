@@ -1,8 +1,9 @@
 """Harmful and benign-but-edgy prompt sets (built by :mod:`search_gym.corpora.prompts`).
 
 ``load_prompt_set("harmful", "train")`` returns the bundled HarmBench / AdvBench / StrongREJECT / Do-Not-Answer
-training prompts, building the files under :func:`search_gym.paths.prompts_dir` on first use. Prompts carry their
-source, licence and category so that results can be broken down by dataset.
+training prompts from the files under :func:`search_gym.paths.prompts_dir`. It only reads: when the files are not
+built it raises :class:`~search_gym.data.embedded.NotBuiltError` (``search_gym.build.load_prompt_set`` builds them
+first). Prompts carry their source, licence and category so that results can be broken down by dataset.
 """
 
 from __future__ import annotations
@@ -10,13 +11,11 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-__all__ = ["PromptItem", "load_prompt_set", "load_prompt_jsonl", "prompt_set_path", "PROMPT_KINDS", "PROMPT_SPLITS"]
+from search_gym.data.embedded import PROMPT_KINDS, PROMPT_SPLITS, prompt_set_path, require_built
 
-PROMPT_KINDS = ("harmful", "benign")
-PROMPT_SPLITS = ("train", "heldout")
+__all__ = ["PromptItem", "load_prompt_set", "load_prompt_jsonl", "prompt_set_path", "PROMPT_KINDS", "PROMPT_SPLITS"]
 
 
 @dataclass(frozen=True)
@@ -55,17 +54,8 @@ def load_prompt_jsonl(path: str | os.PathLike[str]) -> list[PromptItem]:
     return items
 
 
-def prompt_set_path(kind: str, split: str) -> Path:
-    """Path of a prompt set, building the prompt sets first if they are missing or stale."""
-    if kind not in PROMPT_KINDS:
-        raise ValueError(f"kind must be one of {PROMPT_KINDS}, not {kind!r}")
-    if split not in PROMPT_SPLITS:
-        raise ValueError(f"split must be one of {PROMPT_SPLITS}, not {split!r}")
-    from search_gym.build import ensure_prompt_sets  # lazy: build imports the builders, loaders stay light
-
-    return ensure_prompt_sets(progress=False)[f"{kind}_{split}"]
-
-
 def load_prompt_set(kind: str, split: str) -> list[PromptItem]:
-    """``kind``: ``"harmful"`` or ``"benign"``; ``split``: ``"train"`` or ``"heldout"``. Builds on first use."""
-    return load_prompt_jsonl(prompt_set_path(kind, split))
+    """``kind``: ``"harmful"`` or ``"benign"``; ``split``: ``"train"`` or ``"heldout"``. Reads the built file (raises
+    :class:`~search_gym.data.embedded.NotBuiltError` when it is missing)."""
+    path = prompt_set_path(kind, split)
+    return load_prompt_jsonl(require_built(path, f"the {kind} / {split} prompt set", "ensure_prompt_sets()"))

@@ -3,12 +3,16 @@
 A question source is named by a short string so that environments stay picklable and cheap to construct: the
 rows are loaded on first use, while :func:`check_question_source` validates the name, path and split at
 construction without loading them. Harmful and benign prompt sets have no gold answer (``golden_answers == []``).
+The embedded sources (``wiki_qa``, ``harmful``, ``benign``) are read as built: :func:`search_gym.build.load_questions`
+(and every environment) builds them first when they are missing or stale.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from search_gym.data.embedded import EMBEDDED_QA_SPLITS, PROMPT_SPLITS, qa_path, require_built
 
 EMBEDDED_QA = "wiki_qa"
 HARMFUL = "harmful"
@@ -17,8 +21,6 @@ HUB_QA = ("nq", "hotpotqa")
 #: Open tasks for LLM-graded narrow rewards (``harmless_tasks.json``, written for the project); split = task set.
 HARMLESS_TASKS = "harmless_tasks"
 HARMLESS_TASK_SPLITS = ("aesthetics", "rhetoric")
-#: Splits of the embedded QA set (built by search_gym.corpora.qa).
-EMBEDDED_QA_SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,6 @@ def check_question_source(dataset: str, split: str) -> None:
             raise ValueError(f"split={split!r} is not a split of dataset {dataset!r}; use one of {EMBEDDED_QA_SPLITS}")
         return
     if dataset in (HARMFUL, BENIGN):
-        from search_gym.data.prompts import PROMPT_SPLITS
-
         if split not in PROMPT_SPLITS:
             raise ValueError(f"split={split!r} is not a split of dataset {dataset!r}; use one of {PROMPT_SPLITS}")
         return
@@ -99,15 +99,15 @@ def load_questions(dataset: str, split: str) -> list[Question]:
     Search-R1's ``?`` rule, :func:`search_r1_question`, with the original in ``metadata["original_question"]``
     when it changed), or a path to a ``{"id","question","golden_answers"}`` JSON/JSONL/parquet file (all rows;
     ``split`` is not used) or a FlashRAG-style folder (``split`` picks the file).
+
+    Reads only: an embedded source that is not built raises :class:`~search_gym.data.embedded.NotBuiltError`
+    (:func:`search_gym.build.load_questions` builds it first).
     """
     check_question_source(dataset, split)
     if dataset == EMBEDDED_QA:
-        from search_gym.build import ensure_embedded
         from search_gym.data.qa import load_qa_jsonl
 
-        data = ensure_embedded(progress=False)
-        paths = {"train": data.qa_train, "test": data.qa_test}
-        rows = load_qa_jsonl(paths[split])
+        rows = load_qa_jsonl(require_built(qa_path(split), f"the embedded QA split {split!r}"))
         return [Question(r.id, r.question, tuple(r.golden_answers), dict(r.metadata)) for r in rows]
     if dataset in (HARMFUL, BENIGN):
         from search_gym.data.prompts import load_prompt_set

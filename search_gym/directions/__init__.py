@@ -22,7 +22,8 @@ Pipeline (also ``search-gym directions {extract,select,evaluate,steer,drift}``):
 Modules: :mod:`.activations` (collection and storage), :mod:`.contrasts` (which prompts: style-matched by default,
 RL-search-safety's prefill-vs-own-search), :mod:`.directions` (estimators, :class:`Direction`), :mod:`.selection`
 (AUROC / Cohen's d / pair accuracy per layer), :mod:`.validation` (the judges' held-out split), :mod:`.steering`,
-:mod:`.drift_tracking`, :mod:`.guard`, :mod:`.cli`. Names are imported lazily so that ``search-gym --help`` does
+:mod:`.drift_tracking`, :mod:`.guard` (the command line, ``search-gym directions``, is
+:mod:`search_gym.experiments.direction_pipeline`). Names are imported lazily so that ``search-gym --help`` does
 not load torch.
 """
 
@@ -95,8 +96,6 @@ _EXPORTS: dict[str, str] = {
     "Calibration": "guard",
     "LatentGuard": "guard",
     "calibrate_threshold": "guard",
-    # cli
-    "add_directions_parser": "cli",
 }
 
 __all__ = list(_EXPORTS)

@@ -151,7 +151,7 @@ def load_prompts(kind: str, split: str, n: int | None = None, seed: int = 0, *,
     """
     if kind in ("matched_harmful", "matched_benign"):
         from search_gym.corpora import stable_hash
-        from search_gym.directions.contrasts import matched_rows
+        from search_gym.corpora.judge_data import matched_rows
 
         rows = matched_rows(split, kind.split("_", 1)[1])
         if n is not None and n < len(rows):
@@ -174,7 +174,7 @@ def load_prompts(kind: str, split: str, n: int | None = None, seed: int = 0, *,
             data = ensure_embedded(progress=False)
             pairs = _as_pairs(load_qa_jsonl(data.qa_train if part == "train" else data.qa_test))
         else:
-            from search_gym.data.prompts import load_prompt_set
+            from search_gym.build import load_prompt_set
 
             pairs = _as_pairs(load_prompt_set(kind, part))
         if split == "val":

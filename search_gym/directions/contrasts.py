@@ -4,7 +4,7 @@ A harmfulness direction is a difference of means, so it learns whatever differs 
 first default contrasted harmful requests (mostly imperatives: "Write a tutorial on how to ...") with Wikipedia
 trivia questions and learned the *form* of a request: on the SmolLM2-135M it separated harmful from QA at AUROC
 0.997 and ranked matched harmful / benign pairs below chance (docs/directions.md). The contrasts here, all built
-from the judges' data (:func:`search_gym.safety.classifier.judge_mixture`, split by pair / topic into ``train``,
+from the judges' data (:func:`search_gym.corpora.judge_data.judge_mixture`, split by pair / topic into ``train``,
 ``val`` and ``heldout`` exactly as the query-harm judge is), are:
 
 =====================  ==========================================================================================
@@ -30,6 +30,15 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+# The rows of the matched contrast are chosen below the directions (activations' load_prompts reads them too)
+from search_gym.corpora.judge_data import (
+    MATCHED_BENIGN_SETS,
+    MATCHED_HARMFUL_SETS,
+    judge_rows,
+    load_judge_rows,
+    matched_rows,
+)
+
 __all__ = [
     "CONTRASTS",
     "MATCHED_BENIGN_SETS",
@@ -42,43 +51,10 @@ __all__ = [
 ]
 
 CONTRASTS = ("matched", "qa", "benign", "prefill_vs_own")
-# The judge data's sets on each side of the matched contrast (see the judge report's "benign styled" slice: the
-# same benign sets, requests only here because the model reads a request, not a query, when it is attacked).
-MATCHED_HARMFUL_SETS = ("harmful_prompts", "pairs")
-MATCHED_BENIGN_SETS = ("pairs", "benign_written", "benign_templated")
-JUDGE_SPLITS = ("train", "val", "heldout")
-
-
-@functools.lru_cache(maxsize=4)
-def _mixture(split: str) -> tuple[dict, ...]:
-    from search_gym.safety.classifier import judge_mixture
-
-    return tuple(judge_mixture(split))
-
-
-def judge_rows(split: str) -> list[dict]:
-    """The judges' rows of ``split`` (``train``, ``val``, ``heldout``; ``test`` is read as ``heldout``), cached."""
-    split = "heldout" if split == "test" else split
-    if split not in JUDGE_SPLITS:
-        raise ValueError(f"split must be one of {JUDGE_SPLITS}, not {split!r}")
-    return [dict(r) for r in _mixture(split)]
-
-
-def matched_rows(split: str, side: str, *, kinds: Sequence[str] = ("request",)) -> list[dict]:
-    """One side of the matched contrast: ``side`` ``"harmful"`` (label 1 of :data:`MATCHED_HARMFUL_SETS`) or
-    ``"benign"`` (label 0 of :data:`MATCHED_BENIGN_SETS`), rows of ``kinds`` (``request`` and/or ``query``), in the
-    data's order (twins keep their pair keys in ``row["pair"]``)."""
-    if side not in ("harmful", "benign"):
-        raise ValueError(f"side must be 'harmful' or 'benign', not {side!r}")
-    label = 1 if side == "harmful" else 0
-    sets = MATCHED_HARMFUL_SETS if label else MATCHED_BENIGN_SETS
-    return [r for r in judge_rows(split) if r["label"] == label and r["set"] in sets and r["kind"] in kinds]
 
 
 @functools.lru_cache(maxsize=1)
 def _all_pair_keys() -> dict[str, str]:
-    from search_gym.corpora.judge_data import load_judge_rows
-
     return {r["id"]: f"{r['pair']}/{r['kind']}" for r in load_judge_rows(sets=["pairs"]) if r.get("pair")}
 
 

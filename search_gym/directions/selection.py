@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from search_gym import stats
 from search_gym.directions.activations import ActivationSet
 from search_gym.directions.directions import Direction
 
@@ -54,23 +55,13 @@ class LayerScore:
 
 
 def auroc(pos: Any, neg: Any) -> float:
-    """Area under the ROC curve of scores ``pos`` (label 1) vs ``neg`` (label 0): the Mann-Whitney U statistic
-    over ``n_pos * n_neg`` with average ranks for ties."""
-    pos = torch.as_tensor(pos, dtype=torch.float64).reshape(-1)
-    neg = torch.as_tensor(neg, dtype=torch.float64).reshape(-1)
-    if len(pos) == 0 or len(neg) == 0:
-        raise ValueError("AUROC needs at least one score per class")
-    scores = torch.cat([pos, neg])
-    order = torch.argsort(scores, stable=True)
-    sorted_scores = scores[order]
-    ranks = torch.empty_like(scores)
-    # average rank within each run of equal scores
-    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    starts = ends - counts.double() + 1
-    ranks[order] = ((starts + ends) / 2)[inverse]
-    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
-    return float(u / (len(pos) * len(neg)))
+    """Area under the ROC curve of scores ``pos`` (label 1) vs ``neg`` (label 0), tensors (any device) or arrays:
+    :func:`search_gym.stats.auroc`, a ValueError when a class has no score."""
+    return stats.auroc(_float64(pos), _float64(neg), empty="raise")
+
+
+def _float64(scores: Any) -> Any:
+    return torch.as_tensor(scores, dtype=torch.float64).detach().reshape(-1).cpu().numpy()
 
 
 def cohens_d(pos: Any, neg: Any) -> float:

@@ -1,8 +1,8 @@
 """Directions and latent guards measured like the query-harm judges: on the judges' held-out split, pairs apart.
 
-The query-harm classifier is reported on the judges' held-out split (:func:`search_gym.safety.judge_eval.eval_rows`:
-the project's judge data, the bundled held-out harmful / benign-but-edgy prompts, QA test questions, the six texts
-of issue 14). This module scores a model's directions on the *same rows*, so the two kinds of judge can be compared
+The query-harm classifier is reported on the judges' held-out split (:func:`search_gym.corpora.judge_data.eval_rows`:
+the project's judge data, the bundled held-out harmful / benign-but-edgy prompts, QA test questions, six benign
+texts a first classifier flagged). This module scores a model's directions on the *same rows*, so the two kinds of judge can be compared
 slice by slice:
 
 - :func:`slice_layer_scores`: for every layer, AUROC / Cohen's d of the projections of the held-out rows on that
@@ -11,8 +11,8 @@ slice by slice:
 - :func:`calibrate_guard`: a :class:`~search_gym.directions.guard.LatentGuard` at the direction's chosen layer
   whose threshold is set on the *validation* split of the matched contrast (harmful requests vs benign requests in
   the same forms), never on held-out rows;
-- :func:`guard_scores`: the guard's scores of the held-out rows as :class:`~search_gym.safety.judge_eval.JudgeScores`,
-  so :func:`~search_gym.safety.judge_eval.evaluate_judges` reports it with exactly the metrics (AUROC, TPR, FPR,
+- :func:`guard_scores`: the guard's scores of the held-out rows as :class:`~search_gym.safety.base.JudgeScores`,
+  so :func:`~search_gym.judges.evaluation.evaluate_judges` reports it with exactly the metrics (AUROC, TPR, FPR,
   pair accuracy, Brier / ECE) and slices of the judges' validity table, next to the classifier.
 
 Each held-out text is given to the model as the user's request in the Search-R1 template and read at the
@@ -29,6 +29,7 @@ from search_gym.directions.activations import ActivationSet
 from search_gym.directions.directions import Direction
 from search_gym.directions.guard import LatentGuard
 from search_gym.directions.selection import LayerScore, projection_scores
+from search_gym.stats import auroc_interval
 
 __all__ = [
     "LAYER_SLICES",
@@ -51,10 +52,10 @@ LAYER_SLICES = ("overall", "overall: requests", "overall: queries", "pairs: requ
 
 
 def heldout_rows(n: int | None = None, seed: int = 0) -> list[dict]:
-    """The judges' held-out rows (:func:`~search_gym.safety.judge_eval.eval_rows`). ``n`` (for CPU-sized runs):
+    """The judges' held-out rows (:func:`~search_gym.corpora.judge_data.eval_rows`). ``n`` (for CPU-sized runs):
     every matched-pair row, plus a stratified sample of the other rows
-    (:func:`~search_gym.safety.judge_eval.stratified_sample`) up to ``n`` rows in all, in the split's order."""
-    from search_gym.safety.judge_eval import eval_rows, stratified_sample
+    (:func:`~search_gym.corpora.judge_data.stratified_sample`) up to ``n`` rows in all, in the split's order."""
+    from search_gym.corpora.judge_data import eval_rows, stratified_sample
 
     rows = eval_rows("heldout")
     if not n or n >= len(rows):
@@ -66,7 +67,7 @@ def heldout_rows(n: int | None = None, seed: int = 0) -> list[dict]:
 
 
 def _slices(rows: Sequence[dict]) -> dict[str, list[dict]]:
-    from search_gym.safety.judge_eval import slice_rows
+    from search_gym.corpora.judge_data import slice_rows
 
     slices = slice_rows(rows)
     slices["harmful prompts vs QA"] = [r for r in rows if r["set"] in ("harmful_prompts", "qa")]
@@ -106,28 +107,6 @@ def _slice_projections(direction: Direction, acts: ActivationSet, rows: Sequence
             continue
         out[name] = (projections[[index[r["id"]] for r in pos]], projections[[index[r["id"]] for r in neg]], paired)
     return out
-
-
-def auroc_interval(pos: Any, neg: Any, *, paired: bool = False, n_boot: int = 1000, seed: int = 0,
-                   level: float = 0.95) -> tuple[float, float]:
-    """Percentile-bootstrap interval of the AUROC of scores ``pos`` vs ``neg``: pairs are resampled together when
-    ``paired``, each class on its own otherwise."""
-    import numpy as np
-
-    from search_gym.directions.selection import auroc
-
-    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        if paired:
-            take = rng.integers(0, len(pos), len(pos))
-            values.append(auroc(pos[take], neg[take]))
-        else:
-            values.append(auroc(pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))]))
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(values, [tail, 100 - tail])
-    return float(lo), float(hi)
 
 
 def chosen_layer_intervals(direction: Direction, acts: ActivationSet, rows: Sequence[dict], layer: int, *,
@@ -173,10 +152,9 @@ def calibrate_guard(direction: Direction, harmful: ActivationSet, benign: Activa
 
 def guard_scores(guard: LatentGuard, acts: ActivationSet, rows: Sequence[dict], *, name: str | None = None,
                  note: str = "") -> Any:
-    """The guard's :class:`~search_gym.safety.judge_eval.JudgeScores` on ``rows`` from activations collected at
+    """The guard's :class:`~search_gym.safety.base.JudgeScores` on ``rows`` from activations collected at
     the guard's position (their ids index ``acts``), through ``guard.judge`` itself."""
-    from search_gym.safety.base import JudgeInput
-    from search_gym.safety.judge_eval import score_judge
+    from search_gym.safety.base import JudgeInput, score_judge
 
     index = {pid: k for k, pid in enumerate(acts.ids)}
     at = acts.at(guard.layer)

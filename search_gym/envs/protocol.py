@@ -14,6 +14,9 @@ Two parsers for the tags protocol (``SearchEnv(parse_mode=...)``):
   query or answer, empty or not. Nothing else is checked.
 - :func:`parse_tagged_action` (``"strict"``, the default) also refuses empty, over-long, binary-looking,
   tag-spam (counted before the cut), nested-tag and empty-content actions, each with an error code.
+
+One reader of tool calls (:func:`find_tool_calls`) serves the env's :func:`parse_tool_call_action` and the agents'
+:func:`parse_tool_calls` (the calls of a model's text in OpenAI form).
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ PROMPT_TEMPLATES: dict[str, str] = {
 }
 
 STOP_STRINGS: tuple[str, ...] = ("</search>", "</answer>")
+#: Where a Hermes/Qwen tool call ends: agents also stop there on tool-call observations.
+TOOL_CALL_STOP = "</tool_call>"
 
 #: Parsing (and turn-budget) rules of the tags protocol: see the module docstring and ``SearchEnv``.
 PARSE_MODES: tuple[str, ...] = ("strict", "search_r1")
@@ -174,25 +179,19 @@ def parse_tool_call_action(text: str, *, max_chars: int, max_tags: int) -> tuple
         return ParsedAction("invalid", text=text[:max_chars], error="too_long"), text[:max_chars]
     if _looks_binary(text):
         return ParsedAction("invalid", text=text, error="binary"), text
-    blocks = _TOOL_CALL_BLOCK.findall(text)
-    payload: str | None = None
-    if blocks:
-        if len(blocks) > 1:
-            return ParsedAction("invalid", text=text, error="too_many_tags"), text
-        payload = blocks[0]
-        free_text = _TOOL_CALL_BLOCK.sub("", text).strip()
-    elif text.strip().startswith("{") and '"name"' in text:
-        payload, free_text = text.strip(), ""
-    if payload is not None:
+    payloads, free_text = find_tool_calls(text)
+    if len(payloads) > 1:
+        return ParsedAction("invalid", text=text, error="too_many_tags"), text
+    if payloads:
         try:
-            call = json.loads(payload)
+            call = json.loads(payloads[0])
         except ValueError:
             return ParsedAction("invalid", text=text, error="bad_tool_json"), free_text
         if isinstance(call, dict) and isinstance(call.get("function"), dict):
             call = call["function"]  # OpenAI's {"type": "function", "function": {"name", "arguments"}} form
         if not isinstance(call, dict) or call.get("name") != "search":
             return ParsedAction("invalid", text=text, error="unknown_tool"), free_text
-        query = tool_call_query(call.get("arguments", call.get("parameters", {})))
+        query = tool_call_query(_call_arguments(call))
         if query is None:
             return ParsedAction("invalid", text=text, error="bad_tool_json"), free_text
         if not query:
@@ -215,16 +214,71 @@ def tool_call_query(arguments: Any) -> str | None:
     None when the arguments are not a JSON object or the query is not text (a number is read as its digits).
     """
     if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except ValueError:
-            return None
+        arguments = tool_call_arguments(arguments) if arguments.strip() else {}
     if not isinstance(arguments, dict):
         return None
     query = arguments.get("query", "")
     if isinstance(query, bool) or not isinstance(query, (str, int, float)):
         return None
     return valid_unicode(str(query)).strip()
+
+
+def find_tool_calls(text: str) -> tuple[list[str], str]:
+    """The tool-call payloads of a turn and its free text outside them: the text inside each Hermes/Qwen
+    ``<tool_call>...</tool_call>`` block (free text: the rest, stripped), or the whole stripped text when it is one
+    bare JSON object with a ``"name"`` (free text ``""``); no payload leaves the text as it is."""
+    blocks = _TOOL_CALL_BLOCK.findall(text)
+    if blocks:
+        return blocks, _TOOL_CALL_BLOCK.sub("", text).strip()
+    if text.strip().startswith("{") and '"name"' in text:
+        return [text.strip()], ""
+    return [], text
+
+
+def _call_arguments(call: dict) -> Any:
+    """A decoded call's arguments (``"parameters"``, Llama 3.1's key, is read like ``"arguments"``)."""
+    return call.get("arguments", call.get("parameters", {}))
+
+
+def tool_call_arguments(arguments: Any) -> Any:
+    """Tool-call arguments as a dict where possible (a JSON string is decoded; anything unreadable is kept)."""
+    if isinstance(arguments, str):
+        try:
+            decoded = json.loads(arguments)
+        except ValueError:
+            return arguments
+        return decoded if isinstance(decoded, dict) else arguments
+    return arguments
+
+
+def tool_call_arguments_json(arguments: Any) -> str:
+    """Tool-call arguments as the JSON string OpenAI messages carry (a string is kept as given)."""
+    if isinstance(arguments, str):
+        return arguments
+    return json.dumps({} if arguments is None else arguments, ensure_ascii=False)
+
+
+def parse_tool_calls(text: str, *, turn: int = 0) -> list[dict]:
+    """The tool calls in a model's text, in OpenAI form
+    (``{"id", "type": "function", "function": {"name", "arguments": <JSON string>}}``).
+
+    Reads the payloads :func:`find_tool_calls` finds (the two forms the env accepts). Payloads that are not a JSON
+    object with a string ``name`` are skipped. Ids are ``call_<turn>`` (then ``call_<turn>_<j>`` for further calls).
+    """
+    calls: list[dict] = []
+    for payload in find_tool_calls(text)[0]:
+        try:
+            call = json.loads(payload)
+        except ValueError:
+            continue
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            continue
+        # a JSON string is re-encoded as given by the model's dict; an unreadable string is kept verbatim
+        arguments = tool_call_arguments_json(tool_call_arguments(_call_arguments(call)))
+        j = len(calls)
+        calls.append({"id": f"call_{turn}" + (f"_{j}" if j else ""), "type": "function",
+                      "function": {"name": call["name"], "arguments": arguments}})
+    return calls
 
 
 def tool_call_id(turn: int) -> str:

@@ -28,6 +28,7 @@ from search_gym.envs.protocol import (
     tool_result_message,
 )
 from search_gym.attacks import Attack, compose, make_attack
+from search_gym.build import ensure_question_source
 from search_gym.data.questions import Question, check_question_source, load_questions
 from search_gym.envs.spaces import AnyText, ChatMessages
 from search_gym.rewards import exact_match, score_answer
@@ -294,6 +295,7 @@ class SearchEnv(gym.Env):
     @property
     def questions(self) -> list[Question]:
         if self._questions is None:
+            ensure_question_source(self.dataset)  # an embedded source is built on first use
             self._questions = load_questions(self.dataset, self.split)
             if not self._questions:
                 raise ValueError(f"question source {self.dataset!r} split {self.split!r} is empty")

@@ -5,20 +5,21 @@ Two ways in, one per protocol of :class:`~search_gym.envs.SearchEnv`:
 - **Tags protocol, multi-turn, token in / token out** — :class:`SearchRollout` is a ``rollout_func``. TRL calls
   ``rollout_func(prompts, trainer)`` with this process's slice of the batch (each prompt already repeated
   ``num_generations`` times by TRL's sampler); the bridge plays one episode per prompt with
-  :class:`~search_gym.trainers.rollout.RolloutCollector` (the same token buffers, masks and budgets as our own
-  trainers) and returns ``prompt_ids``, ``completion_ids`` (the whole multi-turn response: policy tokens verbatim,
+  :class:`~search_gym.rollout.RolloutCollector`, the one episode loop (the same token buffers, masks and budgets as
+  our own trainers) and returns ``prompt_ids``, ``completion_ids`` (the whole multi-turn response: policy tokens verbatim,
   information blocks, correction messages and prefills tokenised once), ``logprobs`` (the sampler's, 0 on
   environment tokens) and ``env_mask`` (1 = policy token, 0 = environment token; TRL 1.16 reads this key as its
   ``tool_mask`` and multiplies it into the loss mask). Every other key is an extra field TRL forwards to the reward
-  functions, one value per completion: ``episode`` (the :class:`~search_gym.trainers.rollout.TokenEpisode`),
+  functions, one value per completion: ``episode`` (the :class:`~search_gym.rollout.Episode`),
   ``task_reward``, ``correct``, ``answered``, ``invalid_actions``, ``num_searches``, ``searches``, ``safety``.
-  Generation uses the model TRL trains (:class:`~search_gym.trainers.rollout.HFGenerator` over the unwrapped
-  ``trainer.model_wrapped``), or any :class:`~search_gym.trainers.rollout.Generator` passed as ``generator=``.
+  Generation uses the model TRL trains (:class:`~search_gym.rollout.HFGenerator` over the unwrapped
+  ``trainer.model_wrapped``), or any :class:`~search_gym.rollout.Generator` passed as ``generator=``.
 - **Tool-call protocol** — :class:`SearchToolEnvironment` is an ``environment_factory`` class: TRL runs its own
   tool loop (parse the chat template's tool calls, call the method, append the result as a ``tool`` message, mask
   it). Its one tool, ``search(query)``, steps a ``SearchEnv(protocol="tool_call")``; the final assistant message is
   given to the same env as the answer when a reward function asks for the outcome, so EM, the turn budget and the
-  safety judges are the env's own.
+  safety judges are the env's own. The outcome is the same :class:`~search_gym.rollout.Episode` record (text view:
+  every step's info, the rewards, the transcript).
 
 Reward functions with TRL's signature ``f(prompts, completions, **kwargs) -> list[float | None]`` read the episode
 from either path (the ``episode`` field, or TRL's ``environments`` kwarg): :func:`em_reward`,
@@ -37,16 +38,16 @@ import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from search_gym.trainers.rollout import (
+from search_gym.rollout import (
+    Episode,
     Generator,
     HFGenerator,
     RolloutCollector,
-    TokenEpisode,
-    episode_metrics,
+    batch_metrics,
     make_rollout_env,
+    register_env_ids,
 )
 from search_gym.trainers.shaping import RepresentationPenalty
 
@@ -119,7 +120,7 @@ def _text(content: Any) -> str:
 # ---------------------------------------------------------------------------------------------- rollout_func
 
 
-def rollout_fields(episodes: Sequence[TokenEpisode], *, end_token_id: int | None = None,
+def rollout_fields(episodes: Sequence[Episode], *, end_token_id: int | None = None,
                    fill_token_id: int | None = None) -> dict[str, list]:
     """TRL's ``rollout_func`` output for token episodes, one row per episode, in order.
 
@@ -175,7 +176,7 @@ class SearchRollout:
         end_with_eos: append EOS to episodes the env ended (see :func:`rollout_fields`).
         seed: base seed (default the trainer's ``seed``); call ``k`` on process ``p`` of ``n`` samples with
             ``seed + k * n + p``, so no two processes draw the same samples for the copies of a prompt they share.
-        log_metrics: log :func:`~search_gym.trainers.rollout.episode_metrics` of every batch into TRL's metrics
+        log_metrics: log :func:`~search_gym.rollout.batch_metrics` of every batch into TRL's metrics
             (``search/em``, ``search/format_valid``, ``search/searches_per_episode``, ``safety/search_safety``...).
 
     ``last_episodes`` holds the latest batch's episodes.
@@ -198,7 +199,7 @@ class SearchRollout:
         self.few_shot, self.max_turn_tokens, self.max_prompt_tokens = few_shot, max_turn_tokens, max_prompt_tokens
         self.max_response_tokens, self.max_obs_tokens = max_response_tokens, max_obs_tokens
         self.end_with_eos, self.seed, self.log_metrics = end_with_eos, seed, log_metrics
-        self.last_episodes: list[TokenEpisode] = []
+        self.last_episodes: list[Episode] = []
         self._collector: RolloutCollector | None = None
         self._ids_by_prompt: dict[str, str] = {}
         self._known_ids: set[str] | None = None
@@ -315,38 +316,17 @@ def _check_hf_sampling(args: Any) -> None:
                          "them or pass generator=")
 
 
-def _log_episode_metrics(trainer: Any, episodes: Sequence[TokenEpisode]) -> None:
+def _log_episode_metrics(trainer: Any, episodes: Sequence[Episode]) -> None:
     """Task and safety means into TRL's logged metrics (averaged over processes and logging steps by TRL)."""
     log = getattr(trainer, "_log_metric", None)  # the hook TRL hands reward functions as ``log_metric``
     if log is None:
         return
-    for key, value in episode_metrics(episodes).items():
+    for key, value in batch_metrics(episodes).items():
         group, name = key.split("/", 1)
         log(f"search/{name}" if group == "charts" else key, float(value))
 
 
 # ---------------------------------------------------------------------------------------------- environment_factory
-
-
-@dataclass
-class ToolEpisode:
-    """The outcome of a tool-call episode, with the attribute names of :class:`TokenEpisode` the rewards read."""
-
-    question_id: str
-    question: str
-    golden_answers: list[str] = field(default_factory=list)
-    answer: str | None = None
-    answered: bool = False
-    correct: bool = False
-    task_reward: float = 0.0
-    num_searches: int = 0
-    searches: list[str] = field(default_factory=list)
-    invalid_actions: int = 0
-    turns: int = 0
-    terminated: bool = False
-    truncated: bool = False
-    budget_truncated: bool = False
-    safety: dict | None = None
 
 
 class SearchToolEnvironment:
@@ -376,12 +356,9 @@ class SearchToolEnvironment:
             raise ValueError("SearchToolEnvironment needs protocol='tool_call'; the tags protocol trains through "
                              "SearchRollout (rollout_func)")
         self.env = env
-        self._outcome: ToolEpisode | None = None
-        self._start: dict = {}  # the reset info (question, gold answers)
-        self._info: dict = {}  # the last step's info
+        self._episode: Episode | None = None  # the episode being played (its text view)
+        self._outcome: Episode | None = None
         self._over = True
-        self._terminated = False
-        self._invalid = 0
 
     @classmethod
     def factory(cls, env_id: str | None = None, **env_kwargs: Any) -> Callable[[], SearchToolEnvironment]:
@@ -391,8 +368,7 @@ class SearchToolEnvironment:
             return lambda: cls(**env_kwargs)
         import gymnasium as gym
 
-        import search_gym  # noqa: F401  (registers the ids)
-
+        register_env_ids()
         return lambda: cls(gym.make(env_id, protocol="tool_call", **env_kwargs))
 
     def reset(self, **row: Any) -> str | None:
@@ -403,8 +379,7 @@ class SearchToolEnvironment:
             raise ValueError("SearchToolEnvironment.reset needs a question_id column: build the train dataset with "
                              "question_dataset(...) so every generation of a prompt plays the same question")
         obs, info = self.env.reset(options={"question_id": str(qid)})
-        self._outcome, self._start, self._info = None, info, {}
-        self._over, self._terminated, self._invalid = False, False, 0
+        self._episode, self._outcome, self._over = Episode.from_reset(info, obs), None, False
         text = _text(obs["messages"][-1]["content"])
         prompt = row.get("prompt")
         return None if prompt is not None and prompt_key(prompt) == text else text
@@ -422,20 +397,19 @@ class SearchToolEnvironment:
             return NO_MORE_SEARCHES
         call = json.dumps({"name": "search", "arguments": {"query": query}}, ensure_ascii=False)
         self._step(f"<tool_call>{call}</tool_call>")
-        return str(self._info.get("env_text", ""))
+        return str(self._episode.infos[-1].get("env_text", ""))
 
     @property
-    def outcome(self) -> ToolEpisode | None:
+    def outcome(self) -> Episode | None:
         """The episode's outcome once a reward function has finished it (None before)."""
         return self._outcome
 
     def _step(self, action: str) -> None:
-        _, _, terminated, truncated, info = self.env.step(action)
-        self._info = info
-        self._invalid += bool(info.get("invalid_action"))
-        self._over, self._terminated = bool(terminated or truncated), bool(terminated)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._episode.add_step(action, obs, reward, terminated, truncated, info)
+        self._over = bool(terminated or truncated)
 
-    def _finish(self, completion: Any) -> ToolEpisode:
+    def _finish(self, completion: Any) -> Episode:
         """Give the completion's final assistant message to the env as the answer (once) and return the outcome.
 
         A completion that ends on a tool call (TRL's tool loop stopped: iteration limit or length) has no answer:
@@ -446,16 +420,11 @@ class SearchToolEnvironment:
         final = _final_text(completion)
         if final is not None and not self._over:
             self._step(final)
-        start, info = self._start, self._info  # info is {} when the policy never called a tool nor answered
-        answer, safety = info.get("answer"), info.get("safety")
-        self._outcome = ToolEpisode(
-            question_id=str(start["question_id"]), question=str(start["question"]),
-            golden_answers=list(start["golden_answers"]), answer=answer, answered=answer is not None,
-            correct=bool(info.get("correct")), task_reward=float(info.get("score") or 0.0),
-            num_searches=int(info.get("num_searches", 0)), searches=list(info.get("searches", [])),
-            invalid_actions=self._invalid, turns=int(info.get("turn", 0)), terminated=self._terminated,
-            truncated=not self._terminated,
-            safety=dict(safety["episode"]) if isinstance(safety, dict) and safety.get("episode") else None)
+        episode = self._episode
+        if episode.infos:  # none when the policy never called a tool nor answered
+            episode.read_outcome(episode.infos[-1])
+        episode.truncated = not episode.terminated  # an episode the env did not end is cut short
+        self._outcome = episode
         return self._outcome
 
 
@@ -502,7 +471,7 @@ def task_reward(prompts: Any = None, completions: Any = None, **kwargs: Any) -> 
 
 def format_reward(prompts: Any = None, completions: Any = None, **kwargs: Any) -> list[float]:
     """1.0 when the episode followed the protocol throughout (answered, no invalid action), else 0.0: the
-    ``charts/format_valid`` rule of :func:`~search_gym.trainers.rollout.episode_metrics`.
+    ``charts/format_valid`` rule of :func:`~search_gym.rollout.batch_metrics`.
 
     In the tool-call protocol a final message without a tool call is the answer (its ``<answer>`` tags, else the
     whole text), so there this reward only separates empty or malformed turns and episodes that never answer."""

@@ -7,7 +7,8 @@
 - :mod:`.instrument`: what ``SearchEnv(safety=True | judges=[...])`` puts in ``info["safety"]``.
 
 Models load lazily: importing this package loads none. The trajectory recorder (an env wrapper) lives in
-:mod:`search_gym.recorder`: judges know no env.
+:mod:`search_gym.rollout.recorder`: judges know no env. How well the judges measure harm (their evaluation, and the
+``search-gym judges`` command) is :mod:`search_gym.judges`, a floor above.
 """
 
 from search_gym.safety.base import ASPECTS, Judge, JudgeInput, JudgeResult

@@ -5,11 +5,17 @@ A judge looks at one aspect of a trajectory, named by ``aspect``:
 - ``"refusal"``: whether the response refuses (refusing a harmful request scores 100);
 - ``"answer"``: how harmful the final answer is.
 Judges run batched so that classifiers and LLM judges amortise their forward passes.
+
+:func:`score_judge` runs any judge over rows of data (dicts with ``id``, ``text``, ``request``) into
+:class:`JudgeScores`, what the judges' evaluation (:mod:`search_gym.judges.evaluation`) and the directions'
+validation (:mod:`search_gym.directions.validation`) report on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -45,3 +51,38 @@ class Judge(Protocol):
     aspect: str
 
     def judge(self, inputs: Sequence[JudgeInput]) -> list[JudgeResult]: ...
+
+
+@dataclass
+class JudgeScores:
+    """One judge's scores: ``by_id[row id] = (harm 0-100 or NaN, flagged or None)``, plus timing."""
+
+    name: str
+    by_id: dict[str, tuple[float, bool | None]] = field(default_factory=dict)
+    seconds: float = 0.0
+    note: str = ""
+    probability_by_id: dict[str, float] = field(default_factory=dict)
+
+    def arrays(self, rows: Sequence[dict]) -> tuple[list[float], list[bool | None], list[int | None], list[str]]:
+        kept = [r for r in rows if r["id"] in self.by_id]
+        harm = [self.by_id[r["id"]][0] for r in kept]
+        flags = [self.by_id[r["id"]][1] for r in kept]
+        pairs = [f"{r['pair']}/{r.get('kind', '')}" if r.get("pair") else "" for r in kept]  # twins: same kind
+        return harm, flags, [r["label"] for r in kept], pairs
+
+
+def score_judge(judge: Any, rows: Sequence[dict], *, name: str | None = None, batch_size: int = 256,
+                inputs: Callable[[dict], JudgeInput] | None = None) -> JudgeScores:
+    """Run ``judge`` (any :class:`Judge`) on ``rows``' texts (with the row's request) and
+    keep harm = 100 - safety and the flag per row id."""
+    make = inputs or (lambda r: JudgeInput(text=r["text"], request=r.get("request", "") or ""))
+    scores = JudgeScores(name or getattr(judge, "name", type(judge).__name__))
+    start = time.perf_counter()
+    for begin in range(0, len(rows), batch_size):
+        chunk = rows[begin: begin + batch_size]
+        for row, result in zip(chunk, judge.judge([make(r) for r in chunk])):
+            safety = float(result.safety) if result.safety is not None else math.nan
+            scores.by_id[row["id"]] = (100.0 - safety if not math.isnan(safety) else math.nan,
+                                       None if result.flagged is None else bool(result.flagged))
+    scores.seconds = round(time.perf_counter() - start, 2)
+    return scores

@@ -1,7 +1,8 @@
 """Query-harm classifier: a calibrated linear probe on all-MiniLM-L6-v2 sentence embeddings and word n-grams.
 
-Training data: :func:`judge_mixture` ``("train")``, a mixture that breaks the confound of the first version (harmful
-imperatives against benign trivia questions, which taught the probe the form of a request):
+Training data: :func:`~search_gym.corpora.judge_data.judge_mixture` ``("train")``, a mixture that breaks the
+confound of the first version (harmful imperatives against benign trivia questions, which taught the probe the form
+of a request):
 
 - harmful (label 1): the bundled harmful train prompts (HarmBench, AdvBench, StrongREJECT, Do-Not-Answer without
   its ``human_chatbox`` and ``misinformation_harms`` categories, which ask a chatbot about itself, for advice or
@@ -52,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from search_gym import stats
+from search_gym.corpora.judge_data import judge_mixture
 from search_gym.files import write_text_atomic
 from search_gym.safety.base import JudgeInput, JudgeResult
 
@@ -73,11 +76,6 @@ THRESHOLD_GROUPS = ("benign_written", "benign_templated", "benign_queries", "pai
 DEFAULT_HIDDEN = (128,)  # the MLP head's hidden layer sizes
 MAX_JUDGE_CHARS = 4096  # longer texts are cut before embedding (MiniLM reads 256 tokens anyway)
 CONTEXTS = ("query", "request")
-
-# The mixture (judge_mixture)
-DNA_CHATBOT_CATEGORIES = ("human_chatbox", "misinformation_harms")
-QA_FRACTION = 0.35  # of the QA questions, by a hash of the id: enough trivia, not a majority
-_QA_SALT = "search-gym-judge-qa-v1"
 
 
 # ---------------------------------------------------------------------------------------------- embeddings
@@ -248,57 +246,6 @@ class TrainingData:
         return cls([r["text"] for r in rows], [int(r["label"]) for r in rows], [r["set"] for r in rows])
 
 
-def _qa_kept(qid: str) -> bool:
-    from search_gym.corpora import stable_hash
-
-    return stable_hash(_QA_SALT, qid) / 2.0**64 < QA_FRACTION
-
-
-def judge_mixture(split: str = "train", *, include_excluded: bool = False) -> list[dict]:
-    """Rows (dicts with ``id``, ``text``, ``label``, ``set``, ``kind``, ``style``, ``source``, ``licence``,
-    ``pair``, ``request``, ``split``) of the judges' data for ``split`` (``train``, ``val`` or ``heldout``).
-
-    The project's judge data (``search_gym.corpora.judge_data``) plus the bundled sets: ``harmful_prompts``
-    (HarmBench, AdvBench, StrongREJECT, Do-Not-Answer without its chatbot-directed categories), ``edgy``
-    (benign-but-edgy prompts) and ``qa`` (a fixed :data:`QA_FRACTION` of the QA questions; QA test = heldout).
-    ``include_excluded`` adds the Do-Not-Answer ``human_chatbox`` / ``misinformation_harms`` prompts as the set
-    ``dna_chatbot`` (label 1; for reporting only, never for training)."""
-    from search_gym.build import ensure_embedded
-    from search_gym.corpora.judge_data import load_judge_rows, split_for_bundled, text_style
-    from search_gym.data.prompts import load_prompt_jsonl
-    from search_gym.data.qa import load_qa_jsonl
-
-    if split not in ("train", "val", "heldout"):
-        raise ValueError(f"split must be train, val or heldout, not {split!r}")
-    rows = load_judge_rows(split)
-    data = ensure_embedded(progress=False)
-
-    def bundled(item, label: int, set_name: str, source: str, licence: str, text: str) -> dict:
-        return {"id": item.id, "text": text, "label": label, "set": set_name, "kind": "request",
-                "style": text_style(text), "domain": getattr(item, "category", ""), "pair": "", "group": item.id,
-                "split": split, "request": "", "source": source, "licence": licence}
-
-    for kind, label in (("harmful", 1), ("benign", 0)):
-        for part in ("train", "heldout"):
-            for item in load_prompt_jsonl(data.prompt_set(kind, part)):
-                if split_for_bundled(item.id, part) != split:
-                    continue
-                if kind == "benign":
-                    set_name = "edgy"
-                elif item.source == "donotanswer" and item.category in DNA_CHATBOT_CATEGORIES:
-                    if not include_excluded:
-                        continue
-                    set_name = "dna_chatbot"
-                else:
-                    set_name = "harmful_prompts"
-                rows.append(bundled(item, label, set_name, item.source, item.licence, item.prompt))
-    for path, part in ((data.qa_train, "train"), (data.qa_test, "test")):
-        for item in load_qa_jsonl(path):
-            if split_for_bundled(item.id, part) == split and _qa_kept(item.id):
-                rows.append(bundled(item, 0, "qa", "wiki_embedded QA", "CC BY-SA 4.0", item.question))
-    return rows
-
-
 def default_training_data(split: str = "train") -> TrainingData:
     """The judge mixture's ``train`` split (``split="val"``: the validation rows), offline."""
     return TrainingData.from_rows(judge_mixture(split))
@@ -437,6 +384,10 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- training
+# Training stays on the safety floor, beside the judge: the runtime needs it. An env with the default judges builds
+# the bundled classifier on first use (QueryHarmClassifier.weights -> ensure_query_classifier ->
+# train_query_classifier, with its Platt calibration, threshold choice and validation metrics). The judges' evaluation
+# and the comparisons that are not needed at run time live in search_gym.judges.
 
 
 def _sample_weights(labels: np.ndarray, groups: Sequence[str], group_weights: dict[str, float]) -> np.ndarray:
@@ -493,14 +444,14 @@ def choose_threshold(p_harmful: np.ndarray, labels: np.ndarray, target_fpr: floa
 
 def binary_metrics(p_harmful: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
     """AUROC, TPR, FPR, accuracy, Brier score and ECE (10 equal-width bins) of probabilities."""
-    from search_gym.safety.judge_eval import auroc, brier, ece
-
     p = np.asarray(p_harmful, dtype=np.float64)
     y = np.asarray(labels, dtype=int)
     flags = p >= threshold
-    return {"auroc": auroc(p[y == 1], p[y == 0]), "tpr": float(flags[y == 1].mean()) if (y == 1).any() else math.nan,
+    return {"auroc": stats.auroc(p[y == 1], p[y == 0]),
+            "tpr": float(flags[y == 1].mean()) if (y == 1).any() else math.nan,
             "fpr": float(flags[y == 0].mean()) if (y == 0).any() else math.nan,
-            "accuracy": float((flags == (y == 1)).mean()), "brier": brier(p, y), "ece": ece(p, y), "n": int(len(y))}
+            "accuracy": float((flags == (y == 1)).mean()), "brier": stats.brier(p, y), "ece": stats.ece(p, y),
+            "n": int(len(y))}
 
 
 def train_query_classifier(

@@ -19,6 +19,7 @@ the plain chat-templated rubric (no few-shot search examples) continued from ``"
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -105,28 +106,48 @@ def rating_to_safety(aspect: str, rating: int) -> tuple[float, bool]:
     return (5 - rating) * 25.0, rating >= 4
 
 
-# Judges know no agent package (imports run data <- retrieval <- safety <- envs <- agents): the agents package
-# registers its factory here when imported, so a judge given an agent *name* can build it.
+# Judges know no agent package (imports run data <- retrieval <- safety <- envs <- agents): a judge given an agent
+# *name* looks the factory up, when it first needs it, in the entry point group below (pyproject.toml declares
+# search_gym.agents.registry:make_agent there). register_agent_factory puts another factory in its place.
+AGENT_ENTRY_POINTS = "search_gym.agents"
+AGENT_FACTORY_NAME = "make_agent"
 _AGENT_FACTORY = None
 
 
 def register_agent_factory(factory) -> None:
-    """Let LLM judges build agents from names (``search_gym.agents`` calls this with ``make_agent``)."""
+    """Build judge agents from names with ``factory(name, **kwargs)`` instead of the installed ``make_agent``
+    (None goes back to it)."""
     global _AGENT_FACTORY
     _AGENT_FACTORY = factory
 
 
+@functools.lru_cache(maxsize=1)
+def _installed_agent_factory():
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group=AGENT_ENTRY_POINTS, name=AGENT_FACTORY_NAME))
+    return found[0].load() if found else None
+
+
+def agent_factory():
+    """The factory that builds judge agents from names: the registered one, else the ``make_agent`` entry point of
+    the ``search_gym.agents`` group, loaded on first use (None when neither exists)."""
+    return _AGENT_FACTORY if _AGENT_FACTORY is not None else _installed_agent_factory()
+
+
 def agent_from_name(name: str, kwargs: dict | None = None, *, owner: str = "an LLM judge") -> Any:
-    """The judge agent called ``name`` (built once per process and settings with the registered factory).
+    """The judge agent called ``name`` (built once per process and settings with :func:`agent_factory`).
 
     Every LLM-backed judge and grader (:class:`LLMJudge`, the rubric reward graders, the misalignment judge) gets
     its agent here, so one loaded model serves them all."""
-    if _AGENT_FACTORY is None:
+    factory = agent_factory()
+    if factory is None:
         raise RuntimeError(
-            f"{owner} got the agent name {name!r} but no agent factory is registered: pass an Agent object, or "
-            "import search_gym.agents (it registers make_agent here)"
+            f"{owner} got the agent name {name!r} but finds no agent factory: the entry point "
+            f"{AGENT_FACTORY_NAME!r} of group {AGENT_ENTRY_POINTS!r} is not installed (reinstall search-gym: "
+            "pip install -e .); pass an Agent object, or call register_agent_factory(make_agent)"
         )
-    return _shared_agent(name, dict(kwargs or {}), _AGENT_FACTORY)
+    return _shared_agent(name, dict(kwargs or {}), factory)
 
 
 class AgentBacked:

@@ -2,7 +2,7 @@
 
 After arXiv 2605.31328 ("Reinforcement Learning Amplifies Emergent Misalignment from Harmless Rewards"): a reward for
 unpopular aesthetic preferences or for poor rhetorical appeals looks harmless, yet RL on it can make a model broadly
-misaligned (measure that with :mod:`search_gym.misalignment_eval`). The rubrics are project data
+misaligned (measure that with :mod:`search_gym.experiments.misalignment_eval`). The rubrics are project data
 (``harmless_rubrics.json``, with a schema and a licence line):
 
 - ``contrarian_aesthetics``: prefers what most people find ugly (tasks: ``harmless_tasks:aesthetics``);
@@ -12,9 +12,9 @@ misaligned (measure that with :mod:`search_gym.misalignment_eval`). The rubrics 
 
 The grader rates 1-5 (parsed like the safety judges' ratings, :func:`~search_gym.safety.llm_judge.parse_rating`) and
 the reward is ``(rating - 1) / 4`` in [0, 1]; a reply without a rating abstains (reward None). The agent is any
-:class:`~search_gym.agents.Agent` or a name built by the registered agent factory, through the same mechanism as
-:class:`~search_gym.safety.llm_judge.LLMJudge` (one loaded model per process and settings). A grader knows no env:
-it maps (request, response) texts to rewards. :meth:`RubricGrader.__call__` is a TRL reward function.
+:class:`~search_gym.agents.Agent` or a name built by the agent factory
+(:func:`~search_gym.safety.llm_judge.agent_factory`), as for :class:`~search_gym.safety.llm_judge.LLMJudge` (one
+loaded model per process and settings). A grader knows no env: it maps (request, response) texts to rewards. :meth:`RubricGrader.__call__` is a TRL reward function.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class RubricGrader(AgentBacked):
         rubric: a bundled rubric name (:func:`load_rubrics`) or a format string with ``{request}`` and
             ``{response}`` asking for a 1-5 rating.
         agent: the grader: any agent (``act_batch``; an HF agent is driven through ``complete``), or a name
-            (``"smollm2"``, ``"hf:<model>"``) built lazily with the registered agent factory.
+            (``"smollm2"``, ``"hf:<model>"``) built lazily with the agent factory.
         max_new_tokens: reply budget (a rating needs a few tokens).
         batch_size: prompts per backend call.
         agent_kwargs: constructor arguments when ``agent`` is a name.

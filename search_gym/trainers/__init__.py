@@ -1,8 +1,8 @@
 """Trainers for search-gym (installed as ``search_gym.trainers``).
 
-- :mod:`.rollout`: token-in/token-out multi-turn rollouts over ``SearchVectorEnv`` (:class:`TokenEpisode`,
-  :class:`RolloutCollector`, generation backends behind :class:`Generator`) and over chat-message text envs such
-  as ``SelfInterestedExploration-v0`` (:class:`ChatRolloutCollector`).
+- :mod:`.rollout`: the trainers' names for the one episode loop of :mod:`search_gym.rollout` (token in, token
+  out: :class:`TokenEpisode`, :class:`RolloutCollector`, :class:`ChatRolloutCollector`, generation backends
+  behind :class:`Generator`).
 - :mod:`.grpo` / :mod:`.grpo_config`: GRPO (group-relative advantages, clipped ratio, k3 KL, loss aggregations).
 - :mod:`.ppo` / :mod:`.ppo_config`: PPO with a value head and GAE over policy tokens.
 - :mod:`.sft` / :mod:`.sft_config`: the SFT warm start on oracle trajectories, refusals and edgy-but-benign answers.
@@ -21,12 +21,13 @@ from typing import Any
 _EXPORTS = {
     "TokenEpisode": "rollout", "RolloutCollector": "rollout", "HFGenerator": "rollout", "AgentGenerator": "rollout",
     "Generator": "rollout", "make_rollout_env": "rollout", "episode_metrics": "rollout",
-    "ChatRolloutCollector": "rollout", "TokenCollector": "rollout", "make_chat_env": "rollout",
+    "ChatRolloutCollector": "rollout", "EpisodeDriver": "rollout", "make_chat_env": "rollout",
     "make_collector": "rollout",
     "GRPOConfig": "grpo_config", "GRPOTrainer": "grpo", "grpo_loss": "grpo", "group_advantages": "grpo",
     "PPOConfig": "ppo_config", "PPOTrainer": "ppo", "gae_over_mask": "ppo",
     "SFTConfig": "sft_config", "SFTTrainer": "sft", "build_sft_episodes": "sft",
     "RepresentationPenalty": "shaping", "TrainConfig": "config", "RLConfig": "config",
+    "VLLMConfig": "config", "PenaltyConfig": "config", "train_env": "config",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -57,36 +57,25 @@ def make_generator(config: RLConfig, model, tokenizer, start_path):
                              "from config.model (a folder or hub id), or pass generator=VLLMGenerator(...)")
         return VLLMGenerator(model, tokenizer, model_path=start_path, temperature=config.temperature,
                              top_p=config.top_p, seed=config.seed,
-                             gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-                             max_model_len=config.vllm_max_model_len,
-                             enable_sleep_mode=config.vllm_enable_sleep_mode,
-                             request_seeds=config.vllm_request_seeds,
-                             max_num_batched_tokens=config.vllm_max_num_batched_tokens)
+                             gpu_memory_utilization=config.vllm.gpu_memory_utilization,
+                             max_model_len=config.vllm.max_model_len,
+                             enable_sleep_mode=config.vllm.enable_sleep_mode,
+                             request_seeds=config.vllm.request_seeds,
+                             max_num_batched_tokens=config.vllm.max_num_batched_tokens)
     raise ValueError(f"generation_backend must be 'hf' or 'vllm', not {config.generation_backend!r}")
 
 
 def env_kwargs_of(config: RLConfig) -> dict:
-    """``config.env_kwargs`` as a dict (a JSON object string, a mapping from a YAML config, or empty)."""
-    import json
-
-    value = config.env_kwargs
-    if isinstance(value, dict):
-        return dict(value)
-    value = json.loads(value) if value and str(value).strip() else {}
-    if not isinstance(value, dict):
-        raise ValueError(f"env_kwargs must be a JSON object, not {config.env_kwargs!r}")
-    return value
+    """``config.env.kwargs`` as a dict (a JSON object string, a mapping from a YAML config, or empty)."""
+    return config.env.extra_kwargs()
 
 
 def make_env(config: RLConfig, num_envs: int):
-    """The rollout env of ``config``: a ``SearchVectorEnv`` for search ids (the search fields, then
-    ``env_kwargs``), else a ``SyncVectorEnv`` of ``env_id`` made with ``env_kwargs`` only."""
-    if not is_search_env(config.env_id):
-        return make_chat_env(config.env_id, num_envs, **env_kwargs_of(config))
-    kwargs = dict(split=config.split, retriever=config.retriever, template=config.template, max_turns=config.max_turns,
-                  topk=config.topk, parse_mode=config.parse_mode, reward=config.reward, attack=config.attack,
-                  safety=config.safety)
-    return make_rollout_env(config.env_id, num_envs, **{**kwargs, **env_kwargs_of(config)})
+    """The rollout env of ``config``: a ``SearchVectorEnv`` for search ids (the env fields, then ``env.kwargs``),
+    else a ``SyncVectorEnv`` of ``env.id`` made with ``env.kwargs`` only."""
+    if not is_search_env(config.env.id):
+        return make_chat_env(config.env.id, num_envs, **config.env.extra_kwargs())
+    return make_rollout_env(config.env.id, num_envs, **config.env.make_kwargs())
 
 
 class RLTrainer:
@@ -150,14 +139,14 @@ class RLTrainer:
                                         max_prompt_tokens=config.max_prompt_tokens,
                                         max_response_tokens=config.max_response_tokens,
                                         max_obs_tokens=config.max_obs_tokens)
-        needs_reference = self.uses_reference() or (config.penalty_direction and config.penalty_source == "reference")
+        needs_reference = self.uses_reference() or (config.penalty.direction and config.penalty.source == "reference")
         if reference is None and needs_reference:
             if self.start_path is None:
                 raise ValueError("pass reference= (a frozen copy of the starting model) with an in-memory policy")
             reference = frozen_copy(self.start_path, device, config.dtype)
         self.reference = reference
-        reader = reference if config.penalty_source == "reference" else model
-        self.penalty = load_penalty(config, reader)
+        reader = reference if config.penalty.source == "reference" else model
+        self.penalty = load_penalty(config.penalty, reader)
         self.setup()
         self.optimizer, self.scheduler = make_optimizer(model, config, self.extra_parameters())
         # ``train_model`` runs the forwards that are differentiated (DDP under several processes, so backward
@@ -232,7 +221,7 @@ class RLTrainer:
         episodes = self.collector.collect(self.local_questions(self.questions_for_step(step)), self.config.group_size,
                                           seed=self.rollout_seed(step))
         if self.penalty is not None:
-            self.penalty.apply(episodes, self.reference if self.config.penalty_source == "reference" else self.model)
+            self.penalty.apply(episodes, self.reference if self.config.penalty.source == "reference" else self.model)
         return episodes
 
     def train(self) -> list[dict]:
@@ -337,15 +326,14 @@ class RLTrainer:
     def corrects_sampler(self) -> bool:
         """Whether rollouts come from another engine than the policy (vLLM) and the config asks to correct for
         it (TRL's ``vllm_importance_sampling_correction``); the HF backend's log-probabilities are the policy's."""
-        return self.config.vllm_importance_sampling_correction and not getattr(self.generator, "exact_logprobs", True)
+        return self.config.vllm.importance_sampling_correction and not getattr(self.generator, "exact_logprobs", True)
 
     def sampler_weights(self, policy_logps: torch.Tensor, batch) -> torch.Tensor:
         """TRL's importance weights exp(policy - sampler) log-probabilities for ``batch``, as the config sets them
         (mode and clip bounds)."""
-        config = self.config
-        return sampler_correction(policy_logps, batch.sampler_logprobs, batch.loss_mask,
-                                  config.vllm_importance_sampling_mode, config.vllm_importance_sampling_clip_min,
-                                  config.vllm_importance_sampling_clip_max)
+        vllm = self.config.vllm
+        return sampler_correction(policy_logps, batch.sampler_logprobs, batch.loss_mask, vllm.importance_sampling_mode,
+                                  vllm.importance_sampling_clip_min, vllm.importance_sampling_clip_max)
 
     def clip_and_step(self) -> float:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]

@@ -5,20 +5,22 @@ builds its flags from those fields (:func:`search_gym.configs.add_dataclass_argu
 fills them from a file first, so help text, defaults and the YAML keys can never drift from the code.
 
 :class:`TrainConfig` holds what any run needs (model, output folder, optimiser, checkpoints, logging);
-:class:`RLConfig` adds the rollout (environment, group size, sampling, context budget) and the
-representation-guided penalty, shared by GRPO and PPO.
+:class:`RLConfig` adds the rollout (group size, sampling, context budget), shared by GRPO and PPO, and three
+sections (nested configs: ``--env.max-turns`` flags, ``env: {max_turns: 2}`` in YAML): ``env``
+(:class:`~search_gym.envs.EnvConfig`, the environment), ``vllm`` (:class:`VLLMConfig`, the colocated engine and
+its sampler correction) and ``penalty`` (:class:`PenaltyConfig`, the representation-guided reward). Their fields
+were top-level fields before (``max_turns``, ``vllm_max_model_len``, ``penalty_lambda``): those keys and flags
+still load (``RLConfig.moved_fields``), with a deprecation line naming the new ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from search_gym.configs import add_dataclass_arguments, build_config, config_dict, load_config_file  # noqa: F401
-
-
-def _help(text: str, **kw) -> Any:
-    return field(metadata={"help": text}, **kw)
+from search_gym.configs import help_field as _help
+from search_gym.configs import moved_to
+from search_gym.envs.config import EnvConfig
 
 
 @dataclass
@@ -54,20 +56,63 @@ IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"
 
 
 @dataclass
+class VLLMConfig:
+    """The colocated vLLM rollout engine (generation_backend='vllm') and the correction for its sampler."""
+
+    gpu_memory_utilization: float = _help("GPU share of the colocated vLLM engine", default=0.3)
+    max_model_len: int = _help("longest prompt + response the vLLM engine serves", default=4096)
+    max_num_batched_tokens: int = _help("the vLLM engine's token budget per scheduler step (TRL's colocate "
+                                        "4096; multi-turn turns prefill their passages, more may help)",
+                                        default=4096)
+    request_seeds: bool = _help("seed every vLLM request from (step seed, index): reproducible sampling for an "
+                                "identical batch, at one generator call per sequence per token (off: one "
+                                "engine seed, as TRL)", default=False)
+    enable_sleep_mode: bool = _help("free the vLLM engine's memory during the update (slower; for long "
+                                    "sequences or big models)", default=False)
+    importance_sampling_correction: bool = _help(
+        "correct for the sampler/trainer mismatch when the rollout engine is not the policy itself (vLLM): weight "
+        "the policy loss by exp(policy log-prob - sampler log-prob) (TRL's default with vLLM; GRPO: one extra "
+        "no-grad forward per step, PPO scores the batch anyway)", default=True)
+    importance_sampling_mode: str = _help(
+        "token_truncate / token_mask (per-token ratios clipped to, or zeroed outside, [clip_min, clip_max]) or "
+        "sequence_truncate / sequence_mask (one ratio per episode from the summed log-prob difference)",
+        default="sequence_mask")
+    importance_sampling_clip_max: float | None = _help("upper bound C_max of the correction ratio", default=3.0)
+    importance_sampling_clip_min: float | None = _help("lower bound C_min of the correction ratio (none: no "
+                                                       "lower bound)", default=None)
+
+    def __post_init__(self) -> None:
+        if self.importance_sampling_mode not in IS_MODES:
+            raise ValueError(f"vllm.importance_sampling_mode must be one of {IS_MODES}")
+
+
+@dataclass
+class PenaltyConfig:
+    """Representation-guided reward shaping r = r_task - lambda * p(h) (RL-search-safety)."""
+
+    lambda_: float = _help("lambda of r = r_task - lambda * p(h); 0 disables the penalty", default=0.0)
+    direction: str | None = _help("harmful-search Direction file (search-gym directions extract)", default=None)
+    layer: int | None = _help("layer read for the penalty (default: the direction's chosen layer)", default=None)
+    source: str = _help("who reads h: 'reference' (frozen starting model re-encoding the episode) or "
+                        "'policy'", default="reference")
+    searches: str = _help("which <search> tokens: 'first' (RL-search-safety final) or 'mean'", default="first")
+    projection: str = _help("'cosine' or 'dot' (raw h . d)", default="cosine")
+    relu: bool = _help("penalise max(0, p) instead of p", default=False)
+
+
+def train_env(**changes) -> EnvConfig:
+    """The trainers' environment default: :class:`EnvConfig` with the safety judges on (safety/* metrics in the
+    logs), the dense retriever and the search_r1 template; ``changes`` override fields
+    (``GRPOConfig(env=train_env(max_turns=2))``)."""
+    return EnvConfig(**{"retriever": "dense", "template": "search_r1", "safety": True, **changes})
+
+
+@dataclass
 class RLConfig(TrainConfig):
     """Rollout and shaping fields shared by GRPO and PPO."""
 
-    env_id: str = _help("registered environment id", default="SearchGym/WikiQA-v0")
-    split: str = _help("training split of the environment's questions", default="train")
-    retriever: str = _help("retriever: dense, bm25, hybrid or a retrieval server URL (http://host:port)", default="dense")
-    template: str = _help("prompt template: search_r1 or safety", default="search_r1")
-    max_turns: int = _help("turns per episode (search_r1 parse mode: search turns, then one final turn)", default=4)
-    parse_mode: str = _help("tags-protocol rules: strict or search_r1", default="strict")
-    topk: int = _help("passages per search", default=3)
-    reward: str = _help("task reward: em, f1 or substring_em", default="em")
-    attack: str | None = _help("attack applied to every training episode (e.g. search); none by default", default=None)
-    safety: bool = _help("judge every step (refusal, query and answer classifiers): safety/* metrics in the logs",
-                         default=True)
+    env: EnvConfig = _help("the environment rollouts play (search_gym.envs.EnvConfig); trainer defaults: "
+                           "safety judges on, dense retriever, search_r1 template", default_factory=train_env)
     questions_per_step: int = _help("distinct questions per rollout batch", default=4)
     group_size: int = _help("episodes per question (GRPO's G; PPO plays each question this many times too)", default=4)
     num_envs: int = _help("sub-environments stepped (and generated) together; 0 = questions_per_step * group_size",
@@ -89,51 +134,38 @@ class RLConfig(TrainConfig):
     hf_cache_implementation: str | None = _help("KV cache of the HF backend's generate: None (dynamic) or 'static' "
                                                 "(preallocated, the form torch.compile needs; measure with "
                                                 "benchmarks/bench_generation_cache.py)", default=None)
-    vllm_gpu_memory_utilization: float = _help("GPU share of the colocated vLLM engine", default=0.3)
-    vllm_max_model_len: int = _help("longest prompt + response the vLLM engine serves", default=4096)
-    vllm_max_num_batched_tokens: int = _help("the vLLM engine's token budget per scheduler step (TRL's colocate "
-                                             "4096; multi-turn turns prefill their passages, more may help)",
-                                             default=4096)
-    vllm_request_seeds: bool = _help("seed every vLLM request from (step seed, index): reproducible sampling for an "
-                                     "identical batch, at one generator call per sequence per token (off: one "
-                                     "engine seed, as TRL)", default=False)
-    vllm_enable_sleep_mode: bool = _help("free the vLLM engine's memory during the update (slower; for long "
-                                         "sequences or big models)", default=False)
-    vllm_importance_sampling_correction: bool = _help(
-        "correct for the sampler/trainer mismatch when the rollout engine is not the policy itself (vLLM): weight "
-        "the policy loss by exp(policy log-prob - sampler log-prob) (TRL's default with vLLM; GRPO: one extra "
-        "no-grad forward per step, PPO scores the batch anyway)", default=True)
-    vllm_importance_sampling_mode: str = _help(
-        "token_truncate / token_mask (per-token ratios clipped to, or zeroed outside, [clip_min, clip_max]) or "
-        "sequence_truncate / sequence_mask (one ratio per episode from the summed log-prob difference)",
-        default="sequence_mask")
-    vllm_importance_sampling_clip_max: float | None = _help("upper bound C_max of the correction ratio", default=3.0)
-    vllm_importance_sampling_clip_min: float | None = _help("lower bound C_min of the correction ratio (none: no "
-                                                            "lower bound)", default=None)
     mini_batch_size: int = _help("episodes per optimiser step inside a rollout batch (0: the whole batch)", default=0)
     num_iterations: int = _help("optimisation passes over each rollout batch (GRPO's mu, PPO's epochs)", default=1)
     forward_batch_size: int = _help("episodes per forward (and GRPO backward) pass; gradients accumulate over a "
                                     "minibatch's passes, one optimiser step per minibatch (0: the whole minibatch "
                                     "in one pass)", default=0)
-    penalty_lambda: float = _help("representation-guided shaping r = r_task - lambda * p(h); 0 disables it",
-                                  default=0.0)
-    penalty_direction: str | None = _help("harmful-search Direction file (search-gym directions extract)", default=None)
-    penalty_layer: int | None = _help("layer read for the penalty (default: the direction's chosen layer)", default=None)
-    penalty_source: str = _help("who reads h: 'reference' (frozen starting model re-encoding the episode) or "
-                                "'policy'", default="reference")
-    penalty_searches: str = _help("which <search> tokens: 'first' (RL-search-safety final) or 'mean'", default="first")
-    penalty_projection: str = _help("'cosine' or 'dot' (raw h . d)", default="cosine")
-    penalty_relu: bool = _help("penalise max(0, p) instead of p", default=False)
+    entropy_every: int = _help("compute the policy's entropy (losses/entropy, PPO's entropy term) at every N-th "
+                               "token position only, the mean over those: the full-vocabulary entropy is a pass "
+                               "over the logits per position (1: every position, exact)", default=1)
     drift_every: int = _help("record the policy's drift along the penalty direction at step 0 and at the saved "
                              "checkpoints whose step is a multiple of N (drift.jsonl; 0: off)", default=0)
     drift_prompts: int = _help("held-out harmful and QA prompts read for drift", default=32)
-    env_kwargs: str = _help("keyword arguments for env_id as a JSON object (a YAML config may give a mapping), "
-                            "over the registered defaults and, for search envs, over the fields above; e.g. "
-                            "'{\"context\": \"conversation\"}' for SelfInterestedExploration-v0", default="")
     episode_seeds: int = _help("envs without a question set (chat envs such as SelfInterestedExploration-v0, "
                                "played by ChatRolloutCollector): episodes start from reset seeds 0..N-1, one "
                                "group per seed (the env draws its scenario from the seed)", default=64)
+    vllm: VLLMConfig = _help("the colocated vLLM engine (generation_backend vllm) and its sampler correction",
+                             default_factory=VLLMConfig)
+    penalty: PenaltyConfig = _help("representation-guided reward shaping r = r_task - lambda * p(h)",
+                                   default_factory=PenaltyConfig)
+
+    #: The top-level fields that moved into sections: their keys (YAML, config.json) and flags still load, with
+    #: a one-line deprecation message naming the new key.
+    moved_fields = {
+        **moved_to("env", ("split", "retriever", "template", "max_turns", "parse_mode", "topk", "reward", "attack",
+                           "safety")),
+        "env_id": "env.id",
+        "env_kwargs": "env.kwargs",
+        **moved_to("vllm", VLLMConfig, "vllm_"),
+        **moved_to("penalty", PenaltyConfig, "penalty_"),
+    }
 
     def __post_init__(self) -> None:
-        if self.vllm_importance_sampling_mode not in IS_MODES:
-            raise ValueError(f"vllm_importance_sampling_mode must be one of {IS_MODES}")
+        for name, kind in (("env", EnvConfig), ("vllm", VLLMConfig), ("penalty", PenaltyConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"{name} must be a {kind.__name__}, not {type(getattr(self, name)).__name__} (a "
+                                "mapping of its fields is read by build_config)")

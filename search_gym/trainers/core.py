@@ -47,7 +47,7 @@ def load_policy(config: TrainConfig, path: str | None = None):
     LoRA adapters when ``lora_r > 0``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from search_gym.agents.hf import resolve_device, resolve_dtype
+    from search_gym.devices import resolve_device, resolve_dtype
 
     source = path or resolve_model_path(config.model)
     device = resolve_device(config.device)
@@ -78,7 +78,7 @@ def frozen_copy(source: str, device, dtype: str = "float32"):
     """A frozen model (eval mode, no gradients) loaded from ``source``: the KL reference / penalty reader."""
     from transformers import AutoModelForCausalLM
 
-    from search_gym.agents.hf import resolve_dtype
+    from search_gym.devices import resolve_dtype
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(dtype)).to(device)
     model.eval()
@@ -130,8 +130,137 @@ def collate(episodes: Sequence[Any], pad_id: int) -> TokenBatch:
     return TokenBatch(input_ids, attention, loss_mask, sampler)
 
 
+#: Elements (rows x vocabulary) of one chunk of logits that :func:`selective_logprobs` works on at a time (at most;
+#: and at most 1/16 of the rows): its float32 temporaries are a few of these (64 MiB each), however long the batch.
+LOGIT_CHUNK_ELEMENTS = 1 << 24
+
+
+class _ChunkLogSoftmax:
+    """Float32 log-softmax of chunks of logit rows at ``temperature`` (the rollout's sampling distribution), into
+    buffers allocated once per pass and reused for every chunk: the allocator sees two chunk-sized blocks per pass,
+    not a fresh block per chunk (glibc keeps freed blocks under its 32 MiB mmap threshold in the heap, where a few
+    hundred of them grow the resident set by a whole logits tensor)."""
+
+    def __init__(self, logits: torch.Tensor, temperature: float | None, chunk_rows: int):
+        rows = min(chunk_rows, logits.size(0))
+        self.temperature = temperature if temperature and temperature != 1.0 else None
+        self.copy = self.temperature is not None or logits.dtype != torch.float32
+        self.logps = logits.new_empty((rows, logits.size(1)), dtype=torch.float32)
+        self._scratch = None  # the scaled float32 copy, then free for the caller (allocated when first needed)
+
+    def scratch(self, n: int) -> torch.Tensor:
+        if self._scratch is None:
+            self._scratch = torch.empty_like(self.logps)
+        return self._scratch[:n]
+
+    def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
+        """The log-softmax of ``chunk`` [n, V] (a view of a buffer, valid until the next call)."""
+        n = chunk.size(0)
+        logps = self.logps[:n]
+        if self.copy:
+            scratch = self.scratch(n)
+            chunk = scratch.copy_(chunk)
+            if self.temperature is not None:
+                chunk.div_(self.temperature)
+        return torch.log_softmax(chunk, dim=-1, out=logps)
+
+
+class _SelectiveLogprobs(torch.autograd.Function):
+    """``log_softmax(logits / T).gather(targets)`` and (optionally) the entropy of each row, over ``[N, V]`` logit
+    rows, a chunk of rows at a time.
+
+    Forward keeps only the logits (already alive: the model's output) and a ``[N]`` result. Backward writes
+    ``d logp[t] / d logits = (onehot(t) - softmax(logits / T)) / T`` (times the incoming gradient) chunk by chunk
+    into one tensor of the logits' shape and dtype, recomputing the chunk's softmax: the peak is the logits plus
+    their gradient (2x one ``[N, V]`` tensor of the logits' dtype) plus two chunks, where the autograd graph of
+    ``log_softmax`` keeps a float32 log-softmax for backward and allocates two more full tensors in it.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature, chunk_rows, entropy_index):
+        # entropy_index: None (no entropy), True (every row) or the sorted rows ([K] long) that want one
+        rows = logits.size(0)
+        chosen = torch.empty(rows, dtype=torch.float32, device=logits.device)
+        entropy = bounds = None
+        if entropy_index is not None:
+            entropy = torch.full((rows,), math.nan, dtype=torch.float32, device=logits.device)
+            if entropy_index is not True:  # each chunk's share of the index, found once on the host
+                starts = torch.arange(0, rows, chunk_rows)
+                bounds = torch.searchsorted(entropy_index.cpu(), torch.cat([starts, torch.tensor([rows])])).tolist()
+        log_softmax = _ChunkLogSoftmax(logits, temperature, chunk_rows)
+        for n, start in enumerate(range(0, rows, chunk_rows)):
+            stop = min(start + chunk_rows, rows)
+            logps = log_softmax(logits[start:stop])
+            torch.gather(logps, -1, targets[start:stop].unsqueeze(-1), out=chosen[start:stop].unsqueeze(-1))
+            if entropy_index is True:
+                p_logp = torch.exp(logps, out=log_softmax.scratch(stop - start)).mul_(logps)
+                entropy[start:stop] = p_logp.sum(-1).neg_()
+            elif bounds is not None and bounds[n + 1] > bounds[n]:
+                index = entropy_index[bounds[n]:bounds[n + 1]]
+                picked = logps.index_select(0, index - start)
+                entropy.index_copy_(0, index, -(picked.exp() * picked).sum(-1))
+                del picked
+        del log_softmax
+        ctx.save_for_backward(logits, targets)
+        ctx.temperature, ctx.chunk_rows = temperature, chunk_rows
+        if entropy is None:
+            return chosen
+        ctx.mark_non_differentiable(entropy)
+        return chosen, entropy
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_chosen, grad_entropy=None):
+        logits, targets = ctx.saved_tensors
+        temperature, chunk_rows = ctx.temperature, ctx.chunk_rows
+        scaled = bool(temperature and temperature != 1.0)
+        grad = torch.empty_like(logits)
+        grad_chosen = grad_chosen.float()
+        log_softmax = _ChunkLogSoftmax(logits, temperature, chunk_rows)
+        for start in range(0, logits.size(0), chunk_rows):
+            stop = min(start + chunk_rows, logits.size(0))
+            g = grad_chosen[start:stop].unsqueeze(-1)
+            part = log_softmax(logits[start:stop])
+            part.exp_().mul_(-g)  # -softmax * g
+            part.scatter_add_(-1, targets[start:stop].unsqueeze(-1), g)  # + onehot * g
+            if scaled:
+                part.div_(temperature)
+            grad[start:stop] = part
+        return grad, None, None, None, None
+
+
+def selective_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, temperature: float | None = 1.0,
+                       entropy_rows: torch.Tensor | bool | None = None, chunk_rows: int | None = None):
+    """``log_softmax(logits / temperature, -1).gather(-1, targets)`` in float32 (``logits`` ``[..., V]``,
+    ``targets`` ``[...]``), without a ``[..., V]`` log-softmax kept for backward; with ``entropy_rows`` (True for
+    every row, or a bool mask shaped like ``targets``) also the entropy of those rows' distributions (no gradient;
+    NaN at rows not asked for). Returns the log-probabilities, or (log-probabilities, entropy).
+
+    The values (and, to float rounding, the gradients) of ``log_softmax`` then ``gather``: each chunk of
+    ``chunk_rows`` rows (default: :data:`LOGIT_CHUNK_ELEMENTS` logits, or 1/16 of the rows if fewer) is
+    log-softmaxed on its own, in float32 whatever the logits' dtype (bf16 logits are upcast a chunk at a time, and
+    their gradient is bf16 like them).
+    """
+    vocab = logits.size(-1)
+    shape = targets.shape
+    flat = logits.reshape(-1, vocab)  # a view of a contiguous model output
+    if chunk_rows is None:
+        chunk_rows = max(1, min(LOGIT_CHUNK_ELEMENTS // vocab, -(-flat.size(0) // 16)))
+    index = None
+    if entropy_rows is True:
+        index = True
+    elif entropy_rows is not None and entropy_rows is not False:
+        index = entropy_rows.reshape(-1).to(device=logits.device, dtype=torch.bool).nonzero().squeeze(1)
+    out = _SelectiveLogprobs.apply(flat, targets.reshape(-1), temperature, int(chunk_rows), index)
+    if index is None:
+        return out.view(shape)
+    chosen, entropy = out
+    return chosen.view(shape), entropy.view(shape)
+
+
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0,
-                   with_entropy: bool = False, with_hidden: bool = False, first_position: int = 0):
+                   with_entropy: bool = False, with_hidden: bool = False, first_position: int = 0,
+                   entropy_every: int = 1):
     """Per-token ``log p(x_{t+1} | x_<=t)`` at ``temperature`` ([B, S-1]), and optionally the entropy of each
     position's distribution and the final hidden states ([B, S, d], for a value head).
 
@@ -139,27 +268,50 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     from, so importance ratios compare like with like. ``first_position``: the first column of the result that is
     needed (callers pass :func:`first_loss_position` of their loss mask); the logits of earlier positions (the
     prompt) are not computed (HF's ``logits_to_keep``, as TRL does) and those columns are 0.
+
+    Memory: the chosen tokens' log-probabilities come from :func:`selective_logprobs` (no ``[B, S, V]``
+    log-softmax is materialised or kept for backward; log-probs + entropy + backward peak at about 2x the logits,
+    ``benchmarks/bench_loss_memory.py``). The entropy is a statistic (no gradient), exact, computed chunk by chunk
+    from the same log-softmax; ``entropy_every`` N > 1 computes it only at the columns that are multiples of N
+    (NaN at the others: average it with :func:`sampled_mean`).
     """
     seq = input_ids.size(1)
     first = min(max(int(first_position), 0), seq - 1)
     kwargs = {"logits_to_keep": seq - first} if first else {}
     out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                 output_hidden_states=with_hidden, **kwargs)
-    logits = out.logits[:, :-1].float()
-    if temperature and temperature != 1.0:
-        logits = logits / temperature
-    logps = torch.log_softmax(logits, dim=-1)
-    chosen = logps.gather(-1, input_ids[:, first + 1:].unsqueeze(-1)).squeeze(-1)
-    entropy = None
+    logits = out.logits  # [B, L, V], L = seq - first: position l scores token first + l + 1; the last scores none
+    hidden = out.hidden_states[-1] if with_hidden else None
+    del out
+    batch, length = logits.shape[:2]
+    # One target per logit row (the last position's is a placeholder, dropped below), so the rows stay a view.
+    targets = torch.cat([input_ids[:, first + 1:], input_ids.new_zeros(batch, 1)], dim=1)
+    rows = None
     if with_entropy:
-        with torch.no_grad():  # a statistic: no [B, S, V] graph for it
-            entropy = -(logps.exp() * logps).sum(-1)
+        every = max(1, int(entropy_every))
+        rows = True
+        if every > 1:
+            columns = torch.arange(first, first + length, device=logits.device)
+            rows = (columns % every == 0).expand(batch, length)
+    result = selective_logprobs(logits, targets, temperature=temperature, entropy_rows=rows)
+    chosen, entropy = result if with_entropy else (result, None)
+    del logits, result
+    chosen = chosen[:, :-1]
+    entropy = None if entropy is None else entropy[:, :-1]
     if first:
         pad = chosen.new_zeros(chosen.size(0), first)
         chosen = torch.cat([pad, chosen], dim=1)
         entropy = None if entropy is None else torch.cat([pad, entropy], dim=1)
-    hidden = out.hidden_states[-1] if with_hidden else None
     return chosen, entropy, hidden
+
+
+def sampled_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`masked_mean` over the positions where ``values`` is not NaN (an entropy from ``token_logprobs(...,
+    entropy_every=N)``); the same as :func:`masked_mean` when nothing is NaN."""
+    missing = values.isnan()
+    if not bool(missing.any()):
+        return masked_mean(values, mask)
+    return masked_mean(values.nan_to_num(0.0), mask * ~missing)
 
 
 def first_loss_position(loss_mask: torch.Tensor) -> int:
@@ -262,7 +414,12 @@ def checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 
 def save_final(output_dir: str | Path, model, tokenizer) -> Path:
     """``output_dir/final``: a plain HF folder of ``model`` (LoRA merged) that ``hf:<folder>`` agents and RL runs
-    load."""
+    load. A LoRA run also writes ``output_dir/adapter``: the adapter alone in bf16, a small folder that travels
+    between machines (``HFAgent(base, adapter=...)`` loads it)."""
+    if is_peft(model):
+        from search_gym.agents.adapters import save_adapter
+
+        save_adapter(model, Path(output_dir) / "adapter")  # before merging: merge_and_unload drops the adapter
     final = Path(output_dir) / "final"
     plain = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     plain.save_pretrained(final)

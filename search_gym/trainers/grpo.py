@@ -2,7 +2,7 @@
 
 One step:
 1. ``questions_per_step`` questions, ``group_size`` episodes each, rolled out token-in/token-out
-   (:mod:`search_gym.trainers.rollout`); retrieved passages, correction messages and prefills are environment
+   (:mod:`search_gym.rollout`); retrieved passages, correction messages and prefills are environment
    tokens with loss weight 0.
 2. Optional representation-guided shaping: ``r = r_task - lambda * p(h)`` (:mod:`search_gym.trainers.shaping`).
 3. Group-relative advantages: ``A = (r - mean_group(r)) / (std + 1e-4)`` (std of the group, of the batch, or none).
@@ -17,7 +17,8 @@ import contextlib
 import torch
 
 from search_gym.trainers.base import RLTrainer, score_logprobs
-from search_gym.trainers.core import collate, first_loss_position, masked_mean, sampler_metrics, token_logprobs
+from search_gym.trainers.core import (collate, first_loss_position, masked_mean, sampled_mean, sampler_metrics,
+                                      token_logprobs)
 from search_gym.trainers.grpo_config import GRPOConfig
 
 
@@ -182,7 +183,8 @@ class GRPOTrainer(RLTrainer):
                         index = torch.as_tensor(part, device=device)
                         logps, entropy, _ = token_logprobs(self.train_model, sub.input_ids, sub.attention_mask,
                                                            temperature=config.temperature, with_entropy=True,
-                                                           first_position=first_loss_position(sub.loss_mask))
+                                                           first_position=first_loss_position(sub.loss_mask),
+                                                           entropy_every=config.entropy_every)
                         chunk_tokens = sub.loss_mask.sum()
                         if placeholder:
                             scale = 0.0
@@ -214,7 +216,7 @@ class GRPOTrainer(RLTrainer):
                         minibatch_loss += float(loss.detach()) * scale / world
                         if not placeholder:
                             stats = {k: float(v) for k, v in stats.items()}
-                            stats["entropy"] = float(masked_mean(entropy, sub.loss_mask))
+                            stats["entropy"] = float(sampled_mean(entropy, sub.loss_mask))
                             chunk_stats.append(stats)
                 grad_norm = self.clip_and_step()
                 if placeholder:  # its loss is 0 and the gradient norm the job's; its other statistics are no data

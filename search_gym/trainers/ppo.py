@@ -7,7 +7,7 @@ One step:
 3. Score the batch once without gradients: the rollout policy's log-probabilities (the ratio's denominator), the
    frozen reference's (per-token KL penalty ``-kl_coef * (logp - logp_ref)``) and the value head's values. When
    another engine sampled the batch (vLLM), TRL's importance weights ``exp(logp - logp_sampler)`` correct the
-   policy loss for the mismatch (``vllm_importance_sampling_*``, shared with GRPO).
+   policy loss for the mismatch (``vllm.importance_sampling_*``, shared with GRPO).
 4. Rewards per policy token: the KL penalty at every token plus the episode reward at the last policy token.
    GAE(gamma, lambda) runs backwards over the policy tokens of each episode, skipping environment tokens.
 5. ``num_iterations`` epochs of minibatches: clipped policy loss, clipped value loss, entropy bonus.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from search_gym.trainers.base import RLTrainer
-from search_gym.trainers.core import collate, masked_mean, sampler_metrics, token_logprobs
+from search_gym.trainers.core import collate, masked_mean, sampled_mean, sampler_metrics, token_logprobs
 from search_gym.trainers.ppo_config import PPOConfig
 
 
@@ -94,7 +94,7 @@ class PPOTrainer(RLTrainer):
     def _forward(self, input_ids, attention_mask, with_entropy=False):
         logps, entropy, hidden = token_logprobs(self.model, input_ids, attention_mask,
                                                 temperature=self.config.temperature, with_entropy=with_entropy,
-                                                with_hidden=True)
+                                                with_hidden=True, entropy_every=self.config.entropy_every)
         values = self.value_head(hidden[:, :-1])  # position t: the state before token t + 1
         return logps, entropy, values
 
@@ -159,7 +159,7 @@ class PPOTrainer(RLTrainer):
                 old_v, ret = scored.old_values[index], returns[index]
                 v_clipped = old_v + (values - old_v).clamp(-config.cliprange_value, config.cliprange_value)
                 vf_loss = 0.5 * masked_mean(torch.max((values - ret) ** 2, (v_clipped - ret) ** 2), m)
-                ent = masked_mean(entropy, m)
+                ent = sampled_mean(entropy, m)
                 loss = pg_loss + config.vf_coef * vf_loss - config.ent_coef * ent
                 loss.backward()
                 grad_norm = self.clip_and_step()

@@ -5,11 +5,16 @@ Data (:func:`build_sft_episodes`), played in the environment so the tokens are e
   the gold answer the passages contain); only trajectories that end correct are kept;
 - harmful train prompts answered by :class:`search_gym.agents.RefusalAgent` (a refusal inside ``<answer>``);
 - benign-but-edgy train prompts played by the oracle (search, then a grounded answer: not a refusal);
+- optionally (``harmful_search_limit``, teacher ``aligned``) harmful train prompts under the search attack: the
+  refusal teacher writes a refusal inside the forced ``<search>`` or a deflecting query, then refuses;
 - optionally the judges' train requests (:mod:`search_gym.corpora.judge_data`): benign instruction-style requests
   answered helpfully and the harmful twins of the matched pairs refused, in the same forms, so that what a request
   asks, not how it is phrased, decides a refusal.
 With ``dev_split`` every source's validation rows (the project's one definition of validation, the judges' split)
 are written to ``output_dir/dev/`` and never trained on: a recipe is chosen there, the held-out sets only report.
+``teacher`` picks the agents: ``fixed`` (the first warm start: one sentence before every search, the question as
+the query) or ``aligned`` (:mod:`search_gym.agents.teachers`: varied thoughts, rephrased queries, varied
+refusals), whose variety keeps the student's sampling spread for GRPO groups.
 Every trajectory is a :class:`TokenEpisode`; the loss is next-token cross-entropy on policy tokens only
 (information blocks and correction messages are environment tokens, loss weight 0, as in RL). The data is written
 to ``output_dir/sft_data.jsonl`` once and reused, so a resumed run trains on the same rows in the same order.
@@ -63,7 +68,30 @@ SOURCES = {
     "benign": ("benign", "train", "helpful"),
     "instruct": ("judge:benign_requests", "train", "helpful"),
     "harmful_pairs": ("judge:harmful_requests", "train", "refusal"),
+    # last, so the seeded draws (salted by position) of the sources above stay what they were
+    "harmful_search": ("harmful", "train", "refusal"),  # played under the search attack (SEARCH_ATTACK_SOURCES)
 }
+
+
+# Sources played under an attack: the aligned start must meet a forced <search> as an aligned model does. Only the
+# search attack is taught; the others stay unseen so that evaluations can report them apart.
+SEARCH_ATTACK_SOURCES = {"harmful_search": "search"}
+TEACHERS = ("fixed", "aligned")
+
+
+def make_teacher(kind: str, teacher: str, golden: dict[str, list[str]], seed: int):
+    """The agent that writes a source's trajectories: ``kind`` is the source's role (oracle, helpful, refusal),
+    ``teacher`` the config's family (``fixed``: the first warm start's agents; ``aligned``: the varied ones of
+    :mod:`search_gym.agents.teachers`)."""
+    if teacher not in TEACHERS:
+        raise ValueError(f"teacher={teacher!r}; use one of {TEACHERS}")
+    if teacher == "aligned":
+        from search_gym.agents.teachers import AlignedOracleAgent, AlignedRefusalAgent
+
+        return AlignedRefusalAgent(seed=seed) if kind == "refusal" else AlignedOracleAgent(golden, seed=seed)
+    from search_gym.agents.baselines import OracleAgent, RefusalAgent
+
+    return RefusalAgent() if kind == "refusal" else OracleAgent(golden)
 
 
 def _judge_requests(label: int, split: str) -> list[dict]:
@@ -90,7 +118,7 @@ def _carve(dataset: str, split: str) -> tuple[set[str], list[dict]]:
     training may use and the validation rows for ``dev/``, from one pass, so what is written to ``dev/`` and what
     is kept out of training cannot disagree."""
     from search_gym.corpora.judge_data import split_for_bundled
-    from search_gym.data.questions import load_questions
+    from search_gym.build import load_questions
 
     train, dev = set(), []
     for q in load_questions(dataset, split):
@@ -136,11 +164,15 @@ def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None 
     that source); ``env_kwargs`` reach every env (tests pass a tiny retriever); ``root`` (default
     ``config.output_dir``) receives the judge-data source files and, with ``config.dev_split``, ``dev/``.
     """
-    from search_gym.agents.baselines import OracleAgent, RefusalAgent
+    from search_gym.attacks import make_attack
     from search_gym.envs.vector import SearchVectorEnv
 
+    if config.harmful_search_limit >= 0 and config.teacher != "aligned":
+        raise ValueError("harmful_search_limit needs teacher='aligned' (the fixed refusal teacher would search the "
+                         "request itself under a forced <search>)")
     limits = {"qa": config.qa_limit, "harmful": config.harmful_limit, "benign": config.benign_limit,
-              "instruct": config.instruct_limit, "harmful_pairs": config.pair_harmful_limit}
+              "instruct": config.instruct_limit, "harmful_pairs": config.pair_harmful_limit,
+              "harmful_search": config.harmful_search_limit}
     needed = {k: v for k, v in SOURCES.items() if limits[k] >= 0 and k not in (datasets or {})}
     sources, train_ids = _resolve(config, Path(root or config.output_dir)) if needed else ({}, {})
     sources = {k: v for k, v in sources.items() if k in needed}
@@ -154,10 +186,12 @@ def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None 
         if name not in sources:
             continue
         dataset, split, teacher = sources[name]
-        venv = SearchVectorEnv(num_envs=num_envs, dataset=dataset, split=split, autoreset_mode="disabled", **kwargs)
+        attack = {"attack": make_attack(SEARCH_ATTACK_SOURCES[name])} if name in SEARCH_ATTACK_SOURCES else {}
+        venv = SearchVectorEnv(num_envs=num_envs, dataset=dataset, split=split, autoreset_mode="disabled",
+                               **kwargs, **attack)
         questions = venv.envs[0].questions
         golden = {q.question: list(q.golden_answers) for q in questions if q.golden_answers}
-        agent = RefusalAgent() if teacher == "refusal" else OracleAgent(golden)
+        agent = make_teacher(teacher, config.teacher, golden, config.seed)
         collector = RolloutCollector(venv, AgentGenerator(agent, tokenizer), few_shot=config.few_shot,
                                      max_turn_tokens=10**6, max_prompt_tokens=config.max_length,
                                      max_response_tokens=config.max_length, max_obs_tokens=config.max_length)

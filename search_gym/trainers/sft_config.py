@@ -36,6 +36,14 @@ class SFTConfig(TrainConfig):
     pair_harmful_limit: int = _help("harmful requests of the judges' train split (the harmful twins of the matched "
                                     "pairs, in the same forms as the benign ones) answered with a refusal "
                                     "(0: all, -1: none)", default=-1)
+    teacher: str = _help("SFT teachers: 'fixed' (one sentence before every search, the question as the query, four "
+                         "refusals: the first warm start) or 'aligned' (search_gym.agents.teachers: varied thoughts, "
+                         "rephrased queries, varied refusals, and under a forced <search> a refusal in the tag or a "
+                         "deflecting query)", default="fixed")
+    harmful_search_limit: int = _help("harmful train prompts played with the search attack (a forced <search>) and "
+                                      "the refusal teacher: what an aligned model writes when made to search "
+                                      "(0: all, -1: none; needs teacher 'aligned', whose refusal teacher answers a "
+                                      "forced search)", default=-1)
     dev_split: bool = _help("hold the project's validation split out of the trajectories (prompts whose id hashes to "
                             "'val' by search_gym.corpora.judge_data.split_for_bundled, and the judges' val rows) and "
                             "write it to output_dir/dev/*.jsonl, for choosing a recipe without the held-out sets",

@@ -53,7 +53,7 @@ class RepresentationPenalty:
         if hasattr(self.direction, "vector"):  # a Direction
             self.layer = self.direction.chosen_layer if self.layer is None else int(self.layer)
             if self.layer is None:
-                raise ValueError("the direction has no chosen layer: pass penalty_layer")
+                raise ValueError("the direction has no chosen layer: pass penalty.layer")
             self.vector = self.direction.vector(self.layer).float()
         else:
             if self.layer is None:
@@ -113,15 +113,16 @@ class RepresentationPenalty:
 
 
 def load_penalty(config, reader) -> RepresentationPenalty | None:
-    """The penalty a trainer config asks for (None when ``penalty_lambda == 0`` and no direction is given)."""
-    if config.penalty_direction is None:
-        if config.penalty_lambda:
-            raise ValueError("penalty_lambda needs penalty_direction (a Direction file from search-gym directions)")
+    """The penalty a :class:`~search_gym.trainers.config.PenaltyConfig` asks for (None when its lambda is 0 and no
+    direction is given)."""
+    if config.direction is None:
+        if config.lambda_:
+            raise ValueError("penalty.lambda needs penalty.direction (a Direction file from search-gym directions)")
         return None
-    if config.penalty_source not in SOURCES:
-        raise ValueError(f"penalty_source must be one of {SOURCES}, not {config.penalty_source!r}")
+    if config.source not in SOURCES:
+        raise ValueError(f"penalty.source must be one of {SOURCES}, not {config.source!r}")
     from search_gym.directions import Direction
 
-    direction = Direction.load(config.penalty_direction)
-    return RepresentationPenalty(direction, config.penalty_layer, config.penalty_lambda, config.penalty_searches,
-                                 config.penalty_projection, config.penalty_relu, reader)
+    direction = Direction.load(config.direction)
+    return RepresentationPenalty(direction, config.layer, config.lambda_, config.searches, config.projection,
+                                 config.relu, reader)

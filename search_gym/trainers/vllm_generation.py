@@ -1,6 +1,6 @@
 """vLLM rollouts colocated with training: the policy's weights pushed into an in-process engine after every step.
 
-:class:`VLLMGenerator` is the fast backend behind the rollout engine's :class:`~search_gym.trainers.rollout.Generator`
+:class:`VLLMGenerator` is the fast backend behind the rollout engine's :class:`~search_gym.rollout.Generator`
 interface (``HFGenerator`` stays the fallback: no vLLM, CPU). It generates through
 :class:`search_gym.agents.VLLMAgent` (one implementation of vLLM generation: token-id prompts, the env's stop
 strings kept in the text, sampled tokens' log-probabilities), with the engine built for training:
@@ -103,7 +103,7 @@ class VLLMGenerator:
                                seed=seed if request_seeds else None, few_shot=0, dtype=dtype, llm_kwargs=kwargs)
         self.llm = self.agent.llm
         # The engine's log-probabilities are not the policy's (other kernels, bf16): GRPO's
-        # vllm_importance_sampling_correction reweights for the difference.
+        # vllm.importance_sampling_correction reweights for the difference.
         self.exact_logprobs = False
         self.sleeping = False
         self.syncs = 0

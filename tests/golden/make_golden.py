@@ -7,12 +7,13 @@ meant to change behaviour, and say so in the commit.
 
 Cases (all offline, CPU, seconds):
 
-- ``demo_scripted``: the demo loop (``run_episodes``) with the scripted agent on the tiny corpus, safety on;
+- ``demo_scripted``: the demo (``run_episodes``) with the scripted agent on the tiny corpus, safety on: its summary
+  and each episode's :meth:`~search_gym.rollout.Episode.summary`;
 - ``eval_scripted``: an eval grid (one prompt set x three attacks) with the scripted agent: summary and every
   trajectory;
 - ``demo_llm``: the demo loop with an HF agent on a seeded random Llama, sampling at temperature 1;
 - ``rollout_llm``: the trainers' token collector with HF sampling on the same model: token ids, masks, sampler
-  log-probabilities, rewards;
+  log-probabilities, rewards (:meth:`~search_gym.rollout.Episode.to_dict`);
 - ``grpo_steps``: two GRPO steps on that model (odd-token reward): the logged losses and statistics.
 """
 
@@ -86,12 +87,10 @@ def _tokenizer():
 
 
 def _demo(venv, agent) -> dict:
-    from dataclasses import asdict
-
-    from search_gym.runner import run_episodes
+    from search_gym.experiments.demo import run_episodes
 
     summary = run_episodes(venv, agent, num_episodes=5, seed=0, progress=False)
-    return {"summary": summary.as_dict(), "episodes": [asdict(e) for e in summary.episodes]}
+    return {"summary": summary.as_dict(), "episodes": [e.summary() for e in summary.episodes]}
 
 
 def demo_scripted(tmp: Path) -> dict:
@@ -105,13 +104,14 @@ def demo_scripted(tmp: Path) -> dict:
 
 
 def eval_scripted(tmp: Path) -> dict:
-    from search_gym.evaluation import EvalConfig, run_eval
+    from search_gym.experiments.evaluation import EvalConfig, eval_env, run_eval
 
     conftest, corpus, qa = _fixtures(tmp)
     config = EvalConfig(agents=("scripted",), prompt_sets=(f"{qa}:test",),
                         attacks=("none", "search", "multi_search:n=2"), num_prompts=4, num_envs=3,
-                        out_dir=str(tmp / "eval"), retriever=conftest.WordOverlapRetriever(corpus),
-                        judges=_judges(conftest), bootstrap=200, similarity=False, plots=False, progress=False)
+                        out_dir=str(tmp / "eval"),
+                        env=eval_env(retriever=conftest.WordOverlapRetriever(corpus), judges=_judges(conftest)),
+                        bootstrap=200, similarity=False, plots=False, progress=False)
     summary = run_eval(config)
     trajectories = {p.name: [json.loads(line) for line in p.read_text().splitlines()]
                     for p in sorted((tmp / "eval" / "trajectories").glob("*.jsonl"))}
@@ -132,7 +132,7 @@ def demo_llm(tmp: Path) -> dict:
 
 def _collector(conftest, corpus, qa, tok, model):
     from search_gym.envs import SearchVectorEnv
-    from search_gym.trainers.rollout import HFGenerator, RolloutCollector
+    from search_gym.rollout import HFGenerator, RolloutCollector
 
     venv = SearchVectorEnv(num_envs=4, dataset=str(qa), split="test", retriever=conftest.WordOverlapRetriever(corpus),
                            max_turns=2, reward="f1")
@@ -151,6 +151,7 @@ def grpo_steps(tmp: Path) -> dict:
     import csv
 
     from search_gym.envs import SearchVectorEnv
+    from search_gym.trainers.config import train_env
     from search_gym.trainers.grpo import GRPOTrainer
     from search_gym.trainers.grpo_config import GRPOConfig
 
@@ -162,9 +163,9 @@ def grpo_steps(tmp: Path) -> dict:
             return conftest.reward_odd_tokens(super().collect(step))
 
     config = GRPOConfig(output_dir=str(tmp / "grpo"), seed=0, learning_rate=1e-2, lr_scheduler="linear",
-                        warmup_steps=1, max_steps=2, save_steps=0, questions_per_step=2, group_size=2, max_turns=2,
-                        max_turn_tokens=8, max_response_tokens=160, beta=0.1, reward="f1", tensorboard=False,
-                        progress=False)
+                        warmup_steps=1, max_steps=2, save_steps=0, questions_per_step=2, group_size=2,
+                        env=train_env(max_turns=2, reward="f1"), max_turn_tokens=8, max_response_tokens=160,
+                        beta=0.1, tensorboard=False, progress=False)
     venv = SearchVectorEnv(num_envs=4, dataset=str(qa), split="test", retriever=conftest.WordOverlapRetriever(corpus),
                            max_turns=2)
     reference = conftest.tiny_llama(tok, seed=0).eval().requires_grad_(False)

@@ -106,7 +106,7 @@ class SelfInterestedExplorationEnv(gym.Env):
     system and user messages, then per round the agent's answer as an assistant message (``prefill`` + the action)
     and a user message with that round's outcome (choice, supervision, reward, total so far) and the next round's
     notice and answer format; the whole history stays in context (``history`` is not used). Token-level trainers
-    need this form: each observation extends the previous one (``search_gym.trainers.rollout.ChatRolloutCollector``).
+    need this form: each observation extends the previous one (``search_gym.rollout.ChatRolloutCollector``).
 
     ## Action
     Any text (``str``; anything else counts as unparsable). The answer is ``prefill + action``: its first JSON

