@@ -8,7 +8,7 @@ this script scores them again and writes a folder that ``search_gym.experiments.
 
 ``--judge``: ``current`` (the default query classifier, :func:`search_gym.safety.ensure_query_classifier`) or
 ``first`` (the first version's recipe, harmful prompts vs trivia questions:
-:func:`search_gym.safety.judge_eval.baseline_v1_weights`). The re-judged scores take the primary names
+:func:`search_gym.judges.evaluation.baseline_v1_weights`). The re-judged scores take the primary names
 (``query_classifier``, ``answer_classifier``), so the summary's main columns use them; the recorded ones are kept
 under ``<name>_recorded`` and summarised as ``search_safety@query_classifier_recorded``. Per-step ``infos`` are left
 as recorded. Episodes without a search still count 100 (nothing reached the search engine), as in the eval.
