@@ -42,6 +42,7 @@ import torch
 
 from search_gym.agents.hidden import capture_rows, decoder_layers, normalize_layers, prompt_positions
 from search_gym.envs.protocol import PROMPT_TEMPLATES
+from search_gym.files import atomic_output, write_text_atomic
 
 __all__ = [
     "ActivationConfig",
@@ -278,9 +279,8 @@ class ActivationSet:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self.meta, layers=list(self.layers), ids=list(self.ids), n=len(self.ids),
                     hidden_size=self.hidden_size, format_version=FORMAT_VERSION)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"acts": self.acts.contiguous().float()}, str(tmp), metadata={"search_gym": json.dumps(meta)})
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            save_file({"acts": self.acts.contiguous().float()}, str(tmp), metadata={"search_gym": json.dumps(meta)})
         _write_json(_sidecar(path), {k: v for k, v in meta.items() if k != "ids"} | {"ids": meta["ids"]})
         return path
 
@@ -299,9 +299,7 @@ def _sidecar(path: Path) -> Path:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=1, ensure_ascii=False))
 
 
 def _stored_meta(path: Path) -> dict | None:

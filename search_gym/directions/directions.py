@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from search_gym.directions.activations import ActivationSet
+from search_gym.files import atomic_output
 
 __all__ = [
     "Direction",
@@ -162,10 +163,9 @@ class Direction:
             "vectors": self.vectors, "raw_norms": self.raw_norms, "mean_pos": self.mean_pos,
             "mean_neg": self.mean_neg, "act_norms": self.act_norms,
         }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp),
-                  metadata={"search_gym": json.dumps(header)})
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            save_file({k: v.contiguous().float() for k, v in tensors.items()}, str(tmp),
+                      metadata={"search_gym": json.dumps(header)})
         readable = dict(header, raw_norms=[round(float(x), 6) for x in self.raw_norms],
                         act_norms=[round(float(x), 6) for x in self.act_norms])
         side = path.with_name(path.name + ".json")

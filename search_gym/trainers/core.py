@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from search_gym.files import atomic_output
 from search_gym.trainers.config import TrainConfig, config_dict
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -543,12 +544,10 @@ class RunLogger:
         columns: list[str] = []
         for row in self.rows:
             columns += [k for k in row if k not in columns]
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_output(self.csv_path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns or ["global_step"])
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.csv_path)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from search_gym.files import atomic_output, write_text_atomic
 from search_gym.trainers.core import (
     RunLogger,
     checkpoints,
@@ -104,12 +105,7 @@ def _judge_requests(label: int, split: str) -> list[dict]:
 
 
 def _write_questions(path: Path, rows: list[dict]) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return str(path)
 
 
@@ -117,8 +113,8 @@ def _carve(dataset: str, split: str) -> tuple[set[str], list[dict]]:
     """The validation carve of a bundled set (:func:`search_gym.corpora.judge_data.split_for_bundled`): the ids
     training may use and the validation rows for ``dev/``, from one pass, so what is written to ``dev/`` and what
     is kept out of training cannot disagree."""
-    from search_gym.corpora.judge_data import split_for_bundled
     from search_gym.build import load_questions
+    from search_gym.corpora.judge_data import split_for_bundled
 
     train, dev = set(), []
     for q in load_questions(dataset, split):
@@ -229,11 +225,9 @@ def policy_turn_lengths(ep: TokenEpisode) -> dict[int, int]:
 
 
 def save_episodes(path: Path, episodes: list[TokenEpisode]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_output(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for ep in episodes:
             f.write(json.dumps(ep.to_dict()) + "\n")
-    tmp.replace(path)
 
 
 def load_episodes(path: Path) -> list[TokenEpisode]:
