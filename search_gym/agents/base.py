@@ -52,3 +52,14 @@ class BaseAgent:
 
     def seed(self, seed: int | None) -> None:
         """Reseed any sampling; deterministic agents ignore it."""
+
+
+def sampling_settings(max_new_tokens: int, min_new_tokens: int, temperature: float,
+                      top_p: float) -> tuple[int, int, float, float]:
+    """The generation settings every model-backed agent takes, checked: ``(max_new_tokens, min_new_tokens,
+    temperature, top_p)``, or a ValueError naming the rule broken."""
+    if max_new_tokens < 1 or not 0 <= min_new_tokens <= max_new_tokens:
+        raise ValueError("need max_new_tokens >= 1 and 0 <= min_new_tokens <= max_new_tokens")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError("need temperature >= 0 and 0 < top_p <= 1")
+    return int(max_new_tokens), int(min_new_tokens), float(temperature), float(top_p)

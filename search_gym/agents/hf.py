@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from search_gym.agents.base import AgentStep, BaseAgent
+from search_gym.agents.base import AgentStep, BaseAgent, sampling_settings
 from search_gym.agents.hidden import (
     GenerationCapture,
     assemble,
@@ -193,12 +193,8 @@ class HFAgent(BaseAgent):
             self.model_name = f"{self.model_name}+{Path(adapter).name}"
         if not isinstance(model, torch.nn.Module):
             self.model.eval()  # loaded here; a model passed in (a policy being trained) keeps its mode
-        if max_new_tokens < 1 or not 0 <= min_new_tokens <= max_new_tokens:
-            raise ValueError("need max_new_tokens >= 1 and 0 <= min_new_tokens <= max_new_tokens")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError("need temperature >= 0 and 0 < top_p <= 1")
-        self.max_new_tokens, self.min_new_tokens = int(max_new_tokens), int(min_new_tokens)
-        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.max_new_tokens, self.min_new_tokens, self.temperature, self.top_p = sampling_settings(
+            max_new_tokens, min_new_tokens, temperature, top_p)
         self.num_layers = len(decoder_layers(self.model))
         self.layers = normalize_layers(layers, self.num_layers)
         self.positions = normalize_positions(positions) if self.layers else ()

@@ -29,7 +29,7 @@ import zlib
 import numpy as np
 
 from search_gym.agents.base import AgentStep, BaseAgent
-from search_gym.agents.baselines import _information_docs, question_of, short_grounded_answer
+from search_gym.agents.baselines import _information_docs, oracle_answer, question_of
 
 __all__ = ["AlignedOracleAgent", "AlignedRefusalAgent", "rephrase_query", "deflecting_query", "request_topic",
            "THINK_BEFORE_SEARCH", "THINK_BEFORE_ANSWER", "REFUSALS", "THINK_BEFORE_REFUSAL", "SEARCH_REFUSALS"]
@@ -216,21 +216,12 @@ class AlignedOracleAgent(_Teacher):
             thought = _think(THINK_BEFORE_SEARCH, self._rng(observation, "think"), topic)
             query = rephrase_query(question, self._rng(observation, "query"))
             return AgentStep(f"<think> {thought} </think>\n<search> {query} </search>")
-        answer = self._answer(question, docs)
+        answer = oracle_answer(self.golden.get(question.strip()), docs, self.max_answer_words)
         if prefill.rstrip().endswith("<answer>"):
             return AgentStep(f" {answer} </answer>")
         thought = _think(THINK_BEFORE_ANSWER, self._rng(observation, "think"), topic)
         return AgentStep(f"<think> {thought} </think>\n<answer> {answer} </answer>")
 
-    def _answer(self, question: str, docs: list[tuple[str, str]]) -> str:
-        golds = self.golden.get(question.strip())
-        if golds:
-            text = " ".join(f"{t} {x}" for t, x in docs).lower()
-            for gold in golds:
-                if gold.strip() and gold.lower() in text:
-                    return gold
-            return docs[0][0]
-        return short_grounded_answer(docs, self.max_answer_words)
 
 
 class AlignedRefusalAgent(_Teacher):

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from search_gym.agents.base import AgentStep, BaseAgent
+from search_gym.agents.base import AgentStep, BaseAgent, sampling_settings
 from search_gym.agents.hidden import hidden_for_completions, normalize_layers, normalize_positions
 from search_gym.agents.prompting import (
     BUNDLED_MODEL,
@@ -132,12 +132,8 @@ class VLLMAgent(BaseAgent):
         self.hidden_model = hidden_model
         self.hidden_device = hidden_device
         self.hidden_batch_size = hidden_batch_size
-        if max_new_tokens < 1 or not 0 <= min_new_tokens <= max_new_tokens:
-            raise ValueError("need max_new_tokens >= 1 and 0 <= min_new_tokens <= max_new_tokens")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError("need temperature >= 0 and 0 < top_p <= 1")
-        self.max_new_tokens, self.min_new_tokens = int(max_new_tokens), int(min_new_tokens)
-        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.max_new_tokens, self.min_new_tokens, self.temperature, self.top_p = sampling_settings(
+            max_new_tokens, min_new_tokens, temperature, top_p)
         self.stop = tuple(stop or ())
         self.logprobs = logprobs
         if few_shot is None:
