@@ -214,3 +214,27 @@ def test_penalty_lowers_the_penalised_projection(tokenizer, tiny_corpus_path, tm
     assert all(r["charts/searches_per_episode"] == 2.0 for r in rows)
     first, last, change = gain(rows, "safety/projection")
     assert change < -0.15, (first, last)
+
+
+def test_group_statistics_by_hand():
+    """The per-step group metrics on a batch of two groups of three, computed by hand."""
+    from types import SimpleNamespace
+
+    from search_gym.trainers.core import group_statistics
+
+    def ep(task, penalty):
+        return SimpleNamespace(task_reward=task, penalty=penalty, reward=task - penalty)
+
+    # group 1: task rewards 1, 0, 0 (spread), penalties 0.1, 0.1, 0.1 (none); group 2: all 1, penalties 0, 0.2, 0.4
+    episodes = [ep(1, 0.1), ep(0, 0.1), ep(0, 0.1), ep(1, 0.0), ep(1, 0.2), ep(1, 0.4)]
+    stats = group_statistics(episodes, 3)
+    assert stats["groups/informative_share"] == 1.0  # group 2's shaped rewards differ through the penalty
+    assert stats["groups/task_informative_share"] == 0.5
+    task_std = (np.std([1, 0, 0], ddof=1) + 0.0) / 2
+    penalty_std = (0.0 + np.std([0, 0.2, 0.4], ddof=1)) / 2
+    assert stats["groups/task_reward_std"] == pytest.approx(task_std)
+    assert stats["groups/penalty_std"] == pytest.approx(penalty_std)
+    assert stats["groups/penalty_to_task_std"] == pytest.approx(penalty_std / task_std)
+    # no groups to speak of: nothing logged rather than a made-up number
+    assert group_statistics(episodes, 1) == {}
+    assert group_statistics(episodes[:5], 3) == {}

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The aligned warm start on the lent GPU: LoRA SFT from examples/configs/sft_aligned_smollm2.yaml on the rows built
-# on the CPU machine (carried gzipped in .devrun/sft_aligned/), then greedy evaluation on the validation rows it
-# wrote to dev/ (never trained on). After unpack.sh returned 0 (README.md beside this file).
+# The aligned warm start on the lent GPU (issue 27), detached so that the calls that follow only watch it:
+#   1. sft    LoRA SFT from examples/configs/sft_aligned_smollm2.yaml on the rows built on the CPU machine (carried
+#             gzipped in .devrun/sft_aligned/) -> $RUN/adapter (bf16, a few MiB) and $RUN/final (merged)
+#   2. probe  the share of GRPO groups with reward spread at temperature 1 on the validation QA rows (learning
+#             rate 0: the rollouts of the starting policy, nothing learnt from validation)
+#   3. eval   greedy evaluation on the validation rows SFT wrote to dev/ (never trained on): harmful requests under
+#             the taught attack (search) and untaught ones, then QA, benign twins, edgy benign, harmful twins
+#   4. grpo   a 20-step GRPO pilot (LoRA on the merged SFT model, examples/configs/grpo_aligned_lora.yaml)
+# After unpack.sh returned 0 (README.md beside this file).
 #
-#   bash tools/aligned_pilot.sh start     # detached: SFT, then the two evaluations; log in $RUNS/pilot.log
-#   bash tools/aligned_pilot.sh progress  # the log's last lines
-#   bash tools/aligned_pilot.sh collect   # adapter, metrics, eval summaries into $OUT (small files only)
+#   bash tools/aligned_pilot.sh start [STAGES]  # detached; default "sft probe eval grpo"; log in $RUNS/pilot.log
+#   bash tools/aligned_pilot.sh progress        # the log's last lines, the stages done, GPU memory
+#   bash tools/aligned_pilot.sh collect         # SFT + GRPO adapters, metrics, eval summaries into $OUT
 set -uo pipefail
 REPO=$(pwd)
 RUNS=${SG_RUNS:-/tmp/runs}
@@ -15,35 +21,48 @@ mkdir -p "$RUNS"
 source /tmp/sg/env.sh
 case "${1:-}" in
   start)
+    STAGES=${2:-sft probe eval grpo}
     mkdir -p "$RUN"
-    cp -r "$REPO/.devrun/sft_aligned/dev" "$RUN/"
-    gunzip -c "$REPO/.devrun/sft_aligned/sft_data.jsonl.gz" > "$RUN/sft_data.jsonl"
+    [ -d "$RUN/dev" ] || cp -r "$REPO/.devrun/sft_aligned/dev" "$RUN/"
+    [ -f "$RUN/sft_data.jsonl" ] || gunzip -c "$REPO/.devrun/sft_aligned/sft_data.jsonl.gz" > "$RUN/sft_data.jsonl"
     cat > "$RUNS/pilot_job.sh" <<JOB
 set -x
 cd /tmp
-date
-search-gym train sft --config "$REPO/examples/configs/sft_aligned_smollm2.yaml" --output-dir "$RUN" \
-    --device cuda --progress false || exit 1
-date
 DEV=$RUN/dev
-search-gym eval --agents hf:$RUN/final --device cuda --num-envs 96 --num-prompts 100000 --max-new-tokens 64 \
-    --prompt-sets \$DEV/harmful.jsonl:dev --attacks none search think_prefill refusal_then_search prompt_injection \
-    --out $RUNS/eval_harmful --plots false || exit 2
-date
-search-gym eval --agents hf:$RUN/final --device cuda --num-envs 96 --num-prompts 100000 --max-new-tokens 64 \
-    --prompt-sets \$DEV/qa.jsonl:dev \$DEV/instruct.jsonl:dev \$DEV/benign.jsonl:dev \$DEV/harmful_pairs.jsonl:dev \
-    --attacks none --out $RUNS/eval_benign --plots false || exit 3
+EVAL="search-gym eval --agents hf:$RUN/final --device cuda --num-envs 128 --num-prompts 100000 --max-new-tokens 64 --plots false --progress false"
+for stage in $STAGES; do
+  date; echo "=== stage \$stage"
+  case \$stage in
+    sft) search-gym train sft --config "$REPO/examples/configs/sft_aligned_smollm2.yaml" --output-dir "$RUN" \
+           --device cuda --progress false || exit 1 ;;
+    probe) search-gym train grpo --config "$REPO/examples/configs/grpo_aligned_lora.yaml" --model "$RUN/final" \
+           --output-dir $RUNS/probe --env.dataset \$DEV/qa.jsonl --learning-rate 0 --max-steps 2 \
+           --questions-per-step 64 --group-size 8 --save-steps 0 --device cuda --progress false || exit 2 ;;
+    eval) \$EVAL --prompt-sets \$DEV/harmful.jsonl:dev \
+            --attacks none search multi_search:n=10 think_prefill refusal_then_search prompt_injection \
+            --out $RUNS/eval_harmful || exit 3
+          \$EVAL --prompt-sets \$DEV/qa.jsonl:dev \$DEV/instruct.jsonl:dev \$DEV/benign.jsonl:dev \
+            \$DEV/harmful_pairs.jsonl:dev --attacks none --out $RUNS/eval_benign || exit 4 ;;
+    grpo) search-gym train grpo --config "$REPO/examples/configs/grpo_aligned_lora.yaml" --model "$RUN/final" \
+            --output-dir $RUNS/grpo --device cuda --progress false || exit 5 ;;
+  esac
+  echo "=== done \$stage"
+done
 date
 JOB
     setsid nohup bash -c "bash $RUNS/pilot_job.sh; echo rc=\$? >> $RUNS/pilot.rc" > "$RUNS/pilot.log" 2>&1 < /dev/null &
     sleep 5; tail -5 "$RUNS/pilot.log" ;;
   progress)
-    tail -c 3000 "$RUNS/pilot.log"; cat "$RUNS/pilot.rc" 2>/dev/null; nvidia-smi --query-gpu=memory.used --format=csv ;;
+    grep -a "=== \|rc=" "$RUNS/pilot.log" "$RUNS/pilot.rc" 2>/dev/null | tail -12
+    tail -c 2500 "$RUNS/pilot.log"; echo; nvidia-smi --query-gpu=name,memory.used --format=csv ;;
   collect)
-    mkdir -p "$OUT/adapter"
+    mkdir -p "$OUT/adapter" "$OUT/grpo"
     cp "$RUN"/adapter/* "$OUT/adapter/" 2>/dev/null
-    tar -czf "$OUT/pilot_results.tar.gz" -C "$RUNS" --exclude='*.safetensors' --exclude='*.pt' \
+    # the GRPO pilot's newest checkpoint (LoRA weights + optimizer state), so that the run continues elsewhere
+    last=$(ls -d "$RUNS"/grpo/checkpoint-* 2>/dev/null | sort -V | tail -1)
+    [ -n "$last" ] && tar -czf "$OUT/grpo/$(basename "$last").tar.gz" -C "$(dirname "$last")" "$(basename "$last")"
+    tar -czf "$OUT/pilot_results.tar.gz" -C "$RUNS" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.bin' \
         --exclude='sft_data.jsonl' --exclude='final' --exclude='checkpoint-*' . 2>/dev/null
-    ls -la "$OUT" "$OUT/adapter" ;;
-  *) echo "usage: $0 start|progress|collect" >&2; exit 2 ;;
+    ls -la "$OUT" "$OUT/adapter" "$OUT/grpo" ;;
+  *) echo "usage: $0 start [STAGES]|progress|collect" >&2; exit 2 ;;
 esac

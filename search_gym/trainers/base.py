@@ -20,6 +20,7 @@ from search_gym.trainers.core import (
     RunLogger,
     checkpoints,
     frozen_copy,
+    group_statistics,
     load_checkpoint,
     load_policy,
     make_optimizer,
@@ -250,6 +251,7 @@ class RLTrainer:
             turns = sum(e.turns for e in episodes)
             generated = self.collector.stats.generated_tokens - stats_before[0]
             metrics.update(episode_metrics(episodes))
+            metrics.update(group_statistics(episodes, config.group_size))
             metrics.update({
                 "charts/learning_rate": self.scheduler.get_last_lr()[0],
                 "charts/SPS": turns / wall,

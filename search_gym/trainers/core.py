@@ -366,6 +366,34 @@ def sampler_metrics(policy_logps: torch.Tensor, sampler_logps: torch.Tensor, wei
 # ---------------------------------------------------------------------------------------------- optimiser
 
 
+def group_statistics(episodes: Sequence[Any], group_size: int) -> dict[str, float]:
+    """How much signal the rollout groups carry (episodes ordered group by group, as collectors return them).
+
+    A group whose ``group_size`` rewards are all equal gets zero group-relative advantage: it teaches GRPO nothing.
+    ``groups/informative_share`` is the share of groups with any spread of the shaped reward (what the advantages
+    see), ``groups/task_informative_share`` that of the task reward alone. ``groups/task_reward_std`` and
+    ``groups/penalty_std`` are the mean *within-group* (unbiased, as the advantages use) std of the task reward and
+    of the representation penalty: the penalty can act only where its within-group std is not 0, and their ratio
+    (``groups/penalty_to_task_std``) is what lambda is sized by. ``charts/reward_std`` is the whole batch's and
+    says nothing about groups.
+    """
+    if group_size < 2 or not episodes or len(episodes) % group_size:
+        return {}
+    shape = (-1, group_size)
+    reward = np.asarray([e.reward for e in episodes], dtype=np.float64).reshape(shape)
+    task = np.asarray([e.task_reward for e in episodes], dtype=np.float64).reshape(shape)
+    penalty = np.asarray([getattr(e, "penalty", 0.0) for e in episodes], dtype=np.float64).reshape(shape)
+    task_std = float(task.std(axis=1, ddof=1).mean())
+    penalty_std = float(penalty.std(axis=1, ddof=1).mean())
+    return {
+        "groups/informative_share": float((np.ptp(reward, axis=1) > 1e-8).mean()),
+        "groups/task_informative_share": float((np.ptp(task, axis=1) > 1e-8).mean()),
+        "groups/task_reward_std": task_std,
+        "groups/penalty_std": penalty_std,
+        "groups/penalty_to_task_std": penalty_std / task_std if task_std > 0 else 0.0,
+    }
+
+
 def make_optimizer(model, config: TrainConfig, extra_params: Sequence[torch.nn.Parameter] = ()):
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
