@@ -18,7 +18,13 @@ from typing import Any
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 
-__all__ = ["save_adapter", "apply_adapter", "merged_folder", "adapter_sha256", "is_adapter_folder"]
+# Adapters shipped inside the package (bf16, a few MiB each, committed with their SHA256SUMS and the command that
+# made them in the folder's README.md): name -> folder under search_gym/agents/weights/.
+SHIPPED_DIR = Path(__file__).with_name("weights")
+SHIPPED_ADAPTERS = ("smollm2-aligned",)
+
+__all__ = ["save_adapter", "apply_adapter", "merged_folder", "adapter_sha256", "is_adapter_folder",
+           "shipped_adapter", "SHIPPED_ADAPTERS"]
 
 
 def is_adapter_folder(path: str | os.PathLike) -> bool:
@@ -83,3 +89,33 @@ def adapter_sha256(adapter: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def shipped_adapter(name: str, root: str | os.PathLike | None = None) -> Path:
+    """Folder of a shipped adapter (``SHIPPED_ADAPTERS``), its weights checked against the SHA256SUMS beside them.
+
+    ``root`` replaces the package's ``weights/`` folder (tests). A missing folder or a wrong checksum is an error
+    that says how to get the adapter back or make one, never a silent fall back to the base model.
+    """
+    if name not in SHIPPED_ADAPTERS:
+        raise ValueError(f"unknown shipped adapter {name!r}; shipped: {list(SHIPPED_ADAPTERS)}")
+    folder = Path(root or SHIPPED_DIR) / name
+    if not is_adapter_folder(folder):
+        raise FileNotFoundError(
+            f"the shipped adapter {name!r} is not in {folder} ({ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} expected): "
+            "reinstall search-gym from a complete checkout, or train one with `search-gym train sft --config "
+            "examples/configs/sft_aligned_smollm2.yaml` and pass adapter=<output_dir>/adapter")
+    sums = folder / "SHA256SUMS"
+    expected = None
+    if sums.is_file():
+        for line in sums.read_text().splitlines():
+            digest, _, fname = line.strip().partition("  ")
+            if fname == ADAPTER_WEIGHTS:
+                expected = digest
+    if expected is None:
+        raise FileNotFoundError(f"{sums} has no line for {ADAPTER_WEIGHTS}: the shipped adapter cannot be checked")
+    actual = adapter_sha256(folder)
+    if actual != expected:
+        raise ValueError(f"{folder / ADAPTER_WEIGHTS} has sha256 {actual}, SHA256SUMS says {expected}: the file is "
+                         "damaged or was replaced (a git-lfs pointer?); restore it from the repository")
+    return folder

@@ -1,7 +1,8 @@
 """``make_agent(name, **kw)``: one entry point for every agent backend (used by the CLI and the examples).
 
 Names: ``"scripted"``, ``"random"`` (model-free baselines), ``"hf"`` (any transformers model, ``model=`` hub id or
-folder), ``"smollm2"`` (the bundled SmolLM2-135M-Instruct through HFAgent, few-shot on), ``"vllm"`` and
+folder), ``"smollm2"`` (the bundled SmolLM2-135M-Instruct through HFAgent, few-shot on), ``"smollm2-aligned"`` (the same
+base with the shipped aligned LoRA adapter merged, zero-shot: the warm start of the study), ``"vllm"`` and
 ``"openai"`` (an OpenAI-compatible server). ``"hf:<model>"``, ``"vllm:<model>"`` and ``"openai:<model>"`` are
 shorthands for ``model=<model>``. Heavy backends are imported only when asked for.
 """
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from search_gym.agents.base import Agent
+
+ALIGNED = "smollm2-aligned"  # the shipped aligned warm start (search_gym/agents/weights/smollm2-aligned)
 
 
 def _scripted(**kw: Any) -> Agent:
@@ -41,9 +44,37 @@ def _smollm2(**kw: Any) -> Agent:
     return HFAgent(**kw)
 
 
+def _smollm2_aligned(**kw: Any) -> Agent:
+    from search_gym.agents.adapters import shipped_adapter
+    from search_gym.agents.hf import BUNDLED_MODEL, HFAgent
+
+    if kw.setdefault("model", BUNDLED_MODEL) != BUNDLED_MODEL:
+        raise ValueError("the 'smollm2-aligned' agent is the bundled model + its shipped adapter; use "
+                         "make_agent('hf', model=..., adapter=...) for others")
+    kw.setdefault("adapter", shipped_adapter(ALIGNED))
+    kw.setdefault("few_shot", False)  # trained zero-shot: the worked examples are not what it learnt from
+    return HFAgent(**kw)
+
+
 def _vllm(**kw: Any) -> Agent:
     from search_gym.agents.vllm_agent import VLLMAgent
 
+    adapter = kw.pop("adapter", None)
+    if kw.get("model") == ALIGNED:  # 'vllm:smollm2-aligned': the bundled base + the shipped adapter
+        from search_gym.agents.adapters import shipped_adapter
+        from search_gym.agents.gguf import ensure_smollm2
+
+        kw["model"], adapter = str(ensure_smollm2()), adapter or shipped_adapter(ALIGNED)
+        kw.setdefault("few_shot", False)
+    if adapter is not None:  # vLLM loads folders: base + adapter merged once into the cache, keyed by the adapter
+        from search_gym.agents.adapters import adapter_sha256, merged_folder
+        from search_gym.agents.gguf import ensure_smollm2
+        from search_gym.agents.prompting import BUNDLED_MODEL
+        from search_gym.paths import models_dir
+
+        base = kw.get("model", BUNDLED_MODEL)
+        base = str(ensure_smollm2()) if base == BUNDLED_MODEL else str(base)
+        kw["model"] = str(merged_folder(base, adapter, models_dir() / f"merged-{adapter_sha256(adapter)[:16]}"))
     return VLLMAgent(**kw)
 
 
@@ -58,6 +89,7 @@ AGENT_FACTORIES: dict[str, Callable[..., Agent]] = {
     "random": _random,
     "hf": _hf,
     "smollm2": _smollm2,
+    ALIGNED: _smollm2_aligned,
     "vllm": _vllm,
     "openai": _openai,
 }

@@ -1,0 +1,71 @@
+"""The shipped aligned adapter (search_gym/agents/weights/smollm2-aligned): checked against its SHA256SUMS, loaded by
+``make_agent("smollm2-aligned")`` onto the bundled base, and clear errors when it is missing or damaged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from search_gym.agents import adapters
+from search_gym.agents.adapters import ADAPTER_WEIGHTS, adapter_sha256, save_adapter, shipped_adapter
+
+
+def write_shipped(root, model, name="smollm2-aligned"):
+    folder = save_adapter(model, root / name)
+    (folder / "SHA256SUMS").write_text(f"{adapter_sha256(folder)}  {ADAPTER_WEIGHTS}\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bundled_lora():
+    """A LoRA of the bundled SmolLM2 shape with non-zero weights (so that merging it changes the logits)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from search_gym.agents.gguf import ensure_smollm2
+
+    base = ensure_smollm2()
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=2, lora_alpha=4,
+                                                                                 target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for pname, param in model.named_parameters():
+            if "lora_" in pname:
+                param.normal_(0, 0.02)
+    return base, model
+
+
+def test_make_agent_smollm2_aligned_is_base_plus_shipped_adapter(bundled_lora, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from search_gym.agents.registry import make_agent
+
+    base, model = bundled_lora
+    folder = write_shipped(tmp_path, model)
+    monkeypatch.setattr(adapters, "SHIPPED_DIR", tmp_path)
+    agent = make_agent("smollm2-aligned", device="cpu")
+    assert agent.model_name.endswith("+smollm2-aligned")
+    assert not agent.few_shot  # trained zero-shot
+    ids = torch.tensor([[1, 504, 2030, 28, 614, 30]])
+    with torch.no_grad():
+        got = agent.model(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(base)(ids).logits
+        want = adapters.apply_adapter(AutoModelForCausalLM.from_pretrained(base), folder)(ids).logits
+    assert (want - plain).abs().max() > 1e-3  # the adapter is really applied ...
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)  # ... and is the shipped one
+
+
+def test_shipped_adapter_refuses_a_missing_unlisted_or_damaged_file(bundled_lora, tmp_path):
+    _, model = bundled_lora
+    with pytest.raises(FileNotFoundError, match="train one with `search-gym train sft"):
+        shipped_adapter("smollm2-aligned", root=tmp_path)
+    with pytest.raises(ValueError, match="unknown shipped adapter 'nope'"):
+        shipped_adapter("nope", root=tmp_path)
+    folder = write_shipped(tmp_path, model)
+    assert shipped_adapter("smollm2-aligned", root=tmp_path) == folder
+    (folder / "SHA256SUMS").write_text("")
+    with pytest.raises(FileNotFoundError, match="has no line for adapter_model.safetensors"):
+        shipped_adapter("smollm2-aligned", root=tmp_path)
+    (folder / "SHA256SUMS").write_text(f"{'0' * 64}  {ADAPTER_WEIGHTS}\n")
+    with pytest.raises(ValueError, match="damaged or was replaced"):
+        shipped_adapter("smollm2-aligned", root=tmp_path)
