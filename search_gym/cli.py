@@ -68,23 +68,35 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from search_gym.assets import MissingAssetError
     from search_gym.experiments.demo import run_episodes
 
-    env_kwargs: dict = {"retriever": args.retriever, "max_turns": args.max_turns, "parse_mode": args.parse_mode}
+    def play(env_id: str, split: str | None, attack: str | None, n: int):
+        env_kwargs: dict = {"retriever": args.retriever, "max_turns": args.max_turns, "parse_mode": args.parse_mode}
+        if split is not None:
+            env_kwargs["split"] = split
+        if attack and attack != "none":
+            env_kwargs["attack"] = attack
+        if args.safety:
+            env_kwargs["safety"] = True
+        venv = gym.make_vec(env_id, num_envs=min(args.num_envs, n), vectorization_mode="vector_entry_point",
+                            **env_kwargs)
+        questions = venv.unwrapped.envs[0].questions
+        order = np.random.default_rng(args.seed).permutation(len(questions))
+        summary = run_episodes(venv.unwrapped, agent, [int(i) for i in order[:n]], seed=args.seed, progress=True)
+        return summary, venv.unwrapped.envs[0].split
+
     # --split overrides the id's split; without it the QA id plays its held-out test split, others their own.
     split = args.split or ("test" if args.env == "SearchGym/WikiQA-v0" else None)
-    if split is not None:
-        env_kwargs["split"] = split
-    if args.attack and args.attack != "none":
-        env_kwargs["attack"] = args.attack
-    if args.safety:
-        env_kwargs["safety"] = True
+    # The phenomenon the suite studies, next to the task: a few held-out harmful requests with no attack and under
+    # the search attack (a forced <search> before the model can refuse), unless one run was asked for.
+    harmful = args.harmful if args.safety and not args.attack else 0
+    rows = []
     try:
         agent = _make_agent(args)
-        venv = gym.make_vec(args.env, num_envs=args.num_envs, vectorization_mode="vector_entry_point", **env_kwargs)
-        questions = venv.unwrapped.envs[0].questions
-        split = venv.unwrapped.envs[0].split
-        rng_order = np.random.default_rng(args.seed).permutation(len(questions))
-        indices = [int(i) for i in rng_order[: args.num_episodes]]
-        summary = run_episodes(venv.unwrapped, agent, indices, seed=args.seed, progress=True)
+        summary, split = play(args.env, split, args.attack, args.num_episodes)
+        rows.append((f"{args.env.split('/')[-1].removesuffix('-v0')} {split}" + (f", {args.attack} attack" if args.attack
+                                                                                 else ""), summary))
+        for attack in (("none", "search") if harmful else ()):
+            harm, harm_split = play(HARMFUL_ENV, None, attack, harmful)
+            rows.append((f"harmful {harm_split}, " + ("no attack" if attack == "none" else f"{attack} attack"), harm))
     except MissingAssetError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
@@ -92,38 +104,44 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         console.print(f"[red]{escape(str(exc))}[/red]")
         return 2
 
-    for record in summary.episodes[: args.show]:
-        console.rule(f"{record.question_id}: {record.question}")
+    shown = [r for _, run in rows for r in run.episodes][: args.show]
+    for record in shown:
+        console.rule(escape(f"{record.question_id}: {record.question}"))
         console.print(record.transcript, markup=False, highlight=False)
         console.print(f"gold={record.golden_answers} answer={record.answer!r} correct={record.summary()['correct']}")
-    stats = summary.as_dict()
-    title = f"{args.env} [{split}] agent={args.agent} retriever={args.retriever} attack={args.attack or 'none'}"
+    title = f"agent={args.agent} retriever={args.retriever}"
     table = Table(title=escape(title))
-    columns = [("episodes", str(stats["episodes"])), ("EM", _num(stats["exact_match"], 3))]
-    if args.safety:
-        # The eval harness's definitions (search_gym.rollout.metrics.episode_metrics), 0-100, 100 = safe / refused.
-        columns += [("search safety", _num(stats["search_safety"], 1)),
-                    ("first-turn refusal", _num(stats["refusal_first"], 1)),
-                    ("answer safety", _num(stats["answer_safety"], 1))]
-    columns += [
-        ("searches / ep", f"{stats['searches_per_episode']:.2f}"),
-        ("invalid / ep", f"{stats['invalid_actions_per_episode']:.2f}"),
-        ("agent s", f"{stats['agent_seconds']:.1f}"),
-        ("env s", f"{stats['env_seconds']:.1f}"),
-        ("wall s", f"{stats['wall_seconds']:.1f}"),
-        ("tokens/s", "-" if stats["completion_tokens"] == 0 else f"{stats['tokens_per_second']:.1f}"),
-    ]
-    for name, value in columns:
-        # values never shrink (a cut "0.…" hides the number); long headers wrap instead
-        table.add_column(name, justify="right", min_width=max(len(value), 5), overflow="fold")
-    table.add_row(*(value for _, value in columns))
+    headers = ["n", "EM"] + (["refusal %", "search safety", "answer safety"] if args.safety else [])
+    headers += ["searches/ep", "invalid/ep", "agent s", "env s", "tok/s"]
+    table.add_column("run", justify="left", no_wrap=True)
+    for name in headers:
+        table.add_column(name, justify="right", overflow="fold")
+    for label, run in rows:
+        stats = run.as_dict()
+        values = [str(stats["episodes"]), _num(stats["exact_match"], 3)]
+        if args.safety:
+            # The eval harness's definitions (search_gym.rollout.metrics.episode_metrics), 0-100, 100 = safe / refused.
+            values += [_num(stats["refusal_first"], 1), _num(stats["search_safety"], 1), _num(stats["answer_safety"], 1)]
+        values += [f"{stats['searches_per_episode']:.2f}", f"{stats['invalid_actions_per_episode']:.2f}",
+                   f"{stats['agent_seconds']:.1f}", f"{stats['env_seconds']:.1f}",
+                   "-" if stats["completion_tokens"] == 0 else f"{stats['tokens_per_second']:.1f}"]
+        table.add_row(escape(label), *values)
     console.print(table)
+    if harmful:
+        console.print("refusal %: episodes refused in the first turn; search safety: 100 = every query benign. The "
+                      "drop from 'no attack' to 'search attack' is what search-gym studies.")
     if args.json:
         from search_gym.rollout.recorder import dumps_record
 
-        payload = {"summary": stats, "episodes": [r.summary() for r in summary.episodes]}
+        runs = [{"run": label, "summary": run.as_dict(), "episodes": [r.summary() for r in run.episodes]}
+                for label, run in rows]
+        # the first run's summary and episodes stay at the top level (the file's layout before the harmful rows)
+        payload = {"summary": runs[0]["summary"], "episodes": runs[0]["episodes"], "runs": runs}
         Path(args.json).write_text(dumps_record(payload))  # numpy scalars and NaN-safe
     return 0
+
+
+HARMFUL_ENV = "SearchGym/WikiHarmful-v0"  # held-out harmful requests (never trained on)
 
 
 def _num(value: float, digits: int) -> str:
@@ -236,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--safety", type=lambda t: t.lower() in ("1", "true", "yes", "on"), default=True,
                       metavar="BOOL", help="judge queries, refusals and answers (default: true)")
     demo.add_argument("--seed", type=int, default=0, help="question order and agent sampling seed")
+    demo.add_argument("--harmful", type=int, default=8,
+                      help="also play this many held-out harmful requests with no attack and under the search "
+                      "attack (0: only the QA run; off when --attack or --safety false is given)")
     demo.add_argument("--show", type=int, default=1, help="print this many transcripts")
     demo.add_argument("--json", default=None, help="write the summary and episodes to this JSON file")
     demo.set_defaults(func=_cmd_demo)
@@ -273,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     from search_gym.judges.cli import add_judges_parser
     from search_gym.trainers.cli import add_train_parser
     from search_gym.experiments.study import add_study_parser
+    from search_gym.experiments.viewer import add_view_parser
 
     add_directions_parser(sub)
     add_judges_parser(sub)
@@ -280,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_parser(sub)
     add_serve_parser(sub)
     add_index_parser(sub)
+    add_view_parser(sub)
     return parser
 
 

@@ -63,7 +63,7 @@ def test_demo_scripted_json_and_harmful_env(tmp_path):
     # --split is the QA id's default only: the harmful id keeps its held-out split (was a crash)
     out = cli("demo", "--env", "SearchGym/WikiHarmful-v0", "--agent", "scripted", "-n", "2", "--num-envs", "2",
               "--retriever", "bm25", "--safety", "false")
-    assert "[heldout]" in out.stdout
+    assert "WikiHarmful heldout" in out.stdout
 
 
 def test_eval_subcommand_with_a_config_file(tmp_path):
