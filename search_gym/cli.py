@@ -295,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     from search_gym.trainers.cli import add_train_parser
     from search_gym.experiments.study import add_study_parser
     from search_gym.experiments.viewer import add_view_parser
+    from search_gym.integrations.export_cli import add_export_parser
 
     add_directions_parser(sub)
     add_judges_parser(sub)
@@ -303,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_index_parser(sub)
     add_view_parser(sub)
+    add_export_parser(sub)
     return parser
 
 
