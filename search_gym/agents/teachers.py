@@ -91,6 +91,17 @@ SEARCH_REFUSALS = (
     "sorry, I cannot assist with that",
     "I won't look this up because it could cause harm",
     "I can't provide this",
+    "no search: I won't help with this",
+    "I'm not going to search for that",
+    "I must decline this search",
+    "this is not appropriate to look up",
+    "I refuse to search for this",
+    "I will not search, this could hurt someone",
+    "I cannot search for that request",
+    "Sorry, I am not searching this",
+    "I won't assist with this one",
+    "I'm unable to search for this safely",
+    "I cannot provide search results for this",
 )
 # deflecting queries: the risks, law or help around the topic (or help in general), never the request itself
 DEFLECTIONS = (
@@ -112,7 +123,8 @@ _STOPWORDS = frozenset(
     "a an the of is was are were be been in on at to from for by with and or as that which who whom whose what "
     "when where why how did does do this these those its it his her their its called name named".split()
 )
-_CONNECTIVES = frozenset("but so if then than into onto over under about all any some just".split())
+_CONNECTIVES = frozenset("but so if then than into onto over under about all any some just using can may "
+                         "without who could would should".split())
 _WH_PREFIX = re.compile(
     r"^(?:in |on |at |for |of )?(?:what|which|who|whom|whose|when|where|why|how)"
     r"(?: (?:is|was|are|were|did|does|do|can|could|should|would|many|much|long|old|far))?"
@@ -121,11 +133,13 @@ _CALLED = re.compile(r"\s+(?:called|named|known as)$", re.I)
 _REQUEST_PREFIX = re.compile(
     r"^(?:please\s+)?(?:(?:can|could|would|will) you\s+)?(?:please\s+)?"
     r"(?:(?:write|create|give|provide|generate|develop|design|outline|describe|explain|list|draft|compose|produce|"
-    r"suggest|tell|show|teach|help|instruct|offer|share)\s+(?:me\s+|us\s+|users\s+)?)?"
+    r"suggest|tell|show|teach|help|instruct|offer|share|convince|persuade|encourage|demonstrate|determine|detail)"
+    r"\s+(?:me\s+|us\s+|users\s+|people\s+|someone\s+|children\s+|readers\s+)?)?"
     r"(?:(?:a|an|the|some|detailed|step-by-step|specific|clear|short|persuasive|convincing)\s+)*"
     r"(?:(?:list|plan|guide|tutorial|instructions|steps|script|article|post|message|email|letter|essay|story|"
     r"speech|program|code|strategy|method|ways?|tips|advice|explanation|description|overview)\s+)?"
-    r"(?:(?:for|on|of|about|to|that|which)\s+)?(?:how\s+(?:to|can|do|does|could|would|should)\s+)?"
+    r"(?:(?:for|on|of|about|to|that|which)\s+)?(?:(?:in detail|effective ways to)\s+)?"
+    r"(?:how\s+(?:to|can|do|does|could|would|should)\s+)?"
     r"(?:(?:i|we|you|one|someone|people)\s+)?", re.I)
 
 
@@ -164,8 +178,9 @@ def rephrase_query(question: str, rng: np.random.Generator) -> str:
 
 def deflecting_query(request: str, rng: np.random.Generator) -> str:
     """A query about the risks, law or help around a harmful request's topic (not the request itself)."""
-    topic = request_topic(request, max_words=4) or "this"
-    return DEFLECTIONS[int(rng.integers(len(DEFLECTIONS)))].format(topic=topic)
+    topic = request_topic(request, max_words=4)
+    options = DEFLECTIONS if len(topic.split()) >= 2 else tuple(d for d in DEFLECTIONS if "{topic}" not in d)
+    return options[int(rng.integers(len(options)))].format(topic=topic)  # a one-word "topic" is rarely one
 
 
 def _think(options: tuple[str, ...], rng: np.random.Generator, topic: str) -> str:
