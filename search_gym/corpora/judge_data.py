@@ -18,6 +18,9 @@ that confound, each with its ``source`` and ``licence``:
 ``harmful_queries``      1      hand-written keyword queries (intent only, nothing operational), and the
                                 query form of the bundled harmful prompts (HarmBench, AdvBench,
                                 StrongREJECT, Do-Not-Answer ``malicious_uses``)
+``attack_check`` and     0 / 1  what a query can be under the search attack: refusals and safety-oriented
+three more sets                 queries (0), disguised harmful queries (1), and a hand-written check set
+                                whose val part is reported only: :mod:`~search_gym.corpora.judge_safety_texts`
 =======================  =====  =========================================================================
 
 Rows written for the project carry ``licence = "Apache-2.0"`` and ``source = "search-gym (written)"`` or
@@ -89,9 +92,12 @@ __all__ = [
     "stratified_sample",
 ]
 
-JUDGE_DATA_VERSION = "1"
+JUDGE_DATA_VERSION = "2"  # 2: the refusal / safety / disguised / attack-check sets (judge_safety_texts)
 SPLITS = ("train", "val", "heldout")
-SETS = ("pairs", "benign_written", "benign_templated", "benign_queries", "harmful_queries")
+SETS = ("pairs", "benign_written", "benign_templated", "benign_queries", "harmful_queries", "attack_check",
+        "refusal_queries", "safety_queries", "disguised_harmful_queries")  # the last four: judge_safety_texts
+# sets whose val rows are reported only: kept out of the judges' validation mixture (calibration, thresholds)
+REPORT_ONLY_VAL_SETS = ("attack_check",)
 HELDOUT_FRACTION = 0.25
 VAL_FRACTION = 0.2  # of the groups that are not held out
 PROJECT_LICENCE = "Apache-2.0"
@@ -365,6 +371,14 @@ def _choose_titles(all_titles: Iterable[str], n: int = N_TITLES) -> list[str]:
     return sorted(sorted(keep, key=lambda t: stable_hash(_SALT_PICK, "title", t))[:n])
 
 
+def _safety_streams() -> list[Iterable[JudgeRow]]:
+    """The sets of :mod:`search_gym.corpora.judge_safety_texts`: the check set first (written first, it keeps its
+    texts), then the templated refusal, safety and disguised harmful queries."""
+    from search_gym.corpora import judge_safety_texts as st
+
+    return [st.check_rows(), st.refusal_rows(), st.safety_rows(), st.disguised_rows()]
+
+
 def build_rows(inputs: _Inputs) -> tuple[list[JudgeRow], dict[str, int]]:
     """Every row, de-duplicated and filtered, in the fixed order of :data:`SETS`; plus drop counts."""
     harmful_for_queries = [p for p in inputs.harmful
@@ -377,6 +391,7 @@ def build_rows(inputs: _Inputs) -> tuple[list[JudgeRow], dict[str, int]]:
         _benign_written_query_rows(),
         _derived_query_rows(inputs.edgy, 0, "benign_queries"),
         _derived_query_rows(harmful_for_queries, 1, "harmful_queries"),
+        *_safety_streams(),
     ]
     seen = set(inputs.known)
     rows: list[JudgeRow] = []
@@ -413,9 +428,11 @@ def judge_data_dir() -> Path:
 
 def _texts_digest() -> str:
     """SHA-256 of the hand-written texts and templates (a change rebuilds the data)."""
+    from search_gym.corpora import judge_safety_texts as st
     from search_gym.corpora import judge_texts as t
 
     payload = {name: getattr(t, name) for name in sorted(dir(t)) if name.isupper()}
+    payload.update({f"judge_safety_texts.{name}": getattr(st, name) for name in sorted(dir(st)) if name.isupper()})
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=list)
     return hashlib.sha256(f"{JUDGE_DATA_VERSION}\n{blob}".encode()).hexdigest()
 
@@ -551,7 +568,8 @@ def judge_mixture(split: str = "train", *, include_excluded: bool = False) -> li
     (HarmBench, AdvBench, StrongREJECT, Do-Not-Answer without its chatbot-directed categories), ``edgy``
     (benign-but-edgy prompts) and ``qa`` (a fixed :data:`QA_FRACTION` of the QA questions; QA test = heldout).
     ``include_excluded`` adds the Do-Not-Answer ``human_chatbox`` / ``misinformation_harms`` prompts as the set
-    ``dna_chatbot`` (label 1; for reporting only, never for training)."""
+    ``dna_chatbot`` (label 1; for reporting only, never for training) and, on ``val``, the rows of
+    :data:`REPORT_ONLY_VAL_SETS` (the check set's val part, which is reported and chooses nothing)."""
     from search_gym.build import ensure_embedded
     from search_gym.data.prompts import load_prompt_jsonl
     from search_gym.data.qa import load_qa_jsonl
@@ -559,6 +577,8 @@ def judge_mixture(split: str = "train", *, include_excluded: bool = False) -> li
     if split not in ("train", "val", "heldout"):
         raise ValueError(f"split must be train, val or heldout, not {split!r}")
     rows = load_judge_rows(split)
+    if split == "val" and not include_excluded:  # reported only: never calibrates or chooses
+        rows = [r for r in rows if r["set"] not in REPORT_ONLY_VAL_SETS]
     data = ensure_embedded(progress=False)
 
     def bundled(item, label: int, set_name: str, source: str, licence: str, text: str) -> dict:

@@ -21,6 +21,12 @@ for a how-to query), ``requests`` / ``queries`` of ``overall``, and ``deflected 
 query judged under the *harmful* request (no label: its ``flag_rate`` shows whether a judge that reads the request
 calls a deflection harmful).
 
+Slices of the attack-query sets (:mod:`search_gym.corpora.judge_safety_texts`): ``overall: v1 sets`` is ``overall``
+without them (the rows of judge data version 1, comparable with numbers measured before they existed);
+``attack check: <category>`` the check set's refusals, safety and help queries, harmful and disguised harmful
+queries. ``safety`` is the mean ``100 - harm`` of a slice; ``auroc_ci`` a percentile-bootstrap 95% interval of the
+AUROC (each class resampled, 1,000 times) on the slices of :data:`INTERVAL_SLICES`.
+
 Agreement between judges (:func:`agreement`): over rows both scored, the fraction of equal ``flagged`` calls,
 Cohen's kappa and the Spearman correlation of the harm scores.
 
@@ -48,12 +54,13 @@ import numpy as np
 
 from search_gym.corpora.judge_data import eval_rows, slice_rows, stratified_sample
 from search_gym.safety.base import JudgeInput, JudgeScores, score_judge
-from search_gym.stats import auroc, brier, ece
+from search_gym.stats import auroc, auroc_interval, brier, ece
 
 __all__ = [
     "METRICS",
     "JudgeScores",
     "agreement",
+    "attack_slices",
     "cohen_kappa",
     "eval_rows",
     "evaluate_judges",
@@ -67,7 +74,12 @@ __all__ = [
 ]
 
 METRICS = ("n", "n_harmful", "n_benign", "auroc", "accuracy", "tpr", "fpr", "pair_accuracy", "n_pairs", "brier", "ece",
-           "abstain", "flag_rate")
+           "abstain", "flag_rate", "safety")
+# the sets of search_gym.corpora.judge_safety_texts, the check set's categories, and the slices with an AUROC interval
+ATTACK_SETS = ("attack_check", "refusal_queries", "safety_queries", "disguised_harmful_queries")
+CHECK_CATEGORIES = ("refusal", "safety", "help", "harmful", "disguised")
+INTERVAL_SLICES = ("overall", "overall: v1 sets", "pairs", "set: attack_check", "independent: all",
+                   "set: independent_rho_refusal", "set: independent_rho_refusal_queries")
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -124,6 +136,7 @@ def metrics(labels: Sequence[int | None], harm: Sequence[float], flags: Sequence
         "ece": ece(prob[calib], lab[calib]) if calib.any() else math.nan,
         "abstain": float(1.0 - scored.mean()) if n else math.nan,
         "flag_rate": float(flag_arr[flag_ok].mean()) if flag_ok.any() else math.nan,
+        "safety": float(100.0 - harm[scored].mean()) if scored.any() else math.nan,
     }
     acc, n_pairs = pair_accuracy(harm, [max(y, 0) for y in lab], pairs or [""] * n)
     out["pair_accuracy"], out["n_pairs"] = acc, n_pairs
@@ -214,11 +227,29 @@ def deflection_rows(rows: Sequence[dict]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- scoring
 
 
+def attack_slices(slices: dict[str, list[dict]], rows: Sequence[dict]) -> dict[str, list[dict]]:
+    """``slices`` with ``overall: v1 sets`` (after ``overall``) and ``attack check: <category>`` added (see the module
+    docstring); unchanged when ``rows`` hold none of :data:`ATTACK_SETS`."""
+    if not any(r["set"] in ATTACK_SETS for r in rows):
+        return slices
+    out: dict[str, list[dict]] = {}
+    for name, members in slices.items():
+        out[name] = members
+        if name == "overall":
+            out["overall: v1 sets"] = [r for r in members if r["set"] not in ATTACK_SETS]
+    for category in CHECK_CATEGORIES:
+        members = [r for r in rows if r["set"] == "attack_check" and r.get("domain") == category]
+        if members:
+            out[f"attack check: {category}"] = members
+    return out
+
+
 def evaluate_judges(scores: Sequence[JudgeScores], rows: Sequence[dict], *,
-                    agreement_slices: Sequence[str] = ("overall",)) -> dict[str, Any]:
+                    agreement_slices: Sequence[str] = ("overall",), n_boot: int = 1000) -> dict[str, Any]:
     """The report: ``{"judges": {name: {"slices": {slice: metrics}, "seconds", "note", "n_scored"}},
-    "agreement": {slice: {"a | b": {...}}}, "slices": {slice: n}}``."""
-    slices = slice_rows(rows)
+    "agreement": {slice: {"a | b": {...}}}, "slices": {slice: n}}``. ``n_boot``: resamples of the AUROC intervals
+    (0: none)."""
+    slices = attack_slices(slice_rows(rows), rows)
     report: dict[str, Any] = {"slices": {k: len(v) for k, v in slices.items()}, "judges": {}, "agreement": {}}
     for judge in scores:
         per: dict[str, dict] = {}
@@ -226,6 +257,11 @@ def evaluate_judges(scores: Sequence[JudgeScores], rows: Sequence[dict], *,
             harm, flags, labels, pairs = judge.arrays(members)
             if harm:
                 per[slice_name] = metrics(labels, harm, flags, pairs)
+                if n_boot and slice_name in INTERVAL_SLICES and not math.isnan(per[slice_name]["auroc"]):
+                    h, y = np.asarray(harm, dtype=np.float64), np.array([-1 if v is None else v for v in labels])
+                    ok = ~np.isnan(h)
+                    per[slice_name]["auroc_ci"] = list(auroc_interval(h[ok & (y == 1)], h[ok & (y == 0)],
+                                                                      n_boot=n_boot, seed=0))
         report["judges"][judge.name] = {"slices": per, "seconds": judge.seconds, "note": judge.note,
                                         "n_scored": len(judge.by_id)}
     for slice_name in agreement_slices:
@@ -250,18 +286,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-MAIN_SLICES = ("overall", "overall: requests", "overall: queries", "pairs", "pairs: requests", "pairs: queries",
-               "benign styled", "benign styled: requests", "benign styled: queries", "set: issue_texts",
-               "set: deflected_queries", "independent: all")
+MAIN_SLICES = ("overall", "overall: v1 sets", "overall: requests", "overall: queries", "pairs", "pairs: requests",
+               "pairs: queries", "benign styled", "benign styled: requests", "benign styled: queries",
+               "set: issue_texts", "set: deflected_queries", "independent: all", "set: attack_check",
+               *(f"attack check: {c}" for c in CHECK_CATEGORIES))
 
 
 def report_markdown(report: dict[str, Any], *, title: str = "Query-harm judges") -> str:
     """Markdown: one table per judge (main slices, then every data source), then the agreement table."""
     lines = [f"## {title}", ""]
     cols = ["slice", "n", "harmful", "benign", "AUROC", "acc", "TPR", "FPR", "pair acc", "pairs", "Brier", "ECE",
-            "abstain", "flagged"]
+            "abstain", "flagged", "safety"]
     keys = ["n", "n_harmful", "n_benign", "auroc", "accuracy", "tpr", "fpr", "pair_accuracy", "n_pairs", "brier", "ece",
-            "abstain", "flag_rate"]
+            "abstain", "flag_rate", "safety"]
     for name, entry in report["judges"].items():
         lines += [f"### {name}", ""]
         if entry.get("note"):
@@ -271,7 +308,10 @@ def report_markdown(report: dict[str, Any], *, title: str = "Query-harm judges")
         ordered = [s for s in MAIN_SLICES if s in per] + sorted(s for s in per if s not in MAIN_SLICES)
         for slice_name in ordered:
             m = per[slice_name]
-            lines.append("| " + " | ".join([slice_name] + [_fmt(m[k]) for k in keys]) + " |")
+            cells = [_fmt(m[k], 1 if k == "safety" else 3) for k in keys]
+            if m.get("auroc_ci"):
+                cells[keys.index("auroc")] += f" [{m['auroc_ci'][0]:.3f}, {m['auroc_ci'][1]:.3f}]"
+            lines.append("| " + " | ".join([slice_name] + cells) + " |")
         lines += ["", f"{entry['n_scored']} rows scored in {entry['seconds']} s.", ""]
     for slice_name, table in report.get("agreement", {}).items():
         lines += [f"### Agreement between judges ({slice_name})", "",
