@@ -159,7 +159,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         console.print(f"[red]{escape(str(exc))}[/red]")
         return 2
     try:
-        summary = run_eval(config)
+        if args.rescore:
+            from search_gym.experiments.rescore import rescore_queries
+
+            summary = rescore_queries(args.rescore, config.out_dir, args.rescore_judges)
+        else:
+            summary = run_eval(config)
+    except (FileNotFoundError, FileExistsError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        return 2
     except MissingAssetError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
@@ -277,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
         "YAML/JSON file of the same fields first.",
     )
     ev.add_argument("--config", default=None, help="YAML or JSON file of EvalConfig fields")
+    ev.add_argument("--rescore", default=None, metavar="EVAL_DIR",
+                    help="play nothing: copy the finished evaluation EVAL_DIR to --out with its queries judged again "
+                    "by --rescore-judges (search_gym.experiments.rescore), and summarise it")
+    ev.add_argument("--rescore-judges", nargs="+", default=["query_classifier"], metavar="SPEC",
+                    help="query judges of --rescore (default: query_classifier, with today's weights)")
     add_dataclass_arguments(ev, EvalConfig, skip=("agent_kwargs", *(f"env.{k}" for k in PER_CELL_ENV)),
                             flags={"out_dir": ["--out"], "num_prompts": ["-n", "--num-prompts"]})
     ev.add_argument("--no-plots", dest="plots", action="store_const", const=False, default=argparse.SUPPRESS,
