@@ -105,7 +105,10 @@ PY
 }
 
 prepare_data() {
-  for need in "$CACHE/wiki_embedded/manifest.json" "$CACHE/prompts" "$CACHE/safety" "$CACHE/indexes"; do
+  # SG_ASSETS_ONLY=smollm2: only the bundled model's GGUF (4 parts instead of 8), for device work that reads no
+  # cache (an SFT run whose sft_data.jsonl was built here and travels in .devrun/): fewer calls before it starts.
+  local only=${SG_ASSETS_ONLY:-}
+  [ -n "$only" ] || for need in "$CACHE/wiki_embedded/manifest.json" "$CACHE/prompts" "$CACHE/safety" "$CACHE/indexes"; do
     [ -e "$need" ] || { echo "missing $need: run 'search-gym setup --index all --model' first" >&2; exit 1; }
   done
   ls -d "$CACHE"/indexes/*-flat >/dev/null && ls -d "$CACHE"/indexes/*-bm25 >/dev/null
@@ -115,18 +118,18 @@ prepare_data() {
   # The cache minus models/ (the converted SmolLM2 is 540 MB of fp32; unpack.sh converts the 98 MB GGUF there),
   # minus lock files. Built outputs carry their checksums in the manifests, so no asset package is needed to use them.
   # judge_data/: the judges' train/val/held-out rows (directions and the SFT dev split read them).
-  (cd "$CACHE" && find wiki_embedded prompts safety indexes $(ls -d judge_data 2>/dev/null) -type f \
-     ! -name '*.lock' ! -name '.*' -print0 \
+  [ -n "$only" ] || (cd "$CACHE" && find wiki_embedded prompts safety indexes $(ls -d judge_data 2>/dev/null) \
+     -type f ! -name '*.lock' ! -name '.*' -print0 \
      | xargs -0 cp --parents -p -t "$STAGE/sg/cache")
   # Only the asset files search-gym reads at run time, under stub packages that importlib.util.find_spec finds
   # (search_gym/assets.py locates them with find_spec and never imports their code).
-  "$PY" - "$STAGE/sg/assets" <<'PY'
+  "$PY" - "$STAGE/sg/assets" "$only" <<'PY'
 import importlib.util, shutil, sys
 from pathlib import Path
 sys.path.insert(0, ".")
 from search_gym.assets import ASSETS
 out = Path(sys.argv[1])
-for key in ("smollm2", "minilm"):
+for key in (sys.argv[2].split(",") if sys.argv[2] else ("smollm2", "minilm")):
     a = ASSETS[key]
     src = Path(list(importlib.util.find_spec(a.module).submodule_search_locations)[0]) / a.path
     dst = out / a.module / a.path
