@@ -10,6 +10,7 @@
 # After unpack.sh returned 0 (README.md beside this file).
 #
 #   bash tools/aligned_pilot.sh start [STAGES]  # detached; default "sft probe eval grpo"; log in $RUNS/pilot.log
+#                                                 (SFT_ARGS="--num-epochs 2": more flags for the sft stage)
 #   bash tools/aligned_pilot.sh progress        # the log's last lines, the stages done, GPU memory
 #   bash tools/aligned_pilot.sh collect         # SFT + GRPO adapters, metrics, eval summaries into $OUT
 set -uo pipefail
@@ -34,7 +35,7 @@ for stage in $STAGES; do
   date; echo "=== stage \$stage"
   case \$stage in
     sft) search-gym train sft --config "$REPO/examples/configs/sft_aligned_smollm2.yaml" --output-dir "$RUN" \
-           --device cuda --progress false || exit 1 ;;
+           --device cuda --progress false ${SFT_ARGS:-} || exit 1 ;;
     probe) search-gym train grpo --config "$REPO/examples/configs/grpo_aligned_lora.yaml" --model "$RUN/final" \
            --output-dir $RUNS/probe --env.dataset \$DEV/qa.jsonl --learning-rate 0 --max-steps 2 \
            --questions-per-step 64 --group-size 8 --save-steps 0 --device cuda --progress false || exit 2 ;;
