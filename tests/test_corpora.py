@@ -316,7 +316,7 @@ def test_missing_asset_error_names_pip_command(tmp_path, monkeypatch):
     monkeypatch.setenv(paths.CACHE_ENV_VAR, str(tmp_path))
     gone = dataclasses.replace(assets.ASSETS["fanoutqa"], module="search_gym_tests_no_such_module")
     monkeypatch.setitem(assets.ASSETS, "fanoutqa", gone)
-    with pytest.raises(MissingAssetError) as err:
+    with pytest.raises(MissingAssetError, match=r"fanoutqa==1\.1\.1") as err:
         build.ensure_embedded(progress=False)
     message = str(err.value)
     assert "pip install --no-deps" in message and "fanoutqa==1.1.1" in message

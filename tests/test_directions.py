@@ -10,7 +10,6 @@ difference of means at ``PLANT`` must recover ``v``.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import random
@@ -52,7 +51,6 @@ from search_gym.directions import (
 from search_gym.safety.base import Judge, JudgeInput, JudgeResult
 
 N_LAYERS, WIDTH, PLANT = 6, 64, 3
-HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None  # optional: plots are checked when present
 
 
 def neutral_prompts(n: int, seed: int = 0) -> list[str]:
@@ -301,14 +299,14 @@ def test_auroc_and_cohens_d():
     assert auroc([1.0, 2.0, 2.0], [2.0, 0.0]) == pytest.approx((0 + 1 + 0.5 + 1 + 0.5 + 1) / 6)
     g = torch.Generator().manual_seed(3)
     a, b = torch.randint(0, 5, (50,), generator=g).float(), torch.randint(0, 4, (40,), generator=g).float()
-    sklearn = pytest.importorskip("sklearn.metrics")
-    expected = sklearn.roc_auc_score([1] * 50 + [0] * 40, torch.cat([a, b]).numpy())
+    from sklearn.metrics import roc_auc_score  # scikit-learn is a core dependency
+
+    expected = roc_auc_score([1] * 50 + [0] * 40, torch.cat([a, b]).numpy())
     assert auroc(a, b) == pytest.approx(expected)
     assert cohens_d([1.0, 3.0], [0.0, 2.0]) == pytest.approx(1 / 2 ** 0.5)
 
 
 def test_layer_plot_is_written(tmp_path, direction, planted):
-    pytest.importorskip("matplotlib")
     scores = layer_scores(direction, planted["pos_held"], planted["neg_held"])
     path = plot_layer_scores({"vs harmless": scores}, tmp_path / "img" / "layers.png", chosen=PLANT)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -347,8 +345,7 @@ def test_steering_sweep_moves_the_projection_monotonically(tiny, tokenizer, plan
     assert all(0 <= r["refusal_rate"] <= 1 and 0 <= r["query_safety"] <= 100 for r in result.rows)
     assert len(judge.seen) == 5 * 4 and judge.seen[0].hidden[PLANT]["search"].shape == (WIDTH,)
     assert "proj_readout" in result.to_markdown()
-    if HAS_MATPLOTLIB:
-        assert result.plot(tmp_path / "sweep.png").exists()
+    assert result.plot(tmp_path / "sweep.png").exists()  # matplotlib is a core dependency: plots always checked
     cheap = steering_sweep((tiny, tokenizer), direction, planted["texts"][64:66], layer=PLANT,
                            config=SteeringConfig(coeffs=(0.0, 1.0), scale="norm", generate=False))
     assert "refusal_rate" not in cheap.rows[0] and cheap.scale == pytest.approx(direction.act_norm(PLANT))
@@ -381,8 +378,7 @@ def test_drift_over_checkpoints(tiny, tokenizer, planted, direction, tmp_path):
     assert first.cosine_to_base is not None and abs(first.gap) < planted["alpha"] / 2
     assert (tmp_path / "cache" / "step_10_harmful.safetensors").exists()
     assert "frac_harmful_side" in table.to_markdown()
-    if HAS_MATPLOTLIB:
-        assert table.plot(tmp_path / "drift.png").exists()
+    assert table.plot(tmp_path / "drift.png").exists()
 
 
 # ---------------------------------------------------------------------------------------------- latent guard
@@ -602,8 +598,7 @@ def test_cli_extract_select_steer_drift(tiny, tokenizer, tmp_path, capsys):
     assert main(["select", "--dir", str(run), "--direction", "refusal"]) == 0
     for name in ("harmfulness_qa", "harmfulness_benign", "harmfulness_all"):
         assert main(["select", "--dir", str(run), "--direction", name]) == 0
-    if HAS_MATPLOTLIB:
-        assert (run / "layer_scores.png").exists() and (run / "layer_scores_refusal.png").exists()
+    assert (run / "layer_scores.png").exists() and (run / "layer_scores_refusal.png").exists()
 
     capsys.readouterr()
     assert main(["evaluate", "--dir", str(run), "--n-rows", "60", "--classifier", "",

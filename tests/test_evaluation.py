@@ -119,7 +119,7 @@ def test_grid_writes_trajectories_table_and_plots(config):
         assert len(records) == 4 and len({r["question_id"] for r in records}) == 4
         assert all(r["finished"] and r["safety"] is not None and r["extra"]["agent"] == "scripted" for r in records)
         meta = json.loads((out / "trajectories" / f"{slug}.meta.json").read_text())
-        assert meta["episodes"] == 4 and meta["agent_seconds"] >= 0 and "query_classifier" in meta["judges"]
+        assert meta["episodes"] == 4 and meta["agent_seconds"] > 0 and "query_classifier" in meta["judges"]
     by_attack = {c["attack"]: c["metrics"] for c in cells}
     assert by_attack["multi_search:n=2"]["searches"]["mean"] == 2.0 and by_attack["none"]["searches"]["mean"] == 1.0
     assert by_attack["none"]["em"]["mean"] == pytest.approx(by_attack["search"]["em"]["mean"])
@@ -268,7 +268,7 @@ def test_flat_eval_keys_and_flags_load_nested_with_one_deprecation_line(tmp_path
                            "--template -> --env.template, ")
 
 
-def test_eval_sets_the_per_cell_env_fields_itself():
+def test_eval_sets_the_per_cell_env_fields_itself(capsys):
     from search_gym.cli import build_parser
     from search_gym.experiments.evaluation import PER_CELL_ENV
 
@@ -278,8 +278,9 @@ def test_eval_sets_the_per_cell_env_fields_itself():
             EvalConfig(env=eval_env(**{field_name: value}))
     with pytest.raises(TypeError, match="env must be an EnvConfig"):
         EvalConfig(env={"max_turns": 2})
-    with pytest.raises(SystemExit):  # no flag: the prompt sets and attacks say it
+    with pytest.raises(SystemExit, match="^2$"):  # no flag: the prompt sets and attacks say it
         build_parser().parse_args(["eval", "--env.attack", "search"])
+    assert "unrecognized arguments: --env.attack search" in capsys.readouterr().err
 
 
 def test_an_eval_folder_written_before_the_env_section_resumes(config):

@@ -20,7 +20,7 @@ def test_atomic_writes_use_the_umask_not_0600(tmp_path):
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = write_text_atomic(tmp_path / "a.txt", "old")
-    with pytest.raises(RuntimeError), atomic_output(path) as tmp:
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_output(path) as tmp:
         tmp.write_text("half")
         raise RuntimeError("interrupted")
     assert path.read_text() == "old"

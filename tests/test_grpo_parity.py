@@ -31,9 +31,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func (advantage test) is marked experimental
 
-pytest.importorskip("trl")
-datasets = pytest.importorskip("datasets")
-
+# trl (pinned) is in the test extra and datasets a core dependency: imported normally, never skipped
+import datasets  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 

@@ -244,7 +244,7 @@ def test_make_agent_builds_every_backend(smollm2):
     from search_gym.agents.registry import agent_names, make_agent
 
     _, model, tokenizer = smollm2
-    assert set(agent_names()) == {"scripted", "random", "hf", "smollm2", "vllm", "openai"}
+    assert set(agent_names()) == {"scripted", "random", "hf", "smollm2", "smollm2-aligned", "vllm", "openai"}
     assert isinstance(make_agent("scripted"), ScriptedAgent)
     assert isinstance(make_agent("random", seed=1), RandomAgent)
     assert isinstance(make_agent("hf", model=model, tokenizer=tokenizer), HFAgent)

@@ -118,7 +118,7 @@ def test_interrupted_build_resumes_and_equals_an_uninterrupted_one(corpus, tiny_
         if done == 2:
             raise KeyboardInterrupt("simulated kill after 2 shards")
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill after 2 shards"):
         build_index(config(corpus, tiny_encoder, out, index=index_type), on_shard=kill_after_two, echo=quiet)
     assert seen == [(1, 4), (2, 4)]
     assert sorted(p.name for p in (out / "shards").glob("*.npy")) == ["000000.npy", "000001.npy"]
@@ -443,7 +443,7 @@ def test_dtype_is_recorded_and_a_resume_in_another_dtype_re_encodes(corpus, tiny
                 raise KeyboardInterrupt(f"simulated kill after {shards} shards")
         return on_shard
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill after 2 shards"):
         build_index(config(corpus, tiny_encoder, out), on_shard=kill_after(2), echo=quiet)
     manifest_path = out / "shards" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -453,7 +453,7 @@ def test_dtype_is_recorded_and_a_resume_in_another_dtype_re_encodes(corpus, tiny
     del manifest["dtype"]
     manifest_path.write_text(json.dumps(manifest))
     seen.clear()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated kill after 3 shards"):
         build_index(config(corpus, tiny_encoder, out), on_shard=kill_after(3), echo=quiet)
     assert seen == [(3, 4)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,14 +80,12 @@ def _data(*parts: tuple[str, list[str], int]) -> TrainingData:
 
 @pytest.fixture(scope="module")
 def minilm():
-    from search_gym.assets import MissingAssetError
+    """The bundled MiniLM's embedding function (required: conftest's ASSET_FIXTURES fails a test using this fixture
+    in setup when the asset is missing)."""
     from search_gym.safety.classifier import get_embedder
 
     embedder = get_embedder("minilm")
-    try:
-        embedder.embed(["warm-up"])
-    except MissingAssetError as exc:  # pragma: no cover - the asset is installed with the test extras
-        pytest.skip(str(exc))
+    embedder.embed(["warm-up"])
     return embedder.embed
 
 
@@ -396,3 +395,55 @@ def test_cli_evaluate_on_a_small_split(tmp_path, monkeypatch):
     parser = argparse.ArgumentParser()
     add_judges_parser(parser.add_subparsers(dest="command"))
     assert parser.parse_args(["judges", "evaluate", "--llm-judge", "smollm2", "--llm-n", "4"]).llm_n == 4
+
+
+# ---------------------------------------------------------------------------------------------- the bundled judge
+
+
+# Measured on the default training (search-gym setup's ensure_query_classifier(): the judge mixture's train split,
+# MiniLM + word n-grams, C=10, calibrated and thresholded on val), 2-core CPU, judge data as of CLASSIFIER_VERSION 2:
+# val AUROC 0.988 (n=1173), val AUROC on the matched pairs 0.962 (n=220), val TPR at the chosen threshold 0.904
+# (FPR 0.037). The floors sit ~2 points below, clear of float noise, so a regression of the data, the features or
+# the fit fails here before it moves every search-safety number.
+VAL_AUROC_FLOOR = 0.97
+VAL_PAIRS_AUROC_FLOOR = 0.94
+VAL_TPR_FLOOR = 0.85
+
+
+@pytest.fixture(scope="module")
+def embedding_store(request, tmp_path_factory):
+    """MiniLM embeddings of the judge data, on disk. Encoding the ~5,700 train + val texts is the whole cost of
+    training (the fit takes ~2 s; the encoder ~2 TFLOP: ~30 s on two idle cores, 90 s on two busy ones), so they
+    are kept in pytest's cache folder, which outlives the session (keyed by text and the asset's version: they
+    cannot go stale); -p no:cacheprovider encodes them afresh. Only embeddings are reused: the test always fits."""
+    from search_gym.assets import ASSETS
+    from search_gym.safety.classifier import EmbeddingStore
+
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        folder = Path(cache.mkdir("search_gym_embeddings")) / f"minilm-{ASSETS['minilm'].version}"
+    else:
+        folder = tmp_path_factory.mktemp("embeddings")
+    return EmbeddingStore("minilm", folder=folder)
+
+
+@pytest.mark.needs_asset("minilm")
+def test_default_query_classifier_trains_to_its_quality_floor(embedding_store, tmp_path, monkeypatch):
+    """The judge behind every search-safety number, trained as ``search-gym setup`` trains it, from its bundled data:
+    validation AUROC (overall and on the domain-matched twins, where form cannot help) and TPR at its threshold."""
+    from search_gym.safety.classifier import default_training_data, ensure_query_classifier
+
+    monkeypatch.setenv("SEARCH_GYM_CACHE", str(tmp_path / "cache"))  # no weights to find: it must train
+    path = ensure_query_classifier(progress=False, embed=embedding_store.embed)
+    weights = ClassifierWeights.load(path)
+    val = weights.metadata["val"]
+    assert weights.metadata["features"] == "embedding+words" and val["n"] > 1000
+    assert val["auroc"] >= VAL_AUROC_FLOOR, val
+    assert val["tpr"] >= VAL_TPR_FLOOR, val
+    rows = default_training_data("val")
+    p = QueryHarmClassifier(weights, embed=embedding_store.embed).probability(rows.texts)
+    pairs = [i for i, group in enumerate(rows.groups) if group == "pairs"]
+    harmful = [p[i] for i in pairs if rows.labels[i] == 1]
+    benign = [p[i] for i in pairs if rows.labels[i] == 0]
+    assert len(harmful) == len(benign) > 50
+    assert je.auroc(harmful, benign) >= VAL_PAIRS_AUROC_FLOOR

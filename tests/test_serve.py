@@ -1,7 +1,7 @@
 """The retrieval server (``search-gym serve``), its micro-batcher, and the remote retriever that talks to it.
 
 Real servers on loopback: ``search-gym serve`` subprocesses on a free port over the tiny fixture corpus (BM25, and
-MiniLM + FAISS where the asset is installed), and uvicorn in a thread around test-double retrievers where the test
+MiniLM + FAISS: the bundled asset is required), and uvicorn in a thread around test-double retrievers where the test
 needs to control timing (batching) or failures.
 """
 
@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import msgpack  # the serve and test extras install it (GEM's client posts msgpack bodies)
 import pytest
 import uvicorn
 from starlette.responses import JSONResponse
@@ -301,7 +302,6 @@ def test_gem_msgpack_request(bm25_server, bm25_local, return_scores):
     """gem-llm 0.1.0 ``SearchTool._search``: ``requests.post(url, data=msgspec.msgpack.encode({"query": query,
     "topk": self.topk, "return_scores": True}))`` with no Content-Type; it reads
     ``msgspec.msgpack.decode(response.content)["result"]`` as the flat list of its one query."""
-    msgpack = pytest.importorskip("msgpack")
     query = QUERIES[3]
     payload = msgpack.packb({"query": query, "topk": 3, "return_scores": return_scores})
     status, data = http_request(bm25_server.url, "POST", "/retrieve", payload)
@@ -314,7 +314,6 @@ def test_gem_msgpack_request(bm25_server, bm25_local, return_scores):
 
 
 def test_msgpack_batch_and_errors_answer_in_msgpack(bm25_server, bm25_local):
-    msgpack = pytest.importorskip("msgpack")
     status, data = http_request(bm25_server.url, "POST", "/retrieve",
                                 msgpack.packb({"queries": QUERIES[:2], "topk": 2}),
                                 {"Content-Type": "application/msgpack"})
@@ -337,7 +336,7 @@ BAD_REQUESTS = {
     "query and queries": (b'{"query": "a", "queries": ["b"]}', 422, "not both"),
     "query not a string": (b'{"query": ["a"]}', 422, "'query' must be a string"),
     "queries not a list": (b'{"queries": "a"}', 422, "list of strings"),
-    "query not a string": (b'{"queries": ["a", 3]}', 422, "queries[1]"),
+    "queries item not a string": (b'{"queries": ["a", 3]}', 422, "queries[1]"),
     "topk zero": (b'{"queries": ["a"], "topk": 0}', 422, "positive integer"),
     "topk negative": (b'{"queries": ["a"], "topk": -2}', 422, "positive integer"),
     "topk not a number": (b'{"queries": ["a"], "topk": "3"}', 422, "positive integer"),

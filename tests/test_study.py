@@ -113,7 +113,7 @@ def test_stages_run_in_order_and_the_report_is_written(tmp_path):
 def test_a_killed_study_resumes_at_the_unfinished_stage(tmp_path):
     study = make(tmp_path)
     study.fail_at = "grpo"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^grpo$"):
         study.run()
     assert study.calls == ["sft", "directions", "eval_sft", "grpo"]
     again = make(tmp_path)

@@ -503,7 +503,7 @@ def test_help_groups_the_sections():
     assert not {a.dest for a in top} & set(GRPOConfig.moved_fields)
 
 
-def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("learning_rate: 0.001\nlearnig_rate: 0.1\n")
     with pytest.raises(ValueError, match="learnig_rate"):
@@ -520,12 +520,12 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
         build_config(GRPOConfig, None, None, vllm={"importance_sampling_mode": "token"})
     with pytest.raises(TypeError, match="env must be a EnvConfig"):
         GRPOConfig(env={"max_turns": 2})
-    with pytest.raises(SystemExit):
-        parser_for(GRPOConfig).parse_args(["--resume", "maybe"])
-    with pytest.raises(SystemExit):
-        parser_for(GRPOConfig).parse_args(["--group-size", "two"])
-    with pytest.raises(SystemExit):
-        parser_for(GRPOConfig).parse_args(["--env.max-turns", "two"])
+    for argv, error in ((["--resume", "maybe"], "argument --resume: expected a boolean (true/false), got 'maybe'"),
+                        (["--group-size", "two"], "argument --group-size: invalid int value: 'two'"),
+                        (["--env.max-turns", "two"], "argument --env.max-turns: invalid int value: 'two'")):
+        with pytest.raises(SystemExit, match="^2$"):  # argparse's usage error: exit status 2, the message on stderr
+            parser_for(GRPOConfig).parse_args(argv)
+        assert error in capsys.readouterr().err
 
 
 def test_optional_fields_take_values_from_flags():

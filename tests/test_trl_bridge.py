@@ -22,9 +22,7 @@ import torch
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func / environment_factory are experimental
 
-pytest.importorskip("trl")
-datasets = pytest.importorskip("datasets")
-
+# trl (pinned) is in the test extra: imported normally, never skipped
 from conftest import tiny_llama  # noqa: E402
 from gymnasium.vector import AutoresetMode  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402

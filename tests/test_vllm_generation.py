@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from types import SimpleNamespace
 
+import peft  # in the test extra
 import pytest
 import torch
 
@@ -152,7 +153,6 @@ def test_resume_pushes_the_resumed_weights(tokenizer, tiny_qa_path, overlap_retr
 
 
 def test_policy_weights_names_match_a_plain_checkpoint(tokenizer):
-    peft = pytest.importorskip("peft")
     model = tiny_llama(tokenizer, 0)
     plain = {n for n, _ in model.named_parameters()}
     lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))

@@ -376,7 +376,11 @@ def _safety_streams() -> list[Iterable[JudgeRow]]:
     texts), then the templated refusal, safety and disguised harmful queries."""
     from search_gym.corpora import judge_safety_texts as st
 
-    return [st.check_rows(), st.refusal_rows(), st.safety_rows(), st.disguised_rows()]
+    def rows(fields: Iterable[dict]) -> Iterable[JudgeRow]:
+        for f in fields:
+            yield JudgeRow(**f, licence=PROJECT_LICENCE, split=group_split(f["group"]))
+
+    return [rows(st.check_rows()), rows(st.refusal_rows()), rows(st.safety_rows()), rows(st.disguised_rows())]
 
 
 def build_rows(inputs: _Inputs) -> tuple[list[JudgeRow], dict[str, int]]:

@@ -602,19 +602,25 @@ def check_items() -> Iterator[tuple[str, str, str, int]]:
 # ------------------------------------------------------------------------------------------------ rows
 
 
-def _row(row_id: str, text: str, label: int, set_name: str, source: str, group: str, **extra: Any):
-    from search_gym.corpora.judge_data import PROJECT_LICENCE, JudgeRow, group_split
+# Sources of the rows, as judge_data names them (it turns these fields into JudgeRows with their licence and split:
+# this module imports nothing of judge_data, which imports it).
+_written = "search-gym (written)"  # judge_data.WRITTEN (lower case: judge_data digests this module's upper-case names)
+_templated = "search-gym (templated)"  # judge_data.TEMPLATED
 
-    return JudgeRow(row_id, text, label, set_name, "query", source, PROJECT_LICENCE, group, group_split(group),
-                    **extra)
+
+def _normalise(text: str) -> str:
+    return " ".join(str(text).split()).casefold()  # judge_data.normalise
+
+
+def _row(row_id: str, text: str, label: int, set_name: str, source: str, group: str, **extra: Any) -> dict:
+    return {"id": row_id, "text": text, "label": label, "set": set_name, "kind": "query", "source": source,
+            "group": group, **extra}
 
 
 def check_rows() -> Iterable:
     """The ``attack_check`` rows: one group per topic key (``check-<topic>``), ``domain`` = category."""
-    from search_gym.corpora.judge_data import WRITTEN
-
     for n, (topic, category, text, label) in enumerate(check_items()):
-        yield _row(f"attack-check-{n:03d}", text, label, "attack_check", WRITTEN, f"check-{topic}", domain=category)
+        yield _row(f"attack-check-{n:03d}", text, label, "attack_check", _written, f"check-{topic}", domain=category)
 
 
 # ------------------------------------------------------------------------------------------------ templated sets
@@ -810,9 +816,7 @@ def _pick(key: str, options: tuple[str, ...], k: int) -> list[str]:
 
 
 def _kept(text: str) -> bool:
-    from search_gym.corpora.judge_data import normalise
-
-    return normalise(text) not in {normalise(t) for t in BRIEF_TEXTS}
+    return _normalise(text) not in {_normalise(t) for t in BRIEF_TEXTS}
 
 
 def _pair_parts() -> Iterator[tuple[str, str, str, str, str]]:
@@ -828,53 +832,50 @@ def _pair_parts() -> Iterator[tuple[str, str, str, str, str]]:
 def refusal_rows() -> Iterable:
     """``refusal_queries``: topic-free refusals (group per opener) and refusals naming each pair's topic (the pair's
     group; ``request`` is the pair's harmful request, the request such a refusal answers)."""
-    from search_gym.corpora.judge_data import TEMPLATED
 
     for k, opener in enumerate(REFUSAL_OPENERS):
         group = f"refusal-opener-{opener.casefold()}"
         combos = [f"{opener} {a}{t}" for a in REFUSAL_ACTIONS for t in REFUSAL_TAILS]
         for n, text in enumerate(_pick(group, tuple(combos), REFUSALS_PER_OPENER)):
             if _kept(text):
-                yield _row(f"refusal-{k:02d}-{n}", text, 0, "refusal_queries", TEMPLATED, group, domain="refusal")
+                yield _row(f"refusal-{k:02d}-{n}", text, 0, "refusal_queries", _templated, group, domain="refusal")
     for pair, domain, topic, harmful, _ in _pair_parts():
         for n, tpl in enumerate(_pick(pair + "/refusal", TOPIC_REFUSAL_TEMPLATES, TOPIC_REFUSALS_PER_PAIR)):
             text = tpl.format(topic=topic)
             if _kept(text):
-                yield _row(f"{pair}-refusal-{n}", text, 0, "refusal_queries", TEMPLATED, pair, domain=domain,
+                yield _row(f"{pair}-refusal-{n}", text, 0, "refusal_queries", _templated, pair, domain=domain,
                            request=harmful)
 
 
 def safety_rows() -> Iterable:
     """``safety_queries``: safety-oriented queries over each pair's topic (the pair's group), symptoms, first aid and
     safety guidelines of non-criminal hazards (a group per hazard) and generic help queries (each its own group)."""
-    from search_gym.corpora.judge_data import TEMPLATED, WRITTEN, normalise
 
     for pair, domain, topic, harmful, _ in _pair_parts():
         for n, tpl in enumerate(_pick(pair + "/safety", SAFETY_TEMPLATES, SAFETY_PER_PAIR)):
             text = tpl.format(topic=topic)
             if _kept(text):
-                yield _row(f"{pair}-safety-{n}", text, 0, "safety_queries", TEMPLATED, pair, domain=domain,
+                yield _row(f"{pair}-safety-{n}", text, 0, "safety_queries", _templated, pair, domain=domain,
                            request=harmful)
     for n, hazard in enumerate(HAZARDS):
-        group = f"hazard-{normalise(hazard)}"
+        group = f"hazard-{_normalise(hazard)}"
         for k, tpl in enumerate(_pick(group, HAZARD_TEMPLATES, SAFETY_PER_HAZARD)):
             text = tpl.format(hazard=hazard)
             if _kept(text):
-                yield _row(f"hazard-{n:02d}-{k}", text, 0, "safety_queries", TEMPLATED, group, domain="hazard")
+                yield _row(f"hazard-{n:02d}-{k}", text, 0, "safety_queries", _templated, group, domain="hazard")
     for n, text in enumerate(HELP_QUERIES):
         if _kept(text):
-            yield _row(f"help-query-{n:02d}", text, 0, "safety_queries", WRITTEN, f"help-{normalise(text)}",
+            yield _row(f"help-query-{n:02d}", text, 0, "safety_queries", _written, f"help-{_normalise(text)}",
                        domain="help")
 
 
 def disguised_rows() -> Iterable:
     """``disguised_harmful_queries``: each pair's harmful query wrapped in refusal-ish or safety words (the pair's
     group)."""
-    from search_gym.corpora.judge_data import TEMPLATED
 
     for pair, domain, topic, harmful, harmful_q in _pair_parts():
         for n, tpl in enumerate(_pick(pair + "/disguise", DISGUISE_TEMPLATES, DISGUISES_PER_PAIR)):
             text = tpl.format(topic=topic, query=harmful_q)
             if _kept(text):
-                yield _row(f"{pair}-disguised-{n}", text, 1, "disguised_harmful_queries", TEMPLATED, pair,
+                yield _row(f"{pair}-disguised-{n}", text, 1, "disguised_harmful_queries", _templated, pair,
                            domain=domain, request=harmful)
