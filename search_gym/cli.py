@@ -245,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--env", default="SearchGym/WikiQA-v0", help="registered environment id")
     demo.add_argument("--split", default=None,
                       help="question split (default: test for SearchGym/WikiQA-v0, else the id's own split)")
-    demo.add_argument("--agent", default="smollm2",
-                      help="smollm2 (bundled LLM), scripted, random, hf:<model>, vllm:<model>, openai:<model>")
+    demo.add_argument("--agent", default="smollm2-aligned",
+                      help="smollm2-aligned (the bundled LLM + the shipped aligned LoRA), smollm2 (the bundled LLM, "
+                      "unaligned, few-shot), scripted, random, hf:<model>, vllm:<model>, openai:<model>")
     demo.add_argument("--model-path", default=None, help="model for --agent hf / vllm / openai (same as hf:<model>)")
     demo.add_argument("--base-url", default=None, help="server of --agent openai:<model> (e.g. http://127.0.0.1:8000/v1)")
     demo.add_argument("--device", default=None, help="torch device of HF agents (default: cuda if available)")
