@@ -76,22 +76,14 @@ class SearchGymTool(BaseTool):
     def retriever(self):
         if self._retriever is None:
             spec = self._retriever_spec
-            if spec is not None and not isinstance(spec, (str, dict)) and hasattr(spec, "search"):
-                retriever = spec
-            else:
-                from dataclasses import replace
+            from search_gym.envs.search_env import _resolve_retriever
+            from search_gym.retrieval.factory import get_retriever
 
-                from search_gym.retrieval.factory import RetrieverConfig, get_retriever
-
-                if spec is None:
-                    config = RetrieverConfig()
-                elif isinstance(spec, str):
-                    config = RetrieverConfig(kind=spec)
-                elif isinstance(spec, dict):
-                    config = RetrieverConfig(**spec)
-                else:
-                    config = spec
-                retriever = get_retriever(replace(config, **self._overrides))  # shared per process
+            # the env's own reading of a retriever spec (instance, kind, dict or RetrieverConfig, plus overrides)
+            config, retriever = _resolve_retriever(spec, self._overrides.get("corpus_path"),
+                                                   self._overrides.get("encoder"), self._overrides.get("index_type"))
+            if retriever is None:
+                retriever = get_retriever(config)  # shared per process
             # Calls of concurrent trajectories run in threads: in-process retrieval one search at a time.
             self._retriever = serial(retriever)
         return self._retriever
