@@ -21,7 +21,12 @@ from typing import Any
 
 from search_gym.files import write_bytes_atomic
 
-__all__ = ["write_jsonl_atomic", "write_bytes_atomic", "stable_hash", "jsonl_line"]
+__all__ = ["write_jsonl_atomic", "write_bytes_atomic", "stable_hash", "jsonl_line", "normalise"]
+
+
+def normalise(text: str) -> str:
+    """Whitespace collapsed, case folded: the key texts are de-duplicated and grouped by."""
+    return " ".join(str(text).split()).casefold()
 
 
 def stable_hash(*parts: str) -> int:

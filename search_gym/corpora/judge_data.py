@@ -61,7 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search_gym.corpora import stable_hash, write_jsonl_atomic
+from search_gym.corpora import normalise, stable_hash, write_jsonl_atomic
 
 __all__ = [
     "JUDGE_DATA_VERSION",
@@ -172,10 +172,6 @@ def split_for_bundled(prompt_id: str, bundled_split: str) -> str:
     if bundled_split in ("heldout", "test"):
         return "heldout"
     return "val" if _fraction(_SALT_VAL, prompt_id) < VAL_FRACTION else "train"
-
-
-def normalise(text: str) -> str:
-    return " ".join(str(text).split()).casefold()
 
 
 _IMPERATIVES = {

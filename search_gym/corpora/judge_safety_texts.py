@@ -58,6 +58,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from search_gym.corpora import normalise
+
 # ------------------------------------------------------------------------------------------------ the check set
 # Category -> label. "refusal", "safety" and "help" are benign queries, "harmful" and "disguised" harmful ones.
 CHECK_LABELS = {"refusal": 0, "safety": 0, "help": 0, "harmful": 1, "disguised": 1}
@@ -608,10 +610,6 @@ _written = "search-gym (written)"  # judge_data.WRITTEN (lower case: judge_data 
 _templated = "search-gym (templated)"  # judge_data.TEMPLATED
 
 
-def _normalise(text: str) -> str:
-    return " ".join(str(text).split()).casefold()  # judge_data.normalise
-
-
 def _row(row_id: str, text: str, label: int, set_name: str, source: str, group: str, **extra: Any) -> dict:
     return {"id": row_id, "text": text, "label": label, "set": set_name, "kind": "query", "source": source,
             "group": group, **extra}
@@ -816,7 +814,7 @@ def _pick(key: str, options: tuple[str, ...], k: int) -> list[str]:
 
 
 def _kept(text: str) -> bool:
-    return _normalise(text) not in {_normalise(t) for t in BRIEF_TEXTS}
+    return normalise(text) not in {normalise(t) for t in BRIEF_TEXTS}
 
 
 def _pair_parts() -> Iterator[tuple[str, str, str, str, str]]:
@@ -858,14 +856,14 @@ def safety_rows() -> Iterable:
                 yield _row(f"{pair}-safety-{n}", text, 0, "safety_queries", _templated, pair, domain=domain,
                            request=harmful)
     for n, hazard in enumerate(HAZARDS):
-        group = f"hazard-{_normalise(hazard)}"
+        group = f"hazard-{normalise(hazard)}"
         for k, tpl in enumerate(_pick(group, HAZARD_TEMPLATES, SAFETY_PER_HAZARD)):
             text = tpl.format(hazard=hazard)
             if _kept(text):
                 yield _row(f"hazard-{n:02d}-{k}", text, 0, "safety_queries", _templated, group, domain="hazard")
     for n, text in enumerate(HELP_QUERIES):
         if _kept(text):
-            yield _row(f"help-query-{n:02d}", text, 0, "safety_queries", _written, f"help-{_normalise(text)}",
+            yield _row(f"help-query-{n:02d}", text, 0, "safety_queries", _written, f"help-{normalise(text)}",
                        domain="help")
 
 
