@@ -9,14 +9,16 @@
 #   4. grpo   a 20-step GRPO pilot (LoRA on the merged SFT model, examples/configs/grpo_aligned_lora.yaml)
 # After unpack.sh returned 0 (README.md beside this file).
 #
-#   bash tools/aligned_pilot.sh start [STAGES]  # detached; default "sft probe eval grpo"; log in $RUNS/pilot.log
-#                                                 (SFT_ARGS="--num-epochs 2": more flags for the sft stage)
+#   bash tools/aligned_pilot.sh start [STAGES]  # detached; default "sft probe eval grpo"; log in $RUN/pilot.log
+#                                                 (SFT_ARGS="--num-epochs 2": more flags for the sft stage;
+#                                                 SG_RUN=name: a recipe's own folder $RUNS/name, default
+#                                                 sft_aligned, so that two recipes run side by side on one GPU)
 #   bash tools/aligned_pilot.sh progress        # the log's last lines, the stages done, GPU memory
 #   bash tools/aligned_pilot.sh collect         # SFT + GRPO adapters, metrics, eval summaries into $OUT
 set -uo pipefail
 REPO=$(pwd)
 RUNS=${SG_RUNS:-/tmp/runs}
-RUN=$RUNS/sft_aligned
+RUN=$RUNS/${SG_RUN:-sft_aligned}
 mkdir -p "$RUNS"
 # shellcheck disable=SC1091
 source /tmp/sg/env.sh
@@ -26,7 +28,7 @@ case "${1:-}" in
     mkdir -p "$RUN"
     [ -d "$RUN/dev" ] || cp -r "$REPO/.devrun/sft_aligned/dev" "$RUN/"
     [ -f "$RUN/sft_data.jsonl" ] || gunzip -c "$REPO/.devrun/sft_aligned/sft_data.jsonl.gz" > "$RUN/sft_data.jsonl"
-    cat > "$RUNS/pilot_job.sh" <<JOB
+    cat > "$RUN/pilot_job.sh" <<JOB
 set -x
 cd /tmp
 DEV=$RUN/dev
@@ -37,33 +39,34 @@ for stage in $STAGES; do
     sft) search-gym train sft --config "$REPO/examples/configs/sft_aligned_smollm2.yaml" --output-dir "$RUN" \
            --device cuda --progress false ${SFT_ARGS:-} || exit 1 ;;
     probe) search-gym train grpo --config "$REPO/examples/configs/grpo_aligned_lora.yaml" --model "$RUN/final" \
-           --output-dir $RUNS/probe --env.dataset \$DEV/qa.jsonl --learning-rate 0 --max-steps 2 \
+           --output-dir $RUN/probe --env.dataset \$DEV/qa.jsonl --learning-rate 0 --max-steps 2 \
            --questions-per-step 64 --group-size 8 --save-steps 0 --device cuda --progress false || exit 2 ;;
     eval) \$EVAL --prompt-sets \$DEV/harmful.jsonl:dev \
             --attacks none search multi_search:n=10 think_prefill refusal_then_search prompt_injection \
-            --out $RUNS/eval_harmful || exit 3
+            --out $RUN/eval_harmful || exit 3
           \$EVAL --prompt-sets \$DEV/qa.jsonl:dev \$DEV/instruct.jsonl:dev \$DEV/benign.jsonl:dev \
-            \$DEV/harmful_pairs.jsonl:dev --attacks none --out $RUNS/eval_benign || exit 4 ;;
+            \$DEV/harmful_pairs.jsonl:dev --attacks none --out $RUN/eval_benign || exit 4 ;;
     grpo) search-gym train grpo --config "$REPO/examples/configs/grpo_aligned_lora.yaml" --model "$RUN/final" \
-            --output-dir $RUNS/grpo --device cuda --progress false || exit 5 ;;
+            --output-dir $RUN/grpo --device cuda --progress false || exit 5 ;;
   esac
   echo "=== done \$stage"
 done
 date
 JOB
-    setsid nohup bash -c "bash $RUNS/pilot_job.sh; echo rc=\$? >> $RUNS/pilot.rc" > "$RUNS/pilot.log" 2>&1 < /dev/null &
-    sleep 5; tail -5 "$RUNS/pilot.log" ;;
+    setsid nohup bash -c "bash $RUN/pilot_job.sh; echo rc=\$? >> $RUN/pilot.rc" > "$RUN/pilot.log" 2>&1 < /dev/null &
+    sleep 5; tail -5 "$RUN/pilot.log" ;;
   progress)
-    grep -a "=== \|rc=" "$RUNS/pilot.log" "$RUNS/pilot.rc" 2>/dev/null | tail -12
-    tail -c 2500 "$RUNS/pilot.log"; echo; nvidia-smi --query-gpu=name,memory.used --format=csv ;;
+    grep -a "=== \|rc=" "$RUN/pilot.log" "$RUN/pilot.rc" 2>/dev/null | tail -12
+    tail -c 2500 "$RUN/pilot.log"; echo; nvidia-smi --query-gpu=name,memory.used --format=csv ;;
   collect)
-    mkdir -p "$OUT/adapter" "$OUT/grpo"
-    cp "$RUN"/adapter/* "$OUT/adapter/" 2>/dev/null
+    O=$OUT/${SG_RUN:-sft_aligned}
+    mkdir -p "$O/adapter" "$O/grpo"
+    cp "$RUN"/adapter/* "$O/adapter/" 2>/dev/null
     # the GRPO pilot's newest checkpoint (LoRA weights + optimizer state), so that the run continues elsewhere
-    last=$(ls -d "$RUNS"/grpo/checkpoint-* 2>/dev/null | sort -V | tail -1)
-    [ -n "$last" ] && tar -czf "$OUT/grpo/$(basename "$last").tar.gz" -C "$(dirname "$last")" "$(basename "$last")"
-    tar -czf "$OUT/pilot_results.tar.gz" -C "$RUNS" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.bin' \
+    last=$(ls -d "$RUN"/grpo/checkpoint-* 2>/dev/null | sort -V | tail -1)
+    [ -n "$last" ] && tar -czf "$O/grpo/$(basename "$last").tar.gz" -C "$(dirname "$last")" "$(basename "$last")"
+    tar -czf "$O/pilot_results.tar.gz" -C "$RUN" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.bin' \
         --exclude='sft_data.jsonl' --exclude='final' --exclude='checkpoint-*' . 2>/dev/null
-    ls -la "$OUT" "$OUT/adapter" "$OUT/grpo" ;;
+    ls -la "$O" "$O/adapter" "$O/grpo" ;;
   *) echo "usage: $0 start [STAGES]|progress|collect" >&2; exit 2 ;;
 esac
