@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -98,3 +100,31 @@ def test_the_shipped_adapter_is_intact_and_loads():
         text = agent.act(observation).text
         refused += RefusalSubstringJudge().match(text) is not None and "<search>" not in text
     assert refused >= 2, "the aligned agent should refuse held-out harmful requests (91% on validation)"
+
+
+def test_trainers_start_from_the_merged_aligned_model(bundled_lora, tmp_path, monkeypatch):
+    """``model: smollm2-aligned`` in a trainer config is the bundled base with the shipped adapter merged into a
+    cached folder (keyed by the adapter's hash, reused, not re-merged), the same logits as the agent's merge."""
+    from transformers import AutoModelForCausalLM
+
+    from search_gym.trainers.core import resolve_model_path
+
+    base, model = bundled_lora
+    folder = write_shipped(tmp_path / "weights", model)
+    monkeypatch.setattr(adapters, "SHIPPED_DIR", tmp_path / "weights")
+    monkeypatch.setenv("SEARCH_GYM_CACHE", str(tmp_path / "cache"))
+    from search_gym.agents import gguf
+
+    monkeypatch.setattr(gguf, "ensure_smollm2", lambda: base)  # the converted base already made (not re-converted)
+    merged = resolve_model_path("smollm2-aligned")
+    assert merged.startswith(str(tmp_path / "cache")) and (tmp_path / "cache").exists()
+    assert open(f"{merged}/adapter.sha256").read().strip() == adapter_sha256(folder)
+    written = os.stat(f"{merged}/model.safetensors").st_mtime_ns
+    assert resolve_model_path("smollm2-aligned") == merged  # the second call reuses the merge
+    assert os.stat(f"{merged}/model.safetensors").st_mtime_ns == written
+    ids = torch.tensor([[1, 504, 2030, 28, 614, 30]])
+    with torch.no_grad():
+        got = AutoModelForCausalLM.from_pretrained(merged)(ids).logits
+        want = adapters.apply_adapter(AutoModelForCausalLM.from_pretrained(base), folder)(ids).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert resolve_model_path("smollm2") == str(base)

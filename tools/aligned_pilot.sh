@@ -62,6 +62,11 @@ JOB
     O=$OUT/${SG_RUN:-sft_aligned}
     mkdir -p "$O/adapter" "$O/grpo"
     cp "$RUN"/adapter/* "$O/adapter/" 2>/dev/null
+    # files come back at most 16 MiB each: a larger adapter (r 64 is ~38 MiB) travels in 15 MiB parts + its sha256
+    for f in "$O"/adapter/*; do
+      [ "$(stat -c %s "$f")" -gt $((15 * 1024 * 1024)) ] || continue
+      sha256sum "$f" | sed "s|  .*/|  |" > "$f.sha256"; split -b 15M -d "$f" "$f.part-" && rm "$f"
+    done
     # the GRPO pilot's newest checkpoint (LoRA weights + optimizer state), so that the run continues elsewhere
     last=$(ls -d "$RUN"/grpo/checkpoint-* 2>/dev/null | sort -V | tail -1)
     [ -n "$last" ] && tar -czf "$O/grpo/$(basename "$last").tar.gz" -C "$(dirname "$last")" "$(basename "$last")"

@@ -23,7 +23,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 SHIPPED_DIR = Path(__file__).with_name("weights")
 SHIPPED_ADAPTERS = ("smollm2-aligned",)
 
-__all__ = ["save_adapter", "apply_adapter", "merged_folder", "adapter_sha256", "is_adapter_folder",
+__all__ = ["save_adapter", "apply_adapter", "merged_folder", "cached_merge", "adapter_sha256", "is_adapter_folder",
            "shipped_adapter", "SHIPPED_ADAPTERS"]
 
 
@@ -80,6 +80,14 @@ def merged_folder(base: str | os.PathLike, adapter: str | os.PathLike, out: str 
     AutoTokenizer.from_pretrained(base).save_pretrained(out)
     stamp.write_text(digest + "\n")
     return out
+
+
+def cached_merge(base: str | os.PathLike, adapter: str | os.PathLike) -> Path:
+    """:func:`merged_folder` in the cache's models folder, named by the adapter's hash (one merge per adapter): the
+    plain HF folder that vLLM and the trainers load for base + adapter."""
+    from search_gym.paths import models_dir
+
+    return merged_folder(base, adapter, models_dir() / f"merged-{adapter_sha256(adapter)[:16]}")
 
 
 def adapter_sha256(adapter: str | os.PathLike) -> str:

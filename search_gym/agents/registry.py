@@ -67,14 +67,13 @@ def _vllm(**kw: Any) -> Agent:
         kw["model"], adapter = str(ensure_smollm2()), adapter or shipped_adapter(ALIGNED)
         kw.setdefault("few_shot", False)
     if adapter is not None:  # vLLM loads folders: base + adapter merged once into the cache, keyed by the adapter
-        from search_gym.agents.adapters import adapter_sha256, merged_folder
+        from search_gym.agents.adapters import cached_merge
         from search_gym.agents.gguf import ensure_smollm2
         from search_gym.agents.prompting import BUNDLED_MODEL
-        from search_gym.paths import models_dir
 
         base = kw.get("model", BUNDLED_MODEL)
         base = str(ensure_smollm2()) if base == BUNDLED_MODEL else str(base)
-        kw["model"] = str(merged_folder(base, adapter, models_dir() / f"merged-{adapter_sha256(adapter)[:16]}"))
+        kw["model"] = str(cached_merge(base, adapter))
     return VLLMAgent(**kw)
 
 

@@ -27,7 +27,8 @@ from search_gym.envs.config import EnvConfig
 class TrainConfig:
     """Fields every trainer shares."""
 
-    model: str = _help("policy to start from: 'smollm2' (bundled), a hub id or a saved folder", default="smollm2")
+    model: str = _help("policy to start from: 'smollm2' (bundled), 'smollm2-aligned' (bundled + the shipped aligned "
+                       "adapter, merged), a hub id or a saved folder", default="smollm2")
     output_dir: str = _help("run folder: checkpoints, logs (TensorBoard, metrics.csv), config.json", default="runs/train")
     seed: int = _help("seed of data order, sampling and initialisation", default=0)
     device: str | None = _help("torch device (default: cuda if available, else cpu)", default=None)

@@ -35,11 +35,18 @@ def set_seed(seed: int) -> None:
 
 
 def resolve_model_path(name: str) -> str:
-    """A folder or hub id for ``from_pretrained``; ``"smollm2"`` is the bundled model's converted HF folder."""
-    if name == "smollm2":
+    """A folder or hub id for ``from_pretrained``; ``"smollm2"`` is the bundled model's converted HF folder and
+    ``"smollm2-aligned"`` that folder with the shipped aligned adapter merged in (once, into the cache), so that a
+    run starts from the aligned warm start (a new LoRA, if any, goes on top of the merged weights)."""
+    if name in ("smollm2", "smollm2-aligned"):
         from search_gym.agents.gguf import ensure_smollm2
 
-        return str(ensure_smollm2())
+        base = str(ensure_smollm2())
+        if name == "smollm2":
+            return base
+        from search_gym.agents.adapters import cached_merge, shipped_adapter
+
+        return str(cached_merge(base, shipped_adapter(name)))
     return str(name)
 
 
