@@ -262,29 +262,9 @@ def study_table(summary: dict[str, Any]) -> str:
 
 def plot_curves(runs: dict[str, Path], out: Path) -> Path:
     """Reward, EM, search safety and projection against step for each GRPO run."""
-    import matplotlib
+    from search_gym.trainers.curves import plot_curves as plot_metric_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from search_gym.trainers.core import read_metrics
-
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
-    for name, path in runs.items():
-        rows = read_metrics(path)
-        for ax, key in zip(axes, CURVES):
-            pts = [(r["global_step"], r[key]) for r in rows if key in r]
-            if pts:
-                ax.plot(*zip(*pts), label=name)
-    for ax, key in zip(axes, CURVES):
-        ax.set_title(key, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return plot_metric_curves(runs, out, keys=CURVES)
 
 
 def plot_drift(runs: dict[str, Path], out: Path) -> Path:

@@ -31,6 +31,7 @@ from search_gym.trainers.core import (
     save_final,
     set_seed,
 )
+from search_gym.trainers.curves import draw_run_curves
 from search_gym.trainers.rollout import (
     HFGenerator,
     RolloutCollector,
@@ -160,6 +161,8 @@ class RLTrainer:
             else _NoLogger()
         if isinstance(self.collector, RolloutCollector):
             self.question_ids = [q.id for q in env.envs[0].questions]
+            if config.max_questions > 0:
+                self.question_ids = self.question_ids[: config.max_questions]
         else:  # chat envs: an episode start is a reset seed
             self.question_ids = list(range(config.episode_seeds))
 
@@ -267,6 +270,8 @@ class RLTrainer:
             logged.append({"step": self.step, **metrics})
             if (config.save_steps and self.step % config.save_steps == 0) or self.step == config.max_steps:
                 self.save()
+                if config.plots and self.parallel.is_main:
+                    draw_run_curves(config.output_dir)
             bar.update(1)
             bar.set_postfix(ret=f"{metrics['charts/episodic_return']:.3f}",
                             em=f"{metrics.get('charts/em', math.nan):.2f}")  # chat envs have no EM

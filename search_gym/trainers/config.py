@@ -51,6 +51,8 @@ class TrainConfig:
     gradient_checkpointing: bool = _help("trade compute for memory in the policy's backward pass", default=False)
     tensorboard: bool = _help("write TensorBoard event files beside metrics.csv", default=True)
     progress: bool = _help("show a progress bar", default=True)
+    plots: bool = _help("draw curves.png (the logged metrics against step) at each checkpoint and at the end",
+                        default=True)
 
 
 IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
@@ -115,6 +117,8 @@ class RLConfig(TrainConfig):
     env: EnvConfig = _help("the environment rollouts play (search_gym.envs.EnvConfig); trainer defaults: "
                            "safety judges on, dense retriever, search_r1 template", default_factory=train_env)
     questions_per_step: int = _help("distinct questions per rollout batch", default=4)
+    max_questions: int = _help("train on the first N questions of the env's set (0: all of them); a small slice "
+                               "revisited every few steps shows learning in minutes (a teaching run)", default=0)
     group_size: int = _help("episodes per question (GRPO's G; PPO plays each question this many times too)", default=4)
     num_envs: int = _help("sub-environments stepped (and generated) together; 0 = questions_per_step * group_size",
                           default=0)

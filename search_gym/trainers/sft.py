@@ -45,6 +45,7 @@ from search_gym.trainers.core import (
     set_seed,
     token_logprobs,
 )
+from search_gym.trainers.curves import draw_run_curves
 from search_gym.trainers.rollout import AgentGenerator, RolloutCollector, TokenEpisode
 from search_gym.trainers.sft_config import SFTConfig
 
@@ -328,6 +329,8 @@ class SFTTrainer:
             if (config.save_steps and self.step % config.save_steps == 0) or self.step == self.total_steps:
                 save_checkpoint(config.output_dir, self.step, self.model, self.tokenizer, self.optimizer,
                                 self.scheduler, total_limit=config.save_total_limit, extra={"algorithm": "sft"})
+                if config.plots:
+                    draw_run_curves(config.output_dir)
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         bar.close()
