@@ -3,6 +3,13 @@
 Resumes exactly: the questions of step ``s`` and the rollout's sampling seed are functions of (seed, s) alone, and
 a checkpoint holds weights, optimiser, scheduler, RNG and any trainer module (PPO's value head), so a run killed
 between steps continues with the same next batch and loss as an uninterrupted one.
+
+With ``async_rollouts`` the rollout of step t+1 runs in a background thread during the update of step t, so it
+samples from the generator's copy of the weights of before that update (one step off-policy); the weights are
+pushed only once it has finished. Each episode carries ``weights_version``, the number of updates in the weights
+that sampled it, and ``charts/policy_lag`` is the mean lag of a batch behind the weights it updates (0 in
+synchronous mode, 1 in async mode after the first step). A resumed async run collects its first step synchronously
+(from the resumed weights, lag 0): the same questions and seeds as the uninterrupted run, one update fresher.
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -80,6 +88,18 @@ def make_env(config: RLConfig, num_envs: int):
     return make_rollout_env(config.env.id, num_envs, **config.env.make_kwargs())
 
 
+@dataclass
+class Rollout:
+    """One step's episodes as the generator sampled them (before any shaping), with the step's rollout figures."""
+
+    step: int
+    episodes: list[TokenEpisode]
+    weights_version: int  # updates in the weights that sampled the episodes
+    seconds: float
+    generated_tokens: int
+    env_seconds: float
+
+
 class RLTrainer:
     """Base of :class:`GRPOTrainer` and :class:`PPOTrainer`; subclasses implement :meth:`update`.
 
@@ -136,6 +156,10 @@ class RLTrainer:
                                       "parallelism use generation_backend='hf', or TRL's GRPOTrainer through "
                                       "search_gym.integrations.trl")
         self.generator = generator or make_generator(config, model, tokenizer, self.start_path)
+        if config.async_rollouts and not getattr(self.generator, "owns_weights", False):
+            raise ValueError(f"async_rollouts needs a generator with its own copy of the weights (VLLMGenerator): "
+                             f"{type(self.generator).__name__} samples from the policy being updated, so a rollout "
+                             "beside the update would read weights mid-update")
         self.collector = make_collector(env, self.generator, few_shot=config.few_shot,
                                         max_turn_tokens=config.max_turn_tokens,
                                         max_prompt_tokens=config.max_prompt_tokens,
@@ -156,6 +180,10 @@ class RLTrainer:
         # gradients and saving. One process: the same object.
         self.train_model, self.optimizer = self.parallel.prepare(model, self.optimizer)
         self.step = 0
+        # Updates in the weights the generator samples from (the policy's own for a generator that shares them).
+        self.sampler_version = 0
+        self.last_rollout: Rollout | None = None  # the rollout of the latest collect(), for the step's metrics
+        self.pending_rollout: tuple[int, Future] | None = None  # async: (step, its rollout running in background)
         # Only rank 0 writes the run folder (logs, config.json, checkpoints).
         self.logger = RunLogger(config.output_dir, config, tensorboard=config.tensorboard) if self.parallel.is_main \
             else _NoLogger()
@@ -221,60 +249,128 @@ class RLTrainer:
             print(f"{self.algorithm}: resumed from {path} (step {step} of {self.config.max_steps})", flush=True)
         return step
 
-    def collect(self, step: int) -> list[TokenEpisode]:
+    def rollout(self, step: int) -> Rollout:
+        """``step``'s episodes as the generator samples them. In async mode this runs in a background thread beside
+        the update, so it touches only the collector, its env and the generator, never the policy or the optimiser;
+        one rollout runs at a time, so the collector's counters before and after are this rollout's."""
+        version = self.sampler_version  # no weights are pushed while a rollout runs (push_weights)
+        stats = self.collector.stats
+        tokens_before, env_before = stats.generated_tokens, stats.env_seconds
+        t0 = time.perf_counter()
         episodes = self.collector.collect(self.local_questions(self.questions_for_step(step)), self.config.group_size,
                                           seed=self.rollout_seed(step))
+        for episode in episodes:
+            episode.weights_version = version
+        return Rollout(step, episodes, version, time.perf_counter() - t0, stats.generated_tokens - tokens_before,
+                       stats.env_seconds - env_before)
+
+    def collect(self, step: int) -> list[TokenEpisode]:
+        """``step``'s episodes, shaped: the rollout started in the background during the previous update (async
+        mode), else one rolled out now."""
+        pending, self.pending_rollout = self.pending_rollout, None
+        if pending is None:
+            rollout = self.rollout(step)
+        else:
+            pending_step, future = pending
+            if pending_step != step:
+                raise RuntimeError(f"the rollout in flight is step {pending_step}'s, not step {step}'s")
+            rollout = future.result()
+        self.last_rollout = rollout
+        episodes = rollout.episodes
         if self.penalty is not None:
+            # In the main thread, after the previous update: the reader may be the policy itself, and the penalty's
+            # forward must not run beside the update (same weights as in synchronous mode).
             self.penalty.apply(episodes, self.reference if self.config.penalty.source == "reference" else self.model)
         return episodes
+
+    def start_rollout(self, executor: ThreadPoolExecutor, step: int) -> None:
+        """Roll out ``step`` in the background, from the generator's current weights; :meth:`collect` takes it."""
+        if self.pending_rollout is not None:
+            raise RuntimeError(f"a rollout (step {self.pending_rollout[0]}) is already in flight")
+        self.pending_rollout = (step, executor.submit(self.rollout, step))
+
+    def wait_rollout(self) -> float:
+        """Block until the rollout in flight (if any) has finished; re-raises its error here. Returns the seconds
+        waited (the part of the rollout the update did not hide)."""
+        if self.pending_rollout is None:
+            return 0.0
+        t0 = time.perf_counter()
+        self.pending_rollout[1].result()
+        return time.perf_counter() - t0
+
+    def push_weights(self, version: int) -> None:
+        """The generator's copy of the weights becomes the policy's (``version`` updates in it)."""
+        if self.pending_rollout is not None and not self.pending_rollout[1].done():
+            # Weights changing between two turns of a rollout would mix versions inside one episode.
+            raise RuntimeError("weights pushed while a rollout is generating: wait_rollout() first")
+        self.generator.sync_weights()
+        self.sampler_version = version
 
     def train(self) -> list[dict]:
         """Run to ``max_steps`` (resuming first); returns the logged metric rows of this call."""
         config = self.config
         start = self.resume()
+        self.sampler_version = start
         if start:
-            self.generator.sync_weights()  # an engine with its own copy starts from the resumed weights
+            self.push_weights(start)  # an engine with its own copy starts from the resumed weights
         elif config.drift_every and self.penalty is not None:
             if self.parallel.is_main:
                 self.record_drift()  # step 0: the starting weights, what drift is measured from
             self.parallel.barrier()
         logged = []
         bar = progress_bar(config.max_steps, start, config.progress and self.parallel.is_main, f"{self.algorithm}")
-        for step in range(start, config.max_steps):
-            t0 = time.perf_counter()
-            stats_before = (self.collector.stats.generated_tokens, self.collector.stats.env_seconds)
-            episodes = self.collect(step)
-            t_rollout = time.perf_counter() - t0
-            if hasattr(self.generator, "pause"):
-                self.generator.pause()  # a sleeping vLLM engine leaves the update its memory
-            metrics = self.update(episodes)
-            self.scheduler.step()
-            self.generator.sync_weights()
-            wall = time.perf_counter() - t0
-            turns = sum(e.turns for e in episodes)
-            generated = self.collector.stats.generated_tokens - stats_before[0]
-            metrics.update(episode_metrics(episodes))
-            metrics.update(group_statistics(episodes, config.group_size))
-            metrics.update({
-                "charts/learning_rate": self.scheduler.get_last_lr()[0],
-                "charts/SPS": turns / wall,
-                "charts/tokens_per_second": generated / wall,
-                "time/rollout_seconds": t_rollout,
-                "time/update_seconds": wall - t_rollout,
-                "time/env_seconds": self.collector.stats.env_seconds - stats_before[1],
-            })
-            metrics = reduce_metrics(self.parallel, metrics)
-            self.step = step + 1
-            if config.logging_steps and (self.step % config.logging_steps == 0 or self.step == config.max_steps):
-                self.logger.log(self.step, metrics)
-            logged.append({"step": self.step, **metrics})
-            if (config.save_steps and self.step % config.save_steps == 0) or self.step == config.max_steps:
-                self.save()
-                if config.plots and self.parallel.is_main:
-                    draw_run_curves(config.output_dir)
-            bar.update(1)
-            bar.set_postfix(ret=f"{metrics['charts/episodic_return']:.3f}",
-                            em=f"{metrics.get('charts/em', math.nan):.2f}")  # chat envs have no EM
+        # One worker: at most one rollout beside the update. A resumed run also starts with a synchronous rollout.
+        executor = ThreadPoolExecutor(1, thread_name_prefix="async-rollout") if config.async_rollouts else None
+        try:
+            for step in range(start, config.max_steps):
+                t0 = time.perf_counter()
+                episodes = self.collect(step)
+                rollout = self.last_rollout
+                t_collect = time.perf_counter() - t0
+                if executor is not None:
+                    if step + 1 < config.max_steps:
+                        # Started before the update: step + 1 samples from the engine's weights of version `step`.
+                        self.start_rollout(executor, step + 1)
+                elif hasattr(self.generator, "pause"):
+                    self.generator.pause()  # a sleeping vLLM engine leaves the update its memory
+                metrics = self.update(episodes)
+                self.scheduler.step()
+                waited = self.wait_rollout()  # the next rollout finishes on the old weights before they change
+                self.push_weights(step + 1)
+                wall = time.perf_counter() - t0
+                turns = sum(e.turns for e in episodes)
+                metrics.update(episode_metrics(episodes))
+                metrics.update(group_statistics(episodes, config.group_size))
+                metrics.update({
+                    "charts/learning_rate": self.scheduler.get_last_lr()[0],
+                    "charts/SPS": turns / wall,
+                    "charts/tokens_per_second": rollout.generated_tokens / wall,
+                    # updates the batch's sampling weights are behind the weights this step updated (version `step`)
+                    "charts/policy_lag": float(np.mean([step - e.weights_version for e in episodes])),
+                    # the step's wall time on rollouts (async: the part the update did not hide) and on the update
+                    "time/rollout_seconds": t_collect + waited,
+                    "time/update_seconds": wall - t_collect - waited,
+                    # how long the step's own rollout took (async: during the previous update)
+                    "time/rollout_busy_seconds": rollout.seconds,
+                    "time/env_seconds": rollout.env_seconds,
+                })
+                metrics = reduce_metrics(self.parallel, metrics)
+                self.step = step + 1
+                if config.logging_steps and (self.step % config.logging_steps == 0 or self.step == config.max_steps):
+                    self.logger.log(self.step, metrics)
+                logged.append({"step": self.step, **metrics})
+                if (config.save_steps and self.step % config.save_steps == 0) or self.step == config.max_steps:
+                    self.save()
+                    if config.plots and self.parallel.is_main:
+                        draw_run_curves(config.output_dir)
+                bar.update(1)
+                bar.set_postfix(ret=f"{metrics['charts/episodic_return']:.3f}",
+                                em=f"{metrics.get('charts/em', math.nan):.2f}")  # chat envs have no EM
+        finally:
+            if executor is not None:
+                # After an error: let a rollout in flight finish (a thread cannot be stopped) and drop it.
+                executor.shutdown(wait=True, cancel_futures=True)
+                self.pending_rollout = None
         bar.close()
         self.logger.close()
         return logged

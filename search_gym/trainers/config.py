@@ -136,6 +136,11 @@ class RLConfig(TrainConfig):
     generation_backend: str = _help("rollout generation: 'hf' (the policy itself, any device) or 'vllm' (an "
                                     "in-process vLLM engine on the same GPU, weights pushed after every step)",
                                     default="hf")
+    async_rollouts: bool = _help("generate step t+1's episodes while step t updates (one step off-policy: they "
+                                 "come from the weights of before update t). Needs a generator with its own copy of "
+                                 "the weights (generation_backend vllm, no sleep mode) and "
+                                 "vllm.importance_sampling_correction, which reweights the stale samples",
+                                 default=False)
     hf_cache_implementation: str | None = _help("KV cache of the HF backend's generate: None (dynamic) or 'static' "
                                                 "(preallocated, the form torch.compile needs; measure with "
                                                 "benchmarks/bench_generation_cache.py)", default=None)
@@ -174,3 +179,22 @@ class RLConfig(TrainConfig):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}, not {type(getattr(self, name)).__name__} (a "
                                 "mapping of its fields is read by build_config)")
+        if self.async_rollouts:
+            self.check_async_rollouts()
+
+    def check_async_rollouts(self) -> None:
+        """What one-step off-policy rollouts need of the config (the trainer checks the generator itself)."""
+        if self.generation_backend == "hf":
+            # HF samples from the policy module itself: a rollout beside the update would read weights mid-step.
+            raise ValueError("async_rollouts needs a generator with its own copy of the weights: generation_backend "
+                             "'hf' samples from the policy being updated; use generation_backend='vllm'")
+        if self.vllm.enable_sleep_mode:
+            # Sleep mode frees the engine during the update, exactly when the next step's rollout uses it.
+            raise ValueError("async_rollouts generates during the update: turn vllm.enable_sleep_mode off")
+        if not self.vllm.importance_sampling_correction:
+            # Without the correction a stale batch is trained on as if the current policy had sampled it (GRPO with
+            # one iteration takes the ratio as 1): a biased gradient that nothing bounds. An error rather than a
+            # warning, since a run would look normal while optimising the wrong objective.
+            raise ValueError("async_rollouts trains on episodes sampled one update earlier: it needs "
+                             "vllm.importance_sampling_correction (the exp(policy - sampler) weights that correct "
+                             "for the staleness)")

@@ -105,6 +105,9 @@ class VLLMGenerator:
         # The engine's log-probabilities are not the policy's (other kernels, bf16): GRPO's
         # vllm.importance_sampling_correction reweights for the difference.
         self.exact_logprobs = False
+        # The engine samples from its own copy of the weights, changed only by sync_weights: it may generate the
+        # next step's episodes while the policy updates (RLConfig.async_rollouts).
+        self.owns_weights = True
         self.sleeping = False
         self.syncs = 0
 
