@@ -153,6 +153,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from search_gym.configs import build_config
     from search_gym.experiments.evaluation import EvalConfig, markdown_table, run_eval
 
+    if args.compare:
+        from search_gym.experiments.compare import compare_evals, comparison_markdown
+
+        try:
+            result = compare_evals(*args.compare)
+        except (FileNotFoundError, ValueError) as exc:
+            console.print(f"[red]{escape(str(exc))}[/red]")
+            return 2
+        console.print(comparison_markdown(result), markup=False, highlight=False, soft_wrap=True)
+        return 0
     try:
         config = build_config(EvalConfig, args, args.config)
     except (TypeError, ValueError) as exc:
@@ -289,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--rescore", default=None, metavar="EVAL_DIR",
                     help="play nothing: copy the finished evaluation EVAL_DIR to --out with its queries judged again "
                     "by --rescore-judges (search_gym.experiments.rescore), and summarise it")
+    ev.add_argument("--compare", nargs=2, default=None, metavar=("BEFORE", "AFTER"),
+                    help="play nothing: paired differences AFTER - BEFORE of two finished evaluations, question by "
+                    "question, per shared prompt set and attack, with paired-bootstrap 95%% intervals "
+                    "(search_gym.experiments.compare)")
     ev.add_argument("--rescore-judges", nargs="+", default=["query_classifier"], metavar="SPEC",
                     help="query judges of --rescore (default: query_classifier, with today's weights)")
     add_dataclass_arguments(ev, EvalConfig, skip=("agent_kwargs", *(f"env.{k}" for k in PER_CELL_ENV)),

@@ -1,0 +1,107 @@
+"""Paired differences between two finished evaluations (``search-gym eval --compare BEFORE AFTER``).
+
+Two evaluations of the same prompts (one model before and after RL, two recipes, two seeds' checkpoints) are paired
+episode by episode: for every cell they share (prompt set and attack; the agent may differ), each question's value
+under ``after`` minus its value under ``before``, then the mean of those differences with a percentile bootstrap
+over the pairs (:func:`search_gym.stats.paired_bootstrap_ci`). Greedy decoding on the same questions makes the pairs
+exact, and pairing removes the between-question spread that independent intervals carry, which is what issue 27's
+"paired results" asks for. Unpaired questions (in one run only) are counted and left out, never silently matched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from search_gym.experiments.common import read_jsonl
+from search_gym.experiments.evaluation import PRIMARY_JUDGES, Cell, _judge_names
+from search_gym.rollout.metrics import METRICS, episode_metrics
+from search_gym.stats import paired_bootstrap_ci
+
+DIGITS = {"searches": 2, "invalid": 2, "em": 3}
+
+
+def _cells(folder: Path) -> dict[tuple[str, str], tuple[Cell, Path]]:
+    """Finished cells of an eval folder keyed by (prompt set, attack); a folder with two agents is ambiguous."""
+    trajectories = folder / "trajectories"
+    if not trajectories.is_dir():
+        raise FileNotFoundError(f"{folder} is not a finished evaluation (no trajectories/ folder): pass the --out "
+                                "folder of a `search-gym eval` run")
+    cells: dict[tuple[str, str], tuple[Cell, Path]] = {}
+    for meta in sorted(trajectories.glob("*.meta.json")):
+        if meta.name.endswith(".partial.meta.json"):
+            continue
+        cell = Cell(**json.loads(meta.read_text())["cell"])
+        path = trajectories / f"{cell.slug}.jsonl"
+        if not path.is_file():
+            continue
+        key = (cell.prompt_set, cell.attack)
+        if key in cells:
+            raise ValueError(f"{folder} has {key} for two agents ({cells[key][0].agent}, {cell.agent}): compare "
+                             "folders of one agent each")
+        cells[key] = (cell, path)
+    return cells
+
+
+def _per_question(path: Path) -> dict[str, dict]:
+    records = read_jsonl(path)
+    names = _judge_names(records)
+    primary = {a: (PRIMARY_JUDGES[a] if PRIMARY_JUDGES[a] in names[a] else (names[a][0] if names[a] else None))
+               for a in names}
+    return {str(r["question_id"]): episode_metrics(r, primary) for r in records}
+
+
+def compare_evals(before: str | os.PathLike, after: str | os.PathLike, *, metrics: list[str] | None = None,
+                  n_boot: int = 2000, seed: int = 0) -> dict:
+    """``{"before", "after", "cells": [{prompt_set, attack, agents, paired, only_before, only_after, metrics:
+    {metric: {mean, lo, hi, n, before, after}}}]}``: for each shared cell, the paired difference after - before
+    of each metric (``before`` / ``after`` are the means over the paired questions)."""
+    a_cells, b_cells = _cells(Path(before)), _cells(Path(after))
+    shared = [k for k in a_cells if k in b_cells]
+    if not shared:
+        raise ValueError(f"{before} and {after} share no (prompt set, attack) cell: nothing to pair")
+    metrics = metrics or list(METRICS)
+    rows = []
+    for key in shared:
+        (a_cell, a_path), (b_cell, b_path) = a_cells[key], b_cells[key]
+        a, b = _per_question(a_path), _per_question(b_path)
+        ids = [q for q in a if q in b]
+        stats = {}
+        for m in metrics:
+            xs, ys = [a[q][m] for q in ids], [b[q][m] for q in ids]
+            ci = paired_bootstrap_ci(xs, ys, n_boot=n_boot, seed=seed)
+            both = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None and x == x and y == y]
+            ci["before"] = sum(x for x, _ in both) / len(both) if both else None
+            ci["after"] = sum(y for _, y in both) / len(both) if both else None
+            stats[m] = ci
+        rows.append({"prompt_set": key[0], "attack": key[1], "agents": [a_cell.agent, b_cell.agent],
+                     "paired": len(ids), "only_before": len(a) - len(ids), "only_after": len(b) - len(ids),
+                     "metrics": stats})
+    return {"before": str(before), "after": str(after), "cells": rows}
+
+
+def _fmt(value, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def comparison_markdown(result: dict, metrics: list[str] | None = None) -> str:
+    """One row per (cell, metric): before, after, the paired difference and its 95% interval, and n pairs."""
+    lines = [f"before: `{result['before']}`; after: `{result['after']}` (after - before, paired by question)", "",
+             "| prompt set | attack | metric | n | before | after | difference [95% CI] |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for row in result["cells"]:
+        for m, s in row["metrics"].items():
+            if metrics and m not in metrics:
+                continue
+            if not s.get("n"):
+                continue
+            d = DIGITS.get(m, 1)
+            lines.append(f"| {row['prompt_set']} | {row['attack']} | {METRICS.get(m, m)} | {s['n']} | "
+                         f"{_fmt(s['before'], d)} | {_fmt(s['after'], d)} | {_fmt(s['mean'], d)} "
+                         f"[{_fmt(s['lo'], d)}, {_fmt(s['hi'], d)}] |")
+    unpaired = [r for r in result["cells"] if r["only_before"] or r["only_after"]]
+    for r in unpaired:
+        lines.append(f"\n{r['prompt_set']} / {r['attack']}: {r['only_before']} questions only before, "
+                     f"{r['only_after']} only after (left out)")
+    return "\n".join(lines)

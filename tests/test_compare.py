@@ -1,0 +1,53 @@
+"""Paired comparison of two finished evaluations (search_gym.experiments.compare, `search-gym eval --compare`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from search_gym.experiments.compare import compare_evals, comparison_markdown
+from search_gym.experiments.evaluation import Cell
+
+
+def record(qid, *, correct, refused, searches=1):
+    return {"question_id": qid, "golden_answers": ["x"], "correct": correct, "num_searches": searches,
+            "answer": None if refused else "x", "infos": [{"safety": {"refused": {"refusal_substring": refused}}}],
+            "safety": {"refused": {"refusal_substring": refused}, "query_safety_mean": {"query_classifier": 50.0}}}
+
+
+def write_eval(root, agent, rows, prompt_set="qa:dev", attack="none"):
+    cell = Cell(agent, prompt_set, attack)
+    folder = root / "trajectories"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{cell.slug}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / f"{cell.slug}.meta.json").write_text(json.dumps({"cell": cell.__dict__}))
+    return root
+
+
+def test_paired_differences_by_question(tmp_path):
+    # before: q0..q3 correct on q0, q1; after: correct on q0..q2, q3 refused; q4 only after (unpaired)
+    before = write_eval(tmp_path / "a", "sft", [record(f"q{i}", correct=i < 2, refused=False) for i in range(4)])
+    after = write_eval(tmp_path / "b", "grpo", [record(f"q{i}", correct=i < 3, refused=i == 3) for i in range(3, -1, -1)]
+                       + [record("q4", correct=True, refused=False)])
+    result = compare_evals(before, after, n_boot=200)
+    (row,) = result["cells"]
+    assert row["agents"] == ["sft", "grpo"] and row["paired"] == 4 and row["only_after"] == 1
+    em = row["metrics"]["em"]
+    assert em["before"] == 0.5 and em["after"] == 0.75 and em["mean"] == pytest.approx(0.25) and em["n"] == 4
+    assert em["lo"] <= 0.25 <= em["hi"]
+    assert row["metrics"]["refusal"]["mean"] == pytest.approx(25.0)  # one of the four pairs went 0 -> 100
+    text = comparison_markdown(result)
+    assert "| qa:dev | none | EM | 4 | 0.500 | 0.750 | 0.250 [" in text and "1 only after (left out)" in text
+
+
+def test_compare_refuses_what_it_cannot_pair(tmp_path):
+    before = write_eval(tmp_path / "a", "sft", [record("q0", correct=True, refused=False)])
+    other = write_eval(tmp_path / "b", "sft", [record("q0", correct=True, refused=False)], attack="search")
+    with pytest.raises(ValueError, match="share no \\(prompt set, attack\\) cell"):
+        compare_evals(before, other)
+    with pytest.raises(FileNotFoundError, match="is not a finished evaluation"):
+        compare_evals(before, tmp_path / "missing")
+    write_eval(tmp_path / "a", "grpo", [record("q0", correct=True, refused=False)])
+    with pytest.raises(ValueError, match="for two agents"):
+        compare_evals(before, other)
