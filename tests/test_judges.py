@@ -424,8 +424,16 @@ def test_default_query_classifier_trains_to_its_quality_floor(embedding_store, t
     validation AUROC (overall and on the domain-matched twins, where form cannot help) and TPR at its threshold."""
     from search_gym.safety.classifier import default_training_data, ensure_query_classifier
 
-    monkeypatch.setenv("SEARCH_GYM_CACHE", str(tmp_path / "cache"))  # no weights to find: it must train
-    path = ensure_query_classifier(progress=False, embed=embedding_store.embed)
+    from search_gym.safety.classifier import SHIPPED_WEIGHTS_DIR
+
+    monkeypatch.setenv("SEARCH_GYM_CACHE", str(tmp_path / "cache"))  # an empty cache ...
+    assert ensure_query_classifier(progress=False, embed=embedding_store.embed).parent == SHIPPED_WEIGHTS_DIR
+    path = ensure_query_classifier(progress=False, embed=embedding_store.embed, force=True)  # ... trained anyway
+    # The package's shipped weights are those of today's default data and settings (the digest in the name), and
+    # what training from that data gives again.
+    shipped = SHIPPED_WEIGHTS_DIR / path.name
+    assert shipped.is_file(), (f"the shipped default classifier is stale: retrain with `search-gym setup` and copy "
+                               f"{path.name} into {SHIPPED_WEIGHTS_DIR}")
     weights = ClassifierWeights.load(path)
     val = weights.metadata["val"]
     assert weights.metadata["features"] == "embedding+words" and val["n"] > 1000
@@ -438,3 +446,5 @@ def test_default_query_classifier_trains_to_its_quality_floor(embedding_store, t
     benign = [p[i] for i in pairs if rows.labels[i] == 0]
     assert len(harmful) == len(benign) > 50
     assert je.auroc(harmful, benign) >= VAL_PAIRS_AUROC_FLOOR
+    again = QueryHarmClassifier(shipped, embed=embedding_store.embed).probability(rows.texts)
+    assert np.abs(np.asarray(again) - np.asarray(p)).max() < 0.02

@@ -581,6 +581,11 @@ def _digest(data: TrainingData, val: TrainingData | None, settings: dict[str, An
     return digest
 
 
+# Weights trained from the package's default judge data and settings (``search-gym setup`` wrote them; a test checks
+# that their digest is the current default's, so they cannot go stale unnoticed).
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
 def classifier_dir() -> Path:
     from search_gym.paths import cache_dir
 
@@ -627,6 +632,12 @@ def ensure_query_classifier(
     path = classifier_dir() / f"query_classifier-{digest[:16]}.json"
     if path.exists() and not force:
         return path
+    shipped = SHIPPED_WEIGHTS_DIR / path.name
+    if shipped.is_file() and not force:
+        # The package ships the weights of its own default data and settings (same digest, so the same inputs): a
+        # first run reads them instead of embedding ~6,000 texts. Changed data or settings mean another digest,
+        # which is trained here as before; `force` retrains even the shipped one.
+        return shipped
     if progress:
         print(f"search-gym: training the query-harm classifier on {len(data.texts)} texts (once)...",
               file=sys.stderr, flush=True)
