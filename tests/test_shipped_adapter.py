@@ -128,3 +128,30 @@ def test_trainers_start_from_the_merged_aligned_model(bundled_lora, tmp_path, mo
         want = adapters.apply_adapter(AutoModelForCausalLM.from_pretrained(base), folder)(ids).logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     assert resolve_model_path("smollm2") == str(base)
+
+
+def test_a_shipped_adapter_in_parts_is_joined_once_and_checked(bundled_lora, tmp_path, monkeypatch):
+    """Weights committed as ``adapter_model.safetensors.part-NN`` (each file under 16 MiB): joined into the cache,
+    checked against SHA256SUMS, reused; a damaged part is an error, never a silent fall back."""
+    _, model = bundled_lora
+    whole = write_shipped(tmp_path / "whole", model)
+    folder = tmp_path / "weights" / "smollm2-aligned"
+    folder.mkdir(parents=True)
+    data = (whole / ADAPTER_WEIGHTS).read_bytes()
+    third = len(data) // 3 + 1
+    for k in range(3):
+        (folder / f"{ADAPTER_WEIGHTS}.part-{k:02d}").write_bytes(data[k * third:(k + 1) * third])
+    for name in ("SHA256SUMS", "adapter_config.json"):
+        (folder / name).write_bytes((whole / name).read_bytes())
+    monkeypatch.setenv("SEARCH_GYM_CACHE", str(tmp_path / "cache"))
+    joined = shipped_adapter("smollm2-aligned", root=tmp_path / "weights")
+    assert joined.is_relative_to(tmp_path / "cache") and (joined / ADAPTER_WEIGHTS).read_bytes() == data
+    written = os.stat(joined / ADAPTER_WEIGHTS).st_mtime_ns
+    assert shipped_adapter("smollm2-aligned", root=tmp_path / "weights") == joined  # reused, not joined again
+    assert os.stat(joined / ADAPTER_WEIGHTS).st_mtime_ns == written
+    (folder / f"{ADAPTER_WEIGHTS}.part-01").write_bytes(b"x" * third)
+    import shutil
+
+    shutil.rmtree(joined)
+    with pytest.raises(ValueError, match="a part is damaged, missing or was replaced"):
+        shipped_adapter("smollm2-aligned", root=tmp_path / "weights")

@@ -108,22 +108,54 @@ def shipped_adapter(name: str, root: str | os.PathLike | None = None) -> Path:
     if name not in SHIPPED_ADAPTERS:
         raise ValueError(f"unknown shipped adapter {name!r}; shipped: {list(SHIPPED_ADAPTERS)}")
     folder = Path(root or SHIPPED_DIR) / name
+    parts = sorted(folder.glob(f"{ADAPTER_WEIGHTS}.part-*"))
+    if parts and not (folder / ADAPTER_WEIGHTS).is_file() and (folder / ADAPTER_CONFIG).is_file():
+        return _joined_parts(folder, parts, _listed_sha256(folder))
     if not is_adapter_folder(folder):
         raise FileNotFoundError(
             f"the shipped adapter {name!r} is not in {folder} ({ADAPTER_CONFIG} and {ADAPTER_WEIGHTS} expected): "
             "reinstall search-gym from a complete checkout, or train one with `search-gym train sft --config "
             "examples/configs/sft_aligned_smollm2.yaml` and pass adapter=<output_dir>/adapter")
-    sums = folder / "SHA256SUMS"
-    expected = None
-    if sums.is_file():
-        for line in sums.read_text().splitlines():
-            digest, _, fname = line.strip().partition("  ")
-            if fname == ADAPTER_WEIGHTS:
-                expected = digest
-    if expected is None:
-        raise FileNotFoundError(f"{sums} has no line for {ADAPTER_WEIGHTS}: the shipped adapter cannot be checked")
+    expected = _listed_sha256(folder)
     actual = adapter_sha256(folder)
     if actual != expected:
         raise ValueError(f"{folder / ADAPTER_WEIGHTS} has sha256 {actual}, SHA256SUMS says {expected}: the file is "
                          "damaged or was replaced (a git-lfs pointer?); restore it from the repository")
     return folder
+
+
+def _listed_sha256(folder: Path) -> str:
+    """The SHA-256 that ``folder/SHA256SUMS`` lists for the adapter's weights file."""
+    sums = folder / "SHA256SUMS"
+    if sums.is_file():
+        for line in sums.read_text().splitlines():
+            digest, _, fname = line.strip().partition("  ")
+            if fname == ADAPTER_WEIGHTS:
+                return digest
+    raise FileNotFoundError(f"{sums} has no line for {ADAPTER_WEIGHTS}: the shipped adapter cannot be checked")
+
+
+def _joined_parts(folder: Path, parts: list[Path], expected: str) -> Path:
+    """A shipped adapter whose weights are committed in parts (``adapter_model.safetensors.part-00``, ...; every
+    file of the repository stays under 16 MiB): the parts joined once into the cache, checked against SHA256SUMS."""
+    import shutil
+
+    from search_gym.files import atomic_output
+    from search_gym.paths import models_dir
+
+    out = models_dir() / "adapters" / f"{folder.name}-{expected[:16]}"
+    if is_adapter_folder(out) and adapter_sha256(out) == expected:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out / ADAPTER_WEIGHTS) as tmp, open(tmp, "wb") as joined:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, joined)
+    shutil.copyfile(folder / ADAPTER_CONFIG, out / ADAPTER_CONFIG)
+    actual = adapter_sha256(out)
+    if actual != expected:
+        (out / ADAPTER_WEIGHTS).unlink()
+        raise ValueError(f"the parts of {folder / ADAPTER_WEIGHTS} join to sha256 {actual}, SHA256SUMS says {expected}: "
+                         "a part is damaged, missing or was replaced (a git-lfs pointer?); restore them from the "
+                         "repository")
+    return out
