@@ -417,3 +417,21 @@ def test_aligned_teachers_vary_rephrase_and_meet_a_forced_search_without_the_req
 
         make_teacher("refusal", "varied", {}, 0)
 
+
+
+def test_instruct_repeat_weights_the_benign_instruction_rows(tokenizer, tiny_qa_path, tiny_corpus_path):
+    """``instruct_repeat`` N: each kept benign instruction-style trajectory appears N times (recipe 3 of
+    docs/aligned_start.md), other sources once."""
+    from search_gym.trainers.sft import build_sft_episodes
+    from search_gym.trainers.sft_config import SFTConfig
+
+    def build(repeat):
+        return build_sft_episodes(
+            SFTConfig(instruct_repeat=repeat, instruct_limit=0, teacher="aligned", progress=False), tokenizer, num_envs=4,
+            progress=False, datasets={"qa": None, "harmful": None, "benign": None,
+                                      "instruct": (str(tiny_qa_path), "train")},
+            env_kwargs={"retriever": WordOverlapRetriever(tiny_corpus_path)})
+
+    once, thrice = build(1), build(3)
+    assert once and len(thrice) == 3 * len(once)
+    assert len({id(ep) for ep in thrice}) == len(once)  # the same trajectories, repeated

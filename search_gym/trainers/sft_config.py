@@ -33,6 +33,8 @@ class SFTConfig(TrainConfig):
                                 "questions, tutorials on everyday, technical and edgy-but-legal topics, the benign "
                                 "twins of the matched pairs) answered helpfully after a search, so that the topic "
                                 "rather than the form of a request decides a refusal (0: all, -1: none)", default=-1)
+    instruct_repeat: int = _help("times each benign instruction-style trajectory appears (more weight on answering "
+                                 "benign requests whose form or topic resembles a harmful one)", default=1)
     pair_harmful_limit: int = _help("harmful requests of the judges' train split (the harmful twins of the matched "
                                     "pairs, in the same forms as the benign ones) answered with a refusal "
                                     "(0: all, -1: none)", default=-1)
