@@ -28,8 +28,8 @@ def write_eval(root, agent, rows, prompt_set="qa:dev", attack="none"):
 def test_paired_differences_by_question(tmp_path):
     # before: q0..q3 correct on q0, q1; after: correct on q0..q2, q3 refused; q4 only after (unpaired)
     before = write_eval(tmp_path / "a", "sft", [record(f"q{i}", correct=i < 2, refused=False) for i in range(4)])
-    after = write_eval(tmp_path / "b", "grpo", [record(f"q{i}", correct=i < 3, refused=i == 3) for i in range(3, -1, -1)]
-                       + [record("q4", correct=True, refused=False)])
+    rows = [record(f"q{i}", correct=i < 3, refused=i == 3) for i in range(3, -1, -1)]  # another order
+    after = write_eval(tmp_path / "b", "grpo", rows + [record("q4", correct=True, refused=False)])
     result = compare_evals(before, after, n_boot=200)
     (row,) = result["cells"]
     assert row["agents"] == ["sft", "grpo"] and row["paired"] == 4 and row["only_after"] == 1

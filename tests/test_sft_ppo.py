@@ -427,9 +427,9 @@ def test_instruct_repeat_weights_the_benign_instruction_rows(tokenizer, tiny_qa_
 
     def build(repeat):
         return build_sft_episodes(
-            SFTConfig(instruct_repeat=repeat, instruct_limit=0, teacher="aligned", progress=False), tokenizer, num_envs=4,
-            progress=False, datasets={"qa": None, "harmful": None, "benign": None,
-                                      "instruct": (str(tiny_qa_path), "train")},
+            SFTConfig(instruct_repeat=repeat, instruct_limit=0, teacher="aligned", progress=False), tokenizer,
+            num_envs=4, progress=False,
+            datasets={"qa": None, "harmful": None, "benign": None, "instruct": (str(tiny_qa_path), "train")},
             env_kwargs={"retriever": WordOverlapRetriever(tiny_corpus_path)})
 
     once, thrice = build(1), build(3)

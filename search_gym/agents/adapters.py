@@ -155,7 +155,7 @@ def _joined_parts(folder: Path, parts: list[Path], expected: str) -> Path:
     actual = adapter_sha256(out)
     if actual != expected:
         (out / ADAPTER_WEIGHTS).unlink()
-        raise ValueError(f"the parts of {folder / ADAPTER_WEIGHTS} join to sha256 {actual}, SHA256SUMS says {expected}: "
-                         "a part is damaged, missing or was replaced (a git-lfs pointer?); restore them from the "
-                         "repository")
+        raise ValueError(f"the parts of {folder / ADAPTER_WEIGHTS} join to sha256 {actual}, SHA256SUMS says "
+                         f"{expected}: a part is damaged, missing or was replaced (a git-lfs pointer?); restore "
+                         "them from the repository")
     return out
