@@ -12,7 +12,8 @@
 #   bash tools/aligned_pilot.sh start [STAGES]  # detached; default "sft probe eval grpo"; log in $RUN/pilot.log
 #                                                 (SFT_ARGS="--num-epochs 2": more flags for the sft stage;
 #                                                 SG_RUN=name: a recipe's own folder $RUNS/name, default
-#                                                 sft_aligned, so that two recipes run side by side on one GPU)
+#                                                 sft_aligned, so that two recipes run side by side on one GPU;
+#                                                 SG_DATA=name: the rows in .devrun/name, default sft_aligned)
 #   bash tools/aligned_pilot.sh progress        # the log's last lines, the stages done, GPU memory
 #   bash tools/aligned_pilot.sh collect         # SFT + GRPO adapters, metrics, eval summaries into $OUT
 set -uo pipefail
@@ -26,8 +27,9 @@ case "${1:-}" in
   start)
     STAGES=${2:-sft probe eval grpo}
     mkdir -p "$RUN"
-    [ -d "$RUN/dev" ] || cp -r "$REPO/.devrun/sft_aligned/dev" "$RUN/"
-    [ -f "$RUN/sft_data.jsonl" ] || gunzip -c "$REPO/.devrun/sft_aligned/sft_data.jsonl.gz" > "$RUN/sft_data.jsonl"
+    DATA=$REPO/.devrun/${SG_DATA:-sft_aligned}   # the rows built here with --data-only (recipe 3: sft_aligned_r3)
+    [ -d "$RUN/dev" ] || cp -r "$DATA/dev" "$RUN/"
+    [ -f "$RUN/sft_data.jsonl" ] || gunzip -c "$DATA/sft_data.jsonl.gz" > "$RUN/sft_data.jsonl"
     cat > "$RUN/pilot_job.sh" <<JOB
 set -x
 cd /tmp
