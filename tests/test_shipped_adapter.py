@@ -155,3 +155,18 @@ def test_a_shipped_adapter_in_parts_is_joined_once_and_checked(bundled_lora, tmp
     shutil.rmtree(joined)
     with pytest.raises(ValueError, match="a part is damaged, missing or was replaced"):
         shipped_adapter("smollm2-aligned", root=tmp_path / "weights")
+
+
+def test_the_default_agent_needs_nothing_beyond_the_core_install():
+    """README command 1 (`pip install -e .`, no extras) runs the demo's default agent, smollm2-aligned, which loads
+    its adapter with peft: peft must be a core dependency, not only an extra (a fresh install crashed without it)."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from search_gym.cli import build_parser
+
+    assert build_parser().parse_args(["demo"]).agent == "smollm2-aligned"
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    assert "peft" in core
