@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from conftest import WordOverlapRetriever, tiny_llama
-from test_vllm_generation import FakeLLM  # the fake vLLM engine: its own copy of the policy, HFAgent sampling
+# the fake vLLM engine (its own copy of the policy, HFAgent sampling) and distinct rewards within each group
+from test_vllm_generation import FakeLLM, RandomRewards
 
 from search_gym.envs import SearchVectorEnv
 from search_gym.trainers.config import VLLMConfig, train_env
@@ -61,7 +62,7 @@ class LateEngine(FakeLLM):
         return super().generate(prompts, sampling_params, use_tqdm)
 
 
-class RecordingGRPO(GRPOTrainer):
+class RecordingGRPO(RandomRewards, GRPOTrainer):
     """GRPO with distinct rewards in each group (so every update moves the weights) that records every version of
     the weights, every rollout it starts, and each update's episodes and importance weights."""
 
@@ -74,12 +75,6 @@ class RecordingGRPO(GRPOTrainer):
     def rollout(self, step):
         self.rolled_out.append(step)
         return super().rollout(step)
-
-    def collect(self, step):
-        episodes = super().collect(step)
-        for i, ep in enumerate(episodes):
-            ep.task_reward = ep.reward = float(i % 2)
-        return episodes
 
     def update(self, episodes):
         self.versions[self.step] = snapshot(self.model)

@@ -10,12 +10,11 @@ exact, and pairing removes the between-question spread that independent interval
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from search_gym.experiments.common import read_jsonl
-from search_gym.experiments.evaluation import PRIMARY_JUDGES, Cell, _judge_names
+from search_gym.experiments.evaluation import Cell, finished_cells, primary_judges
 from search_gym.rollout.metrics import METRICS, episode_metrics
 from search_gym.stats import paired_bootstrap_ci
 
@@ -29,10 +28,7 @@ def _cells(folder: Path) -> dict[tuple[str, str], tuple[Cell, Path]]:
         raise FileNotFoundError(f"{folder} is not a finished evaluation (no trajectories/ folder): pass the --out "
                                 "folder of a `search-gym eval` run")
     cells: dict[tuple[str, str], tuple[Cell, Path]] = {}
-    for meta in sorted(trajectories.glob("*.meta.json")):
-        if meta.name.endswith(".partial.meta.json"):
-            continue
-        cell = Cell(**json.loads(meta.read_text())["cell"])
+    for cell in finished_cells(folder):
         path = trajectories / f"{cell.slug}.jsonl"
         if not path.is_file():
             continue
@@ -46,9 +42,7 @@ def _cells(folder: Path) -> dict[tuple[str, str], tuple[Cell, Path]]:
 
 def _per_question(path: Path) -> dict[str, dict]:
     records = read_jsonl(path)
-    names = _judge_names(records)
-    primary = {a: (PRIMARY_JUDGES[a] if PRIMARY_JUDGES[a] in names[a] else (names[a][0] if names[a] else None))
-               for a in names}
+    primary = primary_judges(records)
     return {str(r["question_id"]): episode_metrics(r, primary) for r in records}
 
 

@@ -379,16 +379,29 @@ def _judge_names(records: list[dict]) -> dict[str, list[str]]:
     return names
 
 
+def primary_judges(records: list[dict]) -> dict[str, str | None]:
+    """The judge per aspect whose scores the summary reports: :data:`PRIMARY_JUDGES`' choice where the episodes hold
+    it, else the first judge of the aspect they hold (None: no judge of that aspect)."""
+    found = _judge_names(records)
+    return {a: (PRIMARY_JUDGES[a] if PRIMARY_JUDGES[a] in names else (names[0] if names else None))
+            for a, names in found.items()}
+
+
+def finished_cells(out_dir: str | os.PathLike) -> list[Cell]:
+    """The cells of an eval folder with a finished meta file (not ``.partial``), in file-name order."""
+    cells = []
+    for path in sorted((Path(out_dir) / "trajectories").glob("*.meta.json")):
+        if not path.name.endswith(".partial.meta.json"):
+            cells.append(Cell(**json.loads(path.read_text())["cell"]))
+    return cells
+
+
 def summarize(out_dir: str | os.PathLike, cells: Sequence[Cell] | None = None, *, n_boot: int = 1000,
               seed: int = 0) -> dict:
     """Metrics with bootstrap intervals for every finished cell in ``out_dir`` (or the given cells)."""
     folder = Path(out_dir) / "trajectories"
     if cells is None:
-        cells = []
-        for path in sorted(folder.glob("*.meta.json")):
-            if path.name.endswith(".partial.meta.json"):
-                continue
-            cells.append(Cell(**json.loads(path.read_text())["cell"]))
+        cells = finished_cells(out_dir)
     rows = []
     for cell in cells:
         path = folder / f"{cell.slug}.jsonl"
@@ -396,8 +409,7 @@ def summarize(out_dir: str | os.PathLike, cells: Sequence[Cell] | None = None, *
             continue
         records = read_jsonl(path)
         names = _judge_names(records)
-        primary = {a: (PRIMARY_JUDGES[a] if PRIMARY_JUDGES[a] in names[a] else (names[a][0] if names[a] else None))
-                   for a in names}
+        primary = primary_judges(records)
         per_episode = [episode_metrics(r, primary) for r in records]
         metrics = {m: bootstrap_ci([e[m] for e in per_episode], n_boot=n_boot, seed=seed) for m in METRICS}
         for aspect, metric in (("query", "search_safety"), ("refusal", "refusal"), ("refusal", "refusal_first"),

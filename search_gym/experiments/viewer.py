@@ -109,13 +109,10 @@ def split_passages(env_text: str) -> list[tuple[str, str]] | None:
 
 
 def _primary_judges(records: list[dict]) -> dict[str, str | None]:
-    """The judge per aspect whose scores colour and classify the episodes: the eval summary's choice (its
-    primary judges when recorded, else the first judge of the aspect)."""
-    from search_gym.experiments.evaluation import PRIMARY_JUDGES, _judge_names
+    """The judge per aspect whose scores colour and classify the episodes: the eval summary's choice."""
+    from search_gym.experiments.evaluation import primary_judges
 
-    found = _judge_names(records)
-    return {a: (PRIMARY_JUDGES[a] if PRIMARY_JUDGES[a] in names else (names[0] if names else None))
-            for a, names in found.items()}
+    return primary_judges(records)
 
 
 def _number(value: Any) -> float | None:

@@ -92,9 +92,7 @@ def make_env(config: RLConfig, num_envs: int):
 class Rollout:
     """One step's episodes as the generator sampled them (before any shaping), with the step's rollout figures."""
 
-    step: int
-    episodes: list[TokenEpisode]
-    weights_version: int  # updates in the weights that sampled the episodes
+    episodes: list[TokenEpisode]  # each with ``weights_version``, the updates in the weights that sampled it
     seconds: float
     generated_tokens: int
     env_seconds: float
@@ -261,7 +259,7 @@ class RLTrainer:
                                           seed=self.rollout_seed(step))
         for episode in episodes:
             episode.weights_version = version
-        return Rollout(step, episodes, version, time.perf_counter() - t0, stats.generated_tokens - tokens_before,
+        return Rollout(episodes, time.perf_counter() - t0, stats.generated_tokens - tokens_before,
                        stats.env_seconds - env_before)
 
     def collect(self, step: int) -> list[TokenEpisode]:

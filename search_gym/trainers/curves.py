@@ -80,8 +80,8 @@ def draw_run_curves(output_dir: str | Path) -> Path | None:
     """``<output_dir>/curves.png`` from the run's ``metrics.csv`` (what the trainers call at each checkpoint and at
     the end); None while nothing is logged."""
     csv_path = Path(output_dir) / "metrics.csv"
-    if not csv_path.is_file() or not read_metrics(csv_path):
+    rows = read_metrics(csv_path) if csv_path.is_file() else []
+    if not rows:
         return None
-    rows = read_metrics(csv_path)
     return plot_curves({Path(output_dir).name: csv_path}, Path(output_dir) / "curves.png",
                        smooth=5 if len(rows) >= 20 else 0)
