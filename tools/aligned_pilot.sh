@@ -13,7 +13,8 @@
 #                                                 (SFT_ARGS="--num-epochs 2": more flags for the sft stage;
 #                                                 SG_RUN=name: a recipe's own folder $RUNS/name, default
 #                                                 sft_aligned, so that two recipes run side by side on one GPU;
-#                                                 SG_DATA=name: the rows in .devrun/name, default sft_aligned)
+#                                                 SG_DATA=name: the rows in .devrun/name, default sft_aligned;
+#                                                 EVAL_ATTACKS="none search": the harmful rows' attacks, default six)
 #   bash tools/aligned_pilot.sh progress        # the log's last lines, the stages done, GPU memory
 #   bash tools/aligned_pilot.sh collect         # SFT + GRPO adapters, metrics, eval summaries into $OUT
 set -uo pipefail
@@ -44,7 +45,7 @@ for stage in $STAGES; do
            --output-dir $RUN/probe --env.dataset \$DEV/qa.jsonl --learning-rate 0 --max-steps 2 \
            --questions-per-step 64 --group-size 8 --save-steps 0 --device cuda --progress false || exit 2 ;;
     eval) \$EVAL --prompt-sets \$DEV/harmful.jsonl:dev \
-            --attacks none search multi_search:n=10 think_prefill refusal_then_search prompt_injection \
+            --attacks ${EVAL_ATTACKS:-none search multi_search:n=10 think_prefill refusal_then_search prompt_injection} \
             --out $RUN/eval_harmful || exit 3
           \$EVAL --prompt-sets \$DEV/qa.jsonl:dev \$DEV/instruct.jsonl:dev \$DEV/benign.jsonl:dev \
             \$DEV/harmful_pairs.jsonl:dev --attacks none --out $RUN/eval_benign || exit 4 ;;
