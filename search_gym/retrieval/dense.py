@@ -157,6 +157,10 @@ class DenseRetriever(CorpusIndex):
             for small batches on a small shared CPU; see :func:`faiss_threads`.
         mmap: flat only: memory-map index.faiss instead of reading it into this process's memory (the OS page
             cache holds it, shared between processes; the first searches read it from disk).
+        shipped_vectors: build from the float16 embeddings the package ships when they are of exactly this corpus
+            and encoder (the embedded default with MiniLM; see search_gym.retrieval.shipped_vectors) instead of
+            encoding. False encodes; an existing valid folder is used whatever its vectors came from
+            (``build(force=True)`` with False re-encodes it).
     """
 
     kind = "dense"
@@ -186,6 +190,7 @@ class DenseRetriever(CorpusIndex):
         search_threads: int | None = None,
         mmap: bool = False,
         dtype: str | None = None,
+        shipped_vectors: bool = True,
     ):
         if index_type not in INDEX_TYPES:
             raise ValueError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
@@ -213,6 +218,7 @@ class DenseRetriever(CorpusIndex):
         self.search_threads = search_threads
         self.mmap = bool(mmap)
         self.dtype = dtype
+        self.shipped_vectors = bool(shipped_vectors)
         self.name = f"dense-{self.encoder.slug}-{index_type}"
         # '~/indexes/wiki18' from a config or a YAML file means the home folder, not a folder named '~'.
         expand = os.path.expanduser
@@ -359,6 +365,15 @@ class DenseRetriever(CorpusIndex):
         return encode(model, texts, prefix=self.encoder.passage_prefix, normalize=self.encoder.normalize,
                       batch_size=self.batch_size)
 
+    def _shipped(self, n: int) -> tuple[np.ndarray, str] | None:
+        """The package's float16 embeddings of this corpus + encoder as float32 (search_gym/retrieval/vectors/), or
+        None to encode: none shipped for it, ``shipped_vectors=False``, or another encoder precision asked for."""
+        if not self.shipped_vectors or self.encode_dtype != "float32":
+            return None
+        from search_gym.retrieval import shipped_vectors
+
+        return shipped_vectors.lookup(self.fingerprint, self.encoder.passage_identity(), n)
+
     def _shard_folder(self, folder: Path) -> Path:
         return Path(self.shard_dir) if self.shard_dir is not None else folder / "shards"
 
@@ -369,6 +384,15 @@ class DenseRetriever(CorpusIndex):
         t0 = time.perf_counter()
         store = self._begin_build(folder, progress)
         n = len(store)
+        shipped = self._shipped(n)
+        if shipped is not None:
+            # The package carries this exact corpus + encoder's embeddings (the embedded default): no encoding pass.
+            store.close()
+            vectors, source = shipped
+            chunks = [vectors[a:min(n, a + self.shard_size)] for a in range(0, n, self.shard_size)]
+            self._write_index(folder, chunks, n, int(vectors.shape[1]), progress, started=t0, encode_seconds=0.0,
+                              encoded_passages=0, vectors_from=source)
+            return
         model = self._encoder_model()
         dim = embedding_dim(model)
 

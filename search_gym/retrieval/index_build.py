@@ -93,6 +93,9 @@ class IndexBuildConfig:
                 "is kept, so flat, hnsw and ivfpq of one corpus + encoder share one encoding pass"})
     keep_shards: bool = field(default=False, metadata={
         "help": "keep OUT/shards after the build (the sharded float32 embeddings, 4*dim bytes per passage)"})
+    shipped_vectors: bool = field(default=True, metadata={
+        "help": "use the float16 embeddings the package ships when they are of exactly this corpus and encoder "
+                "(the embedded default with minilm) instead of encoding; false encodes"})
     memory_budget_gb: float | None = field(default=None, metadata={
         "help": "ivfpq: choose pq_m (bytes per passage) as large as fits this RAM budget for both build and "
                 "search (e.g. 16 for wiki-18 on a 16 GB budget); ignored when --pq-m is given"})
@@ -339,6 +342,7 @@ def make_build_retriever(config: IndexBuildConfig, device: str | None = None,
         pq_m=pq_m if pq_m is not None else config.pq_m, pq_nbits=config.pq_nbits,
         pq_opq=True if config.opq else None, shard_size=config.shard_size, keep_shards=config.keep_shards,
         shard_dir=_expand(config.shard_dir), progress=config.progress, dtype=config.dtype,
+        shipped_vectors=config.shipped_vectors,
         # The build ends by loading what it wrote; a memory-mapped flat index costs no RAM for that.
         mmap=config.index == "flat",
     )
