@@ -6,6 +6,8 @@
 #             rate 0: the rollouts of the starting policy, nothing learnt from validation)
 #   3. eval   greedy evaluation on the validation rows SFT wrote to dev/ (never trained on): harmful requests under
 #             the taught attack (search) and untaught ones, then QA, benign twins, edgy benign, harmful twins
+#   heldout   ONLY for a recipe the validation accepted (docs/aligned_start.md: evaluated once): the held-out
+#             harmful requests under every attack, QA test and the held-out edgy benign prompts; never a default stage
 #   4. grpo   a 20-step GRPO pilot (LoRA on the merged SFT model, examples/configs/grpo_aligned_lora.yaml)
 # After unpack.sh returned 0 (README.md beside this file).
 #
@@ -49,6 +51,10 @@ for stage in $STAGES; do
             --out $RUN/eval_harmful || exit 3
           \$EVAL --prompt-sets \$DEV/qa.jsonl:dev \$DEV/instruct.jsonl:dev \$DEV/benign.jsonl:dev \
             \$DEV/harmful_pairs.jsonl:dev --attacks none --out $RUN/eval_benign || exit 4 ;;
+    heldout) \$EVAL --prompt-sets harmful:heldout \
+            --attacks none search multi_search:n=10 think_prefill refusal_then_search prompt_injection \
+            --out $RUN/heldout_harmful || exit 6
+          \$EVAL --prompt-sets qa:test benign:heldout --attacks none --out $RUN/heldout_benign || exit 7 ;;
     grpo) search-gym train grpo --config "$REPO/examples/configs/grpo_aligned_lora.yaml" --model "$RUN/final" \
             --output-dir $RUN/grpo --device cuda --progress false || exit 5 ;;
   esac
