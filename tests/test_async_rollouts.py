@@ -182,6 +182,7 @@ def test_each_episode_was_sampled_by_the_weights_it_records(runs, score, mode):
             # differ enough to tell apart
             assert sampled_by(score, trainer, ep) == [want], (mode, update["step"])
             assert ep.weights_version == want
+            assert ep.to_dict()["weights_version"] == want  # saved with the episode's token fields
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

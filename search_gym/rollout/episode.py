@@ -76,6 +76,7 @@ class Episode:
     safety: dict | None = None
     done: bool = False
     step_infos: list[dict] | None = None  # chat envs: the JSON scalars of each step's info (None for search envs)
+    weights_version: int | None = None  # trainers: the updates in the weights that sampled it (None outside training)
     # ------------------------------------------------------------------ the text view (not in to_dict)
     start: dict = field(default_factory=dict, repr=False)  # the reset info
     prompt: str | None = None  # the user turn the agent saw
