@@ -1,5 +1,5 @@
-"""The ``search-gym`` command line: ``setup``, ``demo``, ``eval``, ``directions``, ``judges``, ``train``, ``serve``,
-``index``, ``info``."""
+"""The ``search-gym`` command line: ``setup``, ``demo``, ``eval``, ``directions``, ``judges``, ``train``, ``study``,
+``compare-algorithms``, ``serve``, ``index``, ``view``, ``export``, ``info``."""
 
 from __future__ import annotations
 
@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     from search_gym.judges.cli import add_judges_parser
     from search_gym.trainers.cli import add_train_parser
     from search_gym.experiments.study import add_study_parser
+    from search_gym.experiments.algorithms import add_compare_algorithms_parser
     from search_gym.experiments.viewer import add_view_parser
     from search_gym.integrations.export_cli import add_export_parser
 
@@ -329,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_judges_parser(sub)
     add_train_parser(sub)
     add_study_parser(sub)
+    add_compare_algorithms_parser(sub)
     add_serve_parser(sub)
     add_index_parser(sub)
     add_view_parser(sub)

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 from search_gym.configs import build_config
+from search_gym.experiments.algorithms import AlgorithmComparisonConfig
 from search_gym.experiments.study import StudyConfig
 from search_gym.trainers.grpo_config import GRPOConfig
 from search_gym.trainers.sft_config import SFTConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "configs"
-CLASSES = {"sft_": SFTConfig, "grpo_": GRPOConfig, "study_": StudyConfig}  # trl_*: the TRL example script's own
+CLASSES = {"sft_": SFTConfig, "grpo_": GRPOConfig, "study_": StudyConfig, "algorithms_": AlgorithmComparisonConfig}  # trl_*: the TRL example script's own
 
 
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("trl_")),

@@ -92,7 +92,7 @@ def lookup(corpus_fingerprint: str, encoder_identity: dict[str, Any], count: int
 
 def export(index_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write the float16 vectors + record of a float32-encoded flat index folder; returns the record's path."""
-    from search_gym.retrieval.index_build import open_flat_vectors
+    import faiss
 
     index_dir = Path(index_dir)
     meta = json.loads((index_dir / "meta.json").read_text())
@@ -103,8 +103,9 @@ def export(index_dir: str | Path, out_dir: str | Path | None = None) -> Path:
         raise ValueError(f"{index_dir} was not encoded here in float32 (vectors_from={meta.get('vectors_from')}, "
                          f"dtype={meta.get('encoder', {}).get('dtype')}); shipped vectors start from a float32 "
                          "encoding")
-    flat, vectors32 = open_flat_vectors(index_dir / "index.faiss")
-    vectors16 = np.asarray(vectors32, dtype=np.float16)
+    flat = faiss.read_index(str(index_dir / "index.faiss"))
+    vectors32 = flat.reconstruct_n(0, flat.ntotal)  # a flat index stores the embeddings themselves
+    vectors16 = vectors32.astype(np.float16)
     max_abs_error = float(np.abs(vectors16.astype(np.float32) - vectors32).max()) if len(vectors32) else 0.0
     del flat, vectors32
     encoder = meta["encoder"]
