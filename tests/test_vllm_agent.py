@@ -233,8 +233,10 @@ def test_real_vllm_matches_hf_hooks(smollm2):
     """Real vLLM (fp32, greedy) against the HF model, on checks that never depend on the two producing the same
     tokens (so the test cannot pass while comparing nothing):
 
-    1. teacher-forced: VLLMAgent's hidden states, at the positions located in vLLM's own tokens, equal those of an
-       independent HF forward over the same prompt + completion ids (``output_hidden_states``);
+    1. teacher-forced: VLLMAgent's hidden states, at the positions located in vLLM's own tokens, equal those of a
+       separate HF forward over the same prompt + completion ids (``output_hidden_states``). The agent reads its
+       hidden states with this same HF model (``hidden_model``), so this checks where the positions are found in
+       vLLM's tokens, not vLLM's numerics; checks 2 and 3 compare vLLM's own numbers;
     2. vLLM's sampled-token log-probabilities equal HF's teacher-forced ones on those ids;
     3. greedy agreement: vLLM's completion equals HF's greedy one, or the first token where they part is a near
        tie of HF's logits (fp32 kernels may order near-equal logits differently); anything else fails;
@@ -258,6 +260,7 @@ def test_real_vllm_matches_hf_hooks(smollm2):
     steps = agent.act_batch(OBSERVATIONS)
     hooked = HFAgent(model, tokenizer, layers=LAYERS, few_shot=1, max_new_tokens=24)
     hf_steps = hooked.generate_ids([s.prompt_ids for s in steps])
+    assert len(steps) == len(hf_steps) == len(OBSERVATIONS)  # zip below must not drop an observation
     same_tokens = 0
     for k, (step, hf_step) in enumerate(zip(steps, hf_steps)):
         assert step.text.endswith("</search>"), (k, step.text)
