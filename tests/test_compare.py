@@ -51,3 +51,20 @@ def test_compare_refuses_what_it_cannot_pair(tmp_path):
     write_eval(tmp_path / "a", "grpo", [record("q0", correct=True, refused=False)])
     with pytest.raises(ValueError, match="for two agents"):
         compare_evals(before, other)
+
+
+def test_file_prompt_sets_pair_by_content_not_path(tmp_path):
+    """The same dev file rebuilt in two folders pairs; a different file of the same name does not."""
+    rows = [record(f"q{i}", correct=i < 2, refused=False) for i in range(4)]
+    for folder in ("one", "two", "three"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "one" / "qa.jsonl").write_text('{"question": "a"}\n')
+    (tmp_path / "two" / "qa.jsonl").write_text('{"question": "a"}\n')
+    (tmp_path / "three" / "qa.jsonl").write_text('{"question": "b"}\n')
+    before = write_eval(tmp_path / "a", "r1", rows, prompt_set=f"{tmp_path}/one/qa.jsonl:dev")
+    after = write_eval(tmp_path / "b", "r2", rows, prompt_set=f"{tmp_path}/two/qa.jsonl:dev")
+    (row,) = compare_evals(before, after, n_boot=50)["cells"]
+    assert row["paired"] == 4 and row["prompt_set"] == f"{tmp_path}/one/qa.jsonl:dev"
+    other = write_eval(tmp_path / "c", "r3", rows, prompt_set=f"{tmp_path}/three/qa.jsonl:dev")
+    with pytest.raises(ValueError, match="share no"):
+        compare_evals(before, other)

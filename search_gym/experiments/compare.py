@@ -5,11 +5,13 @@ episode by episode: for every cell they share (prompt set and attack; the agent 
 under ``after`` minus its value under ``before``, then the mean of those differences with a percentile bootstrap
 over the pairs (:func:`search_gym.stats.paired_bootstrap_ci`). Greedy decoding on the same questions makes the pairs
 exact, and pairing removes the between-question spread that independent intervals carry, which is what issue 27's
-"paired results" asks for. Unpaired questions (in one run only) are counted and left out, never silently matched.
+"paired results" asks for. Unpaired questions (in one run only) are counted and left out, never silently matched. A prompt set given as a
+file pairs with a byte-identical file elsewhere (the cell records the path, which differs between two machines).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -19,6 +21,19 @@ from search_gym.rollout.metrics import METRICS, episode_metrics
 from search_gym.stats import paired_bootstrap_ci
 
 DIGITS = {"searches": 2, "invalid": 2, "em": 3}
+
+
+def _set_key(prompt_set: str) -> str:
+    """What makes two prompt sets the same: a named set (``qa:test``) by its name; a JSONL file by its content and
+    split, so that one file copied to two folders (a recipe's dev/ files rebuilt byte for byte elsewhere) pairs, and
+    two different files of one name do not. A file that is gone keys by its path."""
+    source, sep, split = prompt_set.rpartition(":")
+    if not sep:
+        source, split = prompt_set, ""
+    path = Path(source).expanduser()
+    if ("/" in source or source.endswith(".jsonl")) and path.is_file():
+        return f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}:{split}"
+    return prompt_set
 
 
 def _cells(folder: Path) -> dict[tuple[str, str], tuple[Cell, Path]]:
@@ -32,7 +47,7 @@ def _cells(folder: Path) -> dict[tuple[str, str], tuple[Cell, Path]]:
         path = trajectories / f"{cell.slug}.jsonl"
         if not path.is_file():
             continue
-        key = (cell.prompt_set, cell.attack)
+        key = (_set_key(cell.prompt_set), cell.attack)
         if key in cells:
             raise ValueError(f"{folder} has {key} for two agents ({cells[key][0].agent}, {cell.agent}): compare "
                              "folders of one agent each")
@@ -69,7 +84,7 @@ def compare_evals(before: str | os.PathLike, after: str | os.PathLike, *, metric
             ci["before"] = sum(x for x, _ in both) / len(both) if both else None
             ci["after"] = sum(y for _, y in both) / len(both) if both else None
             stats[m] = ci
-        rows.append({"prompt_set": key[0], "attack": key[1], "agents": [a_cell.agent, b_cell.agent],
+        rows.append({"prompt_set": a_cell.prompt_set, "attack": key[1], "agents": [a_cell.agent, b_cell.agent],
                      "paired": len(ids), "only_before": len(a) - len(ids), "only_after": len(b) - len(ids),
                      "metrics": stats})
     return {"before": str(before), "after": str(after), "cells": rows}
