@@ -435,3 +435,19 @@ def test_instruct_repeat_weights_the_benign_instruction_rows(tokenizer, tiny_qa_
     once, thrice = build(1), build(3)
     assert once and len(thrice) == 3 * len(once)
     assert len({id(ep) for ep in thrice}) == len(once)  # the same trajectories, repeated
+
+
+def test_qa_repeat_weights_the_qa_rows(tokenizer, tiny_qa_path, tiny_corpus_path):
+    """``qa_repeat`` N: each kept (correct) QA trajectory appears N times (recipe 4a of docs/aligned_start.md)."""
+    from search_gym.trainers.sft import build_sft_episodes
+    from search_gym.trainers.sft_config import SFTConfig
+
+    def build(repeat):
+        return build_sft_episodes(
+            SFTConfig(qa_repeat=repeat, teacher="aligned", progress=False), tokenizer, num_envs=4, progress=False,
+            datasets={"qa": (str(tiny_qa_path), "train"), "harmful": None, "benign": None},
+            env_kwargs={"retriever": WordOverlapRetriever(tiny_corpus_path)})
+
+    once, twice = build(1), build(2)
+    assert once and len(twice) == 2 * len(once)
+    assert len({id(ep) for ep in twice}) == len(once)  # the same trajectories, repeated

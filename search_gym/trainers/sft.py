@@ -212,7 +212,8 @@ def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None 
                 keep = keep and ep.num_searches > 0
             if keep:
                 ep.group = salt
-                out += [ep] * {"benign": config.benign_repeat, "instruct": config.instruct_repeat}.get(name, 1)
+                out += [ep] * {"qa": config.qa_repeat, "benign": config.benign_repeat,
+                               "instruct": config.instruct_repeat}.get(name, 1)
     return out
 
 

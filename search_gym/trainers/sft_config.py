@@ -26,6 +26,8 @@ class SFTConfig(TrainConfig):
     max_turns: int = _help("turns per trajectory", default=4)
     qa_limit: int = _help("QA train questions to play with the oracle (0: all); only correct trajectories are kept",
                           default=0)
+    qa_repeat: int = _help("times each kept QA trajectory appears (more weight on searching and answering from "
+                           "the passages)", default=1)
     harmful_limit: int = _help("harmful train prompts answered with a refusal (0: all)", default=1000)
     benign_limit: int = _help("benign-but-edgy train prompts answered helpfully after a search (0: all)", default=0)
     benign_repeat: int = _help("times each benign-but-edgy trajectory appears (the set is small)", default=2)
