@@ -451,3 +451,46 @@ def test_qa_repeat_weights_the_qa_rows(tokenizer, tiny_qa_path, tiny_corpus_path
     once, twice = build(1), build(2)
     assert once and len(twice) == 2 * len(once)
     assert len({id(ep) for ep in twice}) == len(once)  # the same trajectories, repeated
+
+
+def test_ppo_accumulated_passes_equal_one_pass(tokenizer, tiny_qa_path, tiny_corpus_path, tmp_path):
+    """PPO's forward_batch_size splits each minibatch into forward/backward passes whose gradients accumulate (what
+    let the algorithm comparison's PPO arm fit beside four other runs on one H100): the logged losses and the update
+    equal one pass over the minibatch."""
+    from search_gym.envs.vector import SearchVectorEnv
+    from search_gym.trainers.config import train_env
+    from search_gym.trainers.ppo import PPOTrainer
+    from search_gym.trainers.ppo_config import PPOConfig
+
+    model = tiny_model(tokenizer)
+    trainers = []
+    for name, passes in (("whole", 0), ("split", 1)):
+        env = SearchVectorEnv(num_envs=4, dataset=str(tiny_qa_path), retriever=WordOverlapRetriever(tiny_corpus_path))
+        policy, reference = tiny_model(tokenizer), tiny_model(tokenizer)
+        policy.load_state_dict(model.state_dict())
+        reference.load_state_dict(model.state_dict())
+        config = PPOConfig(output_dir=str(tmp_path / name), max_steps=1, questions_per_step=4, group_size=1,
+                           max_turn_tokens=8, env=train_env(max_turns=2), learning_rate=1e-3, progress=False,
+                           tensorboard=False, device="cpu", kl_coef=0.05, ent_coef=0.01, forward_batch_size=passes)
+        trainers.append(PPOTrainer(config, model=policy, tokenizer=tokenizer, env=env, reference=reference))
+    whole, split = trainers
+    split.value_head.load_state_dict(whole.value_head.state_dict())
+    episodes = whole.collect(0)
+    for i, ep in enumerate(episodes):
+        ep.reward = ep.task_reward = float(i % 2)
+    # unequal lengths, so a mean per pass would differ from the minibatch's: drop one episode's last policy tokens
+    ones = [i for i, m in enumerate(episodes[0].loss_mask) if m]
+    for i in ones[-3:]:
+        episodes[0].loss_mask[i] = 0
+    assert len({sum(e.loss_mask) for e in episodes}) > 1
+    one, parts = whole.update(episodes), split.update(episodes)
+    for key in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl", "losses/grad_norm"):
+        assert parts[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
+    # Adam's first steps are ~lr * sign(g): where a gradient is near Adam's eps, float summation order moves an
+    # element by up to ~1e-3 of a step (test_trainers' GRPO check), here over num_iterations = 2 optimiser steps;
+    # the scale of the gradients is what the grad_norm check above pins down.
+    step = whole.config.learning_rate
+    for a, b in zip(list(whole.model.parameters()) + list(whole.value_head.parameters()),
+                    list(split.model.parameters()) + list(split.value_head.parameters())):
+        assert torch.allclose(a, b, atol=3e-3 * step, rtol=0), float((a - b).abs().max()) / step
+    assert any(not torch.equal(a, b) for a, b in zip(whole.model.parameters(), model.parameters()))  # it moved

@@ -146,7 +146,7 @@ class RLConfig(TrainConfig):
                                                 "benchmarks/bench_generation_cache.py)", default=None)
     mini_batch_size: int = _help("episodes per optimiser step inside a rollout batch (0: the whole batch)", default=0)
     num_iterations: int = _help("optimisation passes over each rollout batch (GRPO's mu, PPO's epochs)", default=1)
-    forward_batch_size: int = _help("episodes per forward (and GRPO backward) pass; gradients accumulate over a "
+    forward_batch_size: int = _help("episodes per forward (and backward) pass; gradients accumulate over a "
                                     "minibatch's passes, one optimiser step per minibatch (0: the whole minibatch "
                                     "in one pass)", default=0)
     entropy_every: int = _help("compute the policy's entropy (losses/entropy, PPO's entropy term) at every N-th "

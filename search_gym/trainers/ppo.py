@@ -145,32 +145,42 @@ class PPOTrainer(RLTrainer):
         self.model.train()
         for iteration in range(config.num_iterations):
             for rows_ in self.minibatches(len(episodes), self.step, iteration):
-                sub = batch.select(rows_)
-                index = torch.as_tensor(rows_, device=device)
-                m = sub.loss_mask
-                logps, entropy, values = self._forward(sub.input_ids, sub.attention_mask, with_entropy=True)
-                log_ratio = logps - scored.old_logps[index]
-                ratio = torch.exp(log_ratio)
-                adv = advantages[index]
-                per_token = torch.max(-adv * ratio, -adv * ratio.clamp(1 - config.cliprange, 1 + config.cliprange))
-                if weights is not None:
-                    per_token = per_token * weights[index]
-                pg_loss = masked_mean(per_token, m)
-                old_v, ret = scored.old_values[index], returns[index]
-                v_clipped = old_v + (values - old_v).clamp(-config.cliprange_value, config.cliprange_value)
-                vf_loss = 0.5 * masked_mean(torch.max((values - ret) ** 2, (v_clipped - ret) ** 2), m)
-                ent = sampled_mean(entropy, m)
-                loss = pg_loss + config.vf_coef * vf_loss - config.ent_coef * ent
-                loss.backward()
-                grad_norm = self.clip_and_step()
-                with torch.no_grad():
-                    stats = {
-                        "policy_loss": float(pg_loss), "value_loss": float(vf_loss), "entropy": float(ent),
-                        "approx_kl": float(masked_mean((ratio - 1) - log_ratio, m)),
-                        "clipfrac": float(masked_mean(((ratio - 1).abs() > config.cliprange).float(), m)),
-                        "vf_clipfrac": float(masked_mean(((values - old_v).abs() > config.cliprange_value).float(), m)),
-                        "grad_norm": grad_norm,
-                    }
+                # forward_batch_size splits the minibatch into forward/backward passes whose gradients accumulate:
+                # every token mean divides by the whole minibatch's policy tokens, so the passes' losses add up to
+                # the one-pass loss and one optimiser step follows (as GRPO's update). The entropy term, when
+                # entropy_every > 1 leaves positions out, weighs each pass by its share of the policy tokens.
+                tokens = mask[rows_].sum().clamp(min=1.0)
+                stats = dict.fromkeys(("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac",
+                                       "vf_clipfrac"), 0.0)
+                for part in self.forward_chunks(len(rows_)):
+                    rows_p = [rows_[i] for i in part]
+                    sub = batch.select(rows_p)
+                    index = torch.as_tensor(rows_p, device=device)
+                    m = sub.loss_mask
+                    logps, entropy, values = self._forward(sub.input_ids, sub.attention_mask, with_entropy=True)
+                    log_ratio = logps - scored.old_logps[index]
+                    ratio = torch.exp(log_ratio)
+                    adv = advantages[index]
+                    per_token = torch.max(-adv * ratio,
+                                          -adv * ratio.clamp(1 - config.cliprange, 1 + config.cliprange))
+                    if weights is not None:
+                        per_token = per_token * weights[index]
+                    pg_loss = (per_token * m).sum() / tokens
+                    old_v, ret = scored.old_values[index], returns[index]
+                    v_clipped = old_v + (values - old_v).clamp(-config.cliprange_value, config.cliprange_value)
+                    vf_loss = 0.5 * (torch.max((values - ret) ** 2, (v_clipped - ret) ** 2) * m).sum() / tokens
+                    ent = sampled_mean(entropy, m) * (m.sum() / tokens)
+                    loss = pg_loss + config.vf_coef * vf_loss - config.ent_coef * ent
+                    loss.backward()
+                    with torch.no_grad():
+                        stats["policy_loss"] += float(pg_loss)
+                        stats["value_loss"] += float(vf_loss)
+                        stats["entropy"] += float(ent)
+                        stats["approx_kl"] += float((((ratio - 1) - log_ratio) * m).sum() / tokens)
+                        stats["clipfrac"] += float((((ratio - 1).abs() > config.cliprange).float() * m).sum() / tokens)
+                        stats["vf_clipfrac"] += float((((values - old_v).abs() > config.cliprange_value).float()
+                                                       * m).sum() / tokens)
+                stats["grad_norm"] = self.clip_and_step()
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 count += 1
