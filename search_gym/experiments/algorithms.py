@@ -347,7 +347,7 @@ class AlgorithmComparison:
 
     def evaluate(self, run: Run) -> None:
         """``search-gym eval`` of the run's final policy into ``<run>/eval_heldout`` (the study's evaluation)."""
-        self._study(run.folder)._eval(EVAL_STAGE, str(run.final))
+        self._study(run.folder).evaluate_policy(EVAL_STAGE, str(run.final))
         _free_memory()
 
     def run_one(self, run: Run) -> None:

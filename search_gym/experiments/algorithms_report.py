@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from search_gym.experiments.compare import DIGITS, _cells, _per_question
+from search_gym.experiments.compare import DIGITS, eval_cells, per_question
 from search_gym.rollout.metrics import METRICS
 from search_gym.stats import paired_bootstrap_ci
 
@@ -226,12 +226,12 @@ def _load_evals(runs: dict[str, dict[int, Path]]) -> tuple[dict, list[str]]:
     for arm, seeds in runs.items():
         for seed, folder in seeds.items():
             try:
-                cells = _cells(folder / EVAL_STAGE)
+                cells = eval_cells(folder / EVAL_STAGE)
             except FileNotFoundError:
                 missing.append(f"{arm}/seed{seed}")
                 continue
             if cells:
-                evals.setdefault(arm, {})[seed] = {key: _per_question(path) for key, (_, path) in cells.items()}
+                evals.setdefault(arm, {})[seed] = {key: per_question(path) for key, (_, path) in cells.items()}
             else:
                 missing.append(f"{arm}/seed{seed}")
     return evals, missing

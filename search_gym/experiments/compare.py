@@ -36,7 +36,7 @@ def _set_key(prompt_set: str) -> str:
     return prompt_set
 
 
-def _cells(folder: Path) -> dict[tuple[str, str], tuple[Cell, Path]]:
+def eval_cells(folder: Path) -> dict[tuple[str, str], tuple[Cell, Path]]:
     """Finished cells of an eval folder keyed by (prompt set, attack); a folder with two agents is ambiguous."""
     trajectories = folder / "trajectories"
     if not trajectories.is_dir():
@@ -55,7 +55,7 @@ def _cells(folder: Path) -> dict[tuple[str, str], tuple[Cell, Path]]:
     return cells
 
 
-def _per_question(path: Path) -> dict[str, dict]:
+def per_question(path: Path) -> dict[str, dict]:
     records = read_jsonl(path)
     primary = primary_judges(records)
     return {str(r["question_id"]): episode_metrics(r, primary) for r in records}
@@ -66,7 +66,7 @@ def compare_evals(before: str | os.PathLike, after: str | os.PathLike, *, metric
     """``{"before", "after", "cells": [{prompt_set, attack, agents, paired, only_before, only_after, metrics:
     {metric: {mean, lo, hi, n, before, after}}}]}``: for each shared cell, the paired difference after - before
     of each metric (``before`` / ``after`` are the means over the paired questions)."""
-    a_cells, b_cells = _cells(Path(before)), _cells(Path(after))
+    a_cells, b_cells = eval_cells(Path(before)), eval_cells(Path(after))
     shared = [k for k in a_cells if k in b_cells]
     if not shared:
         raise ValueError(f"{before} and {after} share no (prompt set, attack) cell: nothing to pair")
@@ -74,7 +74,7 @@ def compare_evals(before: str | os.PathLike, after: str | os.PathLike, *, metric
     rows = []
     for key in shared:
         (a_cell, a_path), (b_cell, b_path) = a_cells[key], b_cells[key]
-        a, b = _per_question(a_path), _per_question(b_path)
+        a, b = per_question(a_path), per_question(b_path)
         ids = [q for q in a if q in b]
         stats = {}
         for m in metrics:

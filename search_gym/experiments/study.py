@@ -167,7 +167,9 @@ class Study:
     def stage_grpo_penalty(self) -> None:
         self._grpo("grpo_penalty", self.config.penalty_lambda)
 
-    def _eval(self, stage: str, model: str) -> None:
+    def evaluate_policy(self, stage: str, model: str) -> None:
+        """Greedy evaluation of ``model`` on the held-out harmful and QA sets under the attacks, into ``root/stage``
+        (also what ``search-gym compare-algorithms`` runs for each of its runs)."""
         from search_gym.experiments.evaluation import EvalConfig, run_eval
 
         share = self.config.eval_gpu_memory_utilization
@@ -181,13 +183,13 @@ class Study:
         run_eval(config)
 
     def stage_eval_sft(self) -> None:
-        self._eval("eval_sft", self.aligned)
+        self.evaluate_policy("eval_sft", self.aligned)
 
     def stage_eval_grpo(self) -> None:
-        self._eval("eval_grpo", str(self.final("grpo")))
+        self.evaluate_policy("eval_grpo", str(self.final("grpo")))
 
     def stage_eval_grpo_penalty(self) -> None:
-        self._eval("eval_grpo_penalty", str(self.final("grpo_penalty")))
+        self.evaluate_policy("eval_grpo_penalty", str(self.final("grpo_penalty")))
 
     def stage_report(self) -> None:
         summary = self.summary()
