@@ -169,6 +169,18 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls: type, *
         _add_field(parser, sub, _field_types(nested[section])[sub.name], [_flag(old)], old, None, hidden=True)
 
 
+def add_config_parser(sub, name: str, config_cls: type, func, *, help: str, description: str | None = None):
+    """A subcommand whose flags are ``config_cls``'s fields (:func:`add_dataclass_arguments`) plus ``--config``, a
+    YAML/JSON file of the same fields read first (flags given on the command line win); ``func(args)`` runs it.
+    Returns the parser."""
+    parser = sub.add_parser(name, help=help, description=description,
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help=f"YAML or JSON file of {config_cls.__name__} fields")
+    add_dataclass_arguments(parser, config_cls)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def _section_field(section_cls: type, key: str) -> dataclasses.Field:
     for f in fields(section_cls):
         if key in (f.name, _key(f.name)):

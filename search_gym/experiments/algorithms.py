@@ -528,18 +528,12 @@ def _free_memory() -> None:
 
 def add_compare_algorithms_parser(sub) -> None:
     """``search-gym compare-algorithms``: flags generated from :class:`AlgorithmComparisonConfig`."""
-    import argparse
+    from search_gym.configs import add_config_parser
 
-    from search_gym.configs import add_dataclass_arguments
-
-    parser = sub.add_parser("compare-algorithms",
-                            help="PPO, GRPO (grpo / dr_grpo / dapo losses) and representation-guided GRPO at an equal "
-                            "budget of episodes, over seeds: curves with seed bands and a paired held-out table",
-                            description=(__doc__ or "").split("\n\n")[0],
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML or JSON file of AlgorithmComparisonConfig fields")
-    add_dataclass_arguments(parser, AlgorithmComparisonConfig)
-    parser.set_defaults(func=main)
+    add_config_parser(sub, "compare-algorithms", AlgorithmComparisonConfig, main,
+                      help="PPO, GRPO (grpo / dr_grpo / dapo losses) and representation-guided GRPO at an equal "
+                      "budget of episodes, over seeds: curves with seed bands and a paired held-out table",
+                      description=(__doc__ or "").split("\n\n")[0])
 
 
 def main(args) -> int:

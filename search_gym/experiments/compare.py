@@ -11,10 +11,10 @@ file pairs with a byte-identical file elsewhere (the cell records the path, whic
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
+from search_gym.data.corpus import file_fingerprint
 from search_gym.experiments.common import read_jsonl
 from search_gym.experiments.evaluation import Cell, finished_cells, primary_judges
 from search_gym.rollout.metrics import METRICS, episode_metrics
@@ -32,7 +32,7 @@ def _set_key(prompt_set: str) -> str:
         source, split = prompt_set, ""
     path = Path(source).expanduser()
     if ("/" in source or source.endswith(".jsonl")) and path.is_file():
-        return f"sha256:{hashlib.sha256(path.read_bytes()).hexdigest()}:{split}"
+        return f"sha256:{file_fingerprint(path)}:{split}"
     return prompt_set
 
 

@@ -301,16 +301,11 @@ def plot_drift(runs: dict[str, Path], out: Path) -> Path:
 
 
 def add_study_parser(sub) -> None:
-    import argparse
+    from search_gym.configs import add_config_parser
 
-    from search_gym.configs import add_dataclass_arguments
-
-    parser = sub.add_parser("study", help="the study end to end: SFT -> eval -> GRPO -> eval -> guided GRPO -> eval",
-                            description=(__doc__ or "").split("\n\n")[0],
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML or JSON file of StudyConfig fields")
-    add_dataclass_arguments(parser, StudyConfig)
-    parser.set_defaults(func=_run)
+    add_config_parser(sub, "study", StudyConfig, _run,
+                      help="the study end to end: SFT -> eval -> GRPO -> eval -> guided GRPO -> eval",
+                      description=(__doc__ or "").split("\n\n")[0])
 
 
 def _run(args) -> int:

@@ -388,10 +388,7 @@ class DenseRetriever(CorpusIndex):
         if shipped is not None:
             # The package carries this exact corpus + encoder's embeddings (the embedded default): no encoding pass.
             store.close()
-            vectors, source = shipped
-            chunks = [vectors[a:min(n, a + self.shard_size)] for a in range(0, n, self.shard_size)]
-            self._write_index(folder, chunks, n, int(vectors.shape[1]), progress, started=t0, encode_seconds=0.0,
-                              encoded_passages=0, vectors_from=source)
+            self._write_vectors(folder, shipped[0], progress, started=t0, source=shipped[1])
             return
         model = self._encoder_model()
         dim = embedding_dim(model)
@@ -473,10 +470,15 @@ class DenseRetriever(CorpusIndex):
         if len(vectors) != n:
             raise ValueError(f"{source} holds {len(vectors):,} vectors but the corpus {self.corpus_path} has {n:,} "
                              "passages; row i must be passage i of this exact corpus file")
-        dim = int(vectors.shape[1])
+        self._write_vectors(folder, vectors, progress, started=t0, source=source, link=link)
+
+    def _write_vectors(self, folder: Path, vectors: Any, progress: bool, *, started: float, source: str,
+                       link: str | Path | None = None) -> None:
+        """The index from embeddings made elsewhere (no encoding pass), read ``shard_size`` rows at a time."""
+        n = len(vectors)
         chunks = [vectors[a:min(n, a + self.shard_size)] for a in range(0, n, self.shard_size)]
-        self._write_index(folder, chunks, n, dim, progress, started=t0, encode_seconds=0.0, encoded_passages=0,
-                          vectors_from=source, link=link)
+        self._write_index(folder, chunks, n, int(vectors.shape[1]), progress, started=started, encode_seconds=0.0,
+                          encoded_passages=0, vectors_from=source, link=link)
 
     def _write_index(self, folder: Path, chunks: list[Any], n: int, dim: int, progress: bool, *, started: float,
                      encode_seconds: float, encoded_passages: int, vectors_from: str,

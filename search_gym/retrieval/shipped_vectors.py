@@ -22,7 +22,6 @@ the shipped record no longer matches the corpus the package builds)::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -30,19 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from search_gym.data.corpus import file_fingerprint
+
 logger = logging.getLogger(__name__)
 
 #: Where the records (``*.json``) and arrays (``*.f16.npy``) live: package data, installed with search-gym.
 SHIPPED_DIR = Path(__file__).resolve().parent / "vectors"
 RECORD_FORMAT = 1
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_record(corpus_fingerprint: str, encoder_identity: dict[str, Any], count: int,
@@ -67,7 +60,7 @@ def load_vectors(record: dict[str, Any]) -> np.ndarray | None:
     if not path.is_file():
         logger.warning("shipped vectors %s are missing: encoding instead", path)
         return None
-    actual = _sha256(path)
+    actual = file_fingerprint(path)
     if actual != record["sha256"]:
         logger.warning("shipped vectors %s have sha256 %s, the record says %s: encoding instead", path, actual,
                        record["sha256"])
@@ -119,7 +112,7 @@ def export(index_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     record = {
         "format": RECORD_FORMAT,
         "file": array_path.name,
-        "sha256": _sha256(array_path),
+        "sha256": file_fingerprint(array_path),
         "corpus_fingerprint": meta["corpus_fingerprint"],
         "corpus_name": Path(meta["corpus_path"]).name,
         "encoder": identity,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from search_gym.trainers.config import add_dataclass_arguments, build_config
+from search_gym.configs import add_config_parser
+from search_gym.trainers.config import build_config
 
 # algorithm -> (config module, config class, trainer module, trainer class, one-line help)
 ALGORITHMS = {
@@ -29,11 +30,8 @@ def add_train_parser(sub) -> None:
     algos = train.add_subparsers(dest="algorithm", required=True)
     for algo, (config_module, config_name, _, _, help_text) in ALGORITHMS.items():
         config_cls = _load(config_module, config_name)
-        parser = algos.add_parser(algo, help=help_text, description=(config_cls.__doc__ or "").strip(),
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        parser.add_argument("--config", default=None, help="YAML or JSON file of config fields")
-        add_dataclass_arguments(parser, config_cls)
-        parser.set_defaults(func=_run)
+        add_config_parser(algos, algo, config_cls, _run, help=help_text,
+                          description=(config_cls.__doc__ or "").strip())
 
 
 def _run(args: argparse.Namespace) -> int:
