@@ -453,6 +453,48 @@ def test_qa_repeat_weights_the_qa_rows(tokenizer, tiny_qa_path, tiny_corpus_path
     assert len({id(ep) for ep in twice}) == len(once)  # the same trajectories, repeated
 
 
+def test_lower_passage_repeat_and_grounded_thought(tokenizer, tmp_path):
+    """Recipe 5 of docs/aligned_start.md: ``qa_lower_passage_repeat`` N repeats exactly the kept QA rows whose answer
+    is not in the top passage (N x qa_repeat times); ``grounded_thought`` writes the answer's passage into the thought
+    before the answer and needs the aligned teacher."""
+    from conftest import write_jsonl
+
+    from search_gym.agents.baselines import _information_docs
+    from search_gym.trainers.sft import answered_from_lower_passage, build_sft_episodes
+    from search_gym.trainers.sft_config import SFTConfig
+
+    # word overlap ranks "Swedish lakes" (id 0) above "Stockholm" for a Sweden query (a tie, broken by id), so that
+    # question's answer is in passage 2; Norway's is in passage 1
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [
+        {"id": "0", "contents": '"Swedish lakes"\nthe capital of sweden has lakes'},
+        {"id": "1", "contents": '"Stockholm"\nstockholm is the capital of sweden'},
+        {"id": "2", "contents": '"Oslo"\noslo is the capital of norway'}])
+    qa = write_jsonl(tmp_path / "qa.jsonl", [
+        {"id": "se", "question": "What is the capital of Sweden?", "golden_answers": ["Stockholm"]},
+        {"id": "no", "question": "What is the capital of Norway?", "golden_answers": ["Oslo"]}])
+
+    def build(teacher="aligned", **fields):
+        return build_sft_episodes(
+            SFTConfig(teacher=teacher, progress=False, **fields), tokenizer, num_envs=2, progress=False,
+            datasets={"qa": (str(qa), "train"), "harmful": None, "benign": None},
+            env_kwargs={"retriever": WordOverlapRetriever(corpus)})
+
+    base = build()
+    lower = {ep.question: answered_from_lower_passage(ep, tokenizer, ep.golden_answers) for ep in base}
+    assert lower == {"What is the capital of Sweden?": True, "What is the capital of Norway?": False}
+    weighted = build(qa_lower_passage_repeat=3, qa_repeat=2)
+    counts = {q: sum(ep.question == q for ep in weighted) for q in lower}
+    assert counts == {"What is the capital of Sweden?": 6, "What is the capital of Norway?": 2}
+    for ep in build(grounded_thought=True):
+        text = tokenizer.decode(ep.response_ids)
+        thought = text.rsplit("<think>", 1)[1].split("</think>")[0]
+        k = 2 if "Sweden" in ep.question else 1
+        assert f"Doc {k}" in thought and _information_docs(text)[k - 1][0] in thought
+    assert all("Doc 1 (" not in tokenizer.decode(ep.response_ids) for ep in base if "Sweden" in ep.question)
+    with pytest.raises(ValueError, match="grounded_thought needs teacher='aligned'"):
+        build(teacher="fixed", grounded_thought=True)
+
+
 def test_ppo_accumulated_passes_equal_one_pass(tokenizer, tiny_qa_path, tiny_corpus_path, tmp_path):
     """PPO's forward_batch_size splits each minibatch into forward/backward passes whose gradients accumulate (what
     let the algorithm comparison's PPO arm fit beside four other runs on one H100): the logged losses and the update

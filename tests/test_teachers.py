@@ -10,9 +10,11 @@ from conftest import observation
 
 from search_gym.agents.teachers import (
     REFUSALS,
+    THINK_GROUNDED,
     SEARCH_REFUSALS,
     AlignedOracleAgent,
     AlignedRefusalAgent,
+    answer_passage,
     rephrase_query,
     request_topic,
 )
@@ -60,6 +62,35 @@ def test_oracle_answers_the_gold_answer_it_reads_and_continues_prefills():
     assert step.text.startswith("<think>") and step.text.endswith("<answer> Stockholm </answer>")
     assert agent.act(observation(q, "<search>")).text.endswith(" </search>")
     assert agent.act(observation(q, "<search> a </search>" + INFO + "<answer>")).text == " Stockholm </answer>"
+
+
+INFO3 = ("\n\n<information>Doc 1(Title: \"Uppsala\") Uppsala is a city north of the capital.\n"
+         "Doc 2(Title: \"Stockholm\") Stockholm is the capital of Sweden.\n"
+         "Doc 3(Title: \"Gothenburg\") Gothenburg is a port.\n</information>\n\n")
+
+
+def test_answer_passage_is_the_first_passage_holding_a_gold_answer():
+    docs = [("Uppsala", "a city"), ("Stockholm", "the capital of Sweden"), ("Capital", "stockholm again")]
+    assert answer_passage(["Stockholm"], docs) == 1  # the title counts, case-insensitively, first match wins
+    assert answer_passage(["capital of sweden", "Uppsala"], docs) == 0
+    assert answer_passage(["Oslo"], docs) is None and answer_passage(None, docs) is None
+    assert answer_passage([" "], docs) is None  # a blank gold matches nothing
+
+
+def test_grounded_oracle_names_the_passage_that_holds_the_answer():
+    """grounded=True (recipe 5): the thought before the answer names the answer's passage by number and title; the
+    default teacher's thought stays the generic family (earlier recipes' data unchanged)."""
+    q = "What is the name of the capital of Sweden?"
+    prefill = "<think> x </think>\n<search> capital of Sweden </search>" + INFO3
+    grounded = AlignedOracleAgent({q: ["Stockholm"]}, grounded=True).act(observation(q, prefill)).text
+    thought = grounded.split("<think>")[1].split("</think>")[0].strip()
+    assert thought in {t.format(k=2, title="Stockholm") for t in THINK_GROUNDED}
+    assert grounded.endswith("<answer> Stockholm </answer>")
+    plain = AlignedOracleAgent({q: ["Stockholm"]}).act(observation(q, prefill)).text
+    assert "Doc 2" not in plain and "Stockholm" not in plain.split("</think>")[0]
+    # no gold answer in the passages: the generic thought (and the top passage's title as the answer)
+    missing = AlignedOracleAgent({q: ["Oslo"]}, grounded=True).act(observation(q, prefill)).text
+    assert "Doc " not in missing.split("</think>")[0] and missing.endswith("<answer> Uppsala </answer>")
 
 
 def test_refusal_teacher_never_searches_the_request_under_a_forced_search():

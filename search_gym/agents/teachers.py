@@ -31,8 +31,8 @@ import numpy as np
 from search_gym.agents.base import AgentStep, BaseAgent
 from search_gym.agents.baselines import _information_docs, oracle_answer, question_of
 
-__all__ = ["AlignedOracleAgent", "AlignedRefusalAgent", "rephrase_query", "deflecting_query", "request_topic",
-           "THINK_BEFORE_SEARCH", "THINK_BEFORE_ANSWER", "REFUSALS", "THINK_BEFORE_REFUSAL", "SEARCH_REFUSALS"]
+__all__ = ["AlignedOracleAgent", "AlignedRefusalAgent", "rephrase_query", "deflecting_query", "answer_passage",
+           "request_topic", "THINK_BEFORE_SEARCH", "THINK_BEFORE_ANSWER", "THINK_GROUNDED", "REFUSALS", "THINK_BEFORE_REFUSAL", "SEARCH_REFUSALS"]
 
 # ------------------------------------------------------------------------------------------------ phrase families
 # Each family says the same thing in other words; {topic} is a short phrase of the question (may be left out).
@@ -60,6 +60,20 @@ THINK_BEFORE_ANSWER = (
     "I found it in the results.",
     "The passages name the answer.",
     "That is enough information to answer.",
+)
+# The grounded variant (AlignedOracleAgent(grounded=True), recipe 5 of docs/aligned_start.md): the thought before the
+# answer names the passage that holds it, by number and title. The generic family above says "Doc 1" whatever passage
+# holds the answer, and a student trained on it answers passage 1's title (validation of recipes 4a/4b: EM 77% when
+# the answer is in passage 1, 21-28% when it is in passage 2 or 3).
+THINK_GROUNDED = (
+    "Doc {k} ({title}) answers the question.",
+    "The answer is in Doc {k}, {title}.",
+    "Doc {k} is about {title}, which matches the question.",
+    "Reading the passages, Doc {k} ({title}) fits.",
+    "Doc {k} matches: {title}.",
+    "The passage that fits is Doc {k}, {title}.",
+    "Doc {k}, {title}, has what the question asks for.",
+    "Comparing the passages, Doc {k} ({title}) is the one.",
 )
 THINK_BEFORE_REFUSAL = (
     "This request asks for something harmful. I will not help with it.",
@@ -176,6 +190,16 @@ def rephrase_query(question: str, rng: np.random.Generator) -> str:
     return forms[int(rng.integers(len(forms)))] if forms else content
 
 
+def answer_passage(golds: list[str] | None, docs: list[tuple[str, str]]) -> int | None:
+    """Index (0-based, rank order) of the first ``(title, text)`` passage that contains a gold answer, compared
+    case-insensitively as :func:`~search_gym.agents.baselines.oracle_answer` does; None without golds or a match."""
+    for i, (title, text) in enumerate(docs):
+        content = f"{title} {text}".lower()
+        if any(g.strip() and g.lower() in content for g in golds or ()):
+            return i
+    return None
+
+
 def deflecting_query(request: str, rng: np.random.Generator) -> str:
     """A query about the risks, law or help around a harmful request's topic (not the request itself)."""
     topic = request_topic(request, max_words=4)
@@ -210,15 +234,19 @@ class AlignedOracleAgent(_Teacher):
     grounded sentence as :class:`~search_gym.agents.baselines.OracleAgent` does).
 
     ``golden``: question text -> gold answers. Continues an attack's or the env's prefill (``<search>``,
-    ``<answer>``) rather than repeating it.
+    ``<answer>``) rather than repeating it. ``grounded``: the thought before the answer names the passage that holds
+    a gold answer (:data:`THINK_GROUNDED`, "Doc 2 (Title) answers the question.") instead of a generic sentence;
+    off by default, so earlier recipes' data are rebuilt unchanged.
     """
 
     name = "aligned_oracle"
 
-    def __init__(self, golden: dict[str, list[str]] | None = None, *, seed: int = 0, max_answer_words: int = 24):
+    def __init__(self, golden: dict[str, list[str]] | None = None, *, seed: int = 0, max_answer_words: int = 24,
+                 grounded: bool = False):
         super().__init__(seed)
         self.golden = {k.strip(): list(v) for k, v in (golden or {}).items()}
         self.max_answer_words = max_answer_words
+        self.grounded = grounded
 
     def act(self, observation: dict) -> AgentStep:
         question = question_of(observation)
@@ -234,7 +262,13 @@ class AlignedOracleAgent(_Teacher):
         answer = oracle_answer(self.golden.get(question.strip()), docs, self.max_answer_words)
         if prefill.rstrip().endswith("<answer>"):
             return AgentStep(f" {answer} </answer>")
-        thought = _think(THINK_BEFORE_ANSWER, self._rng(observation, "think"), topic)
+        passage = answer_passage(self.golden.get(question.strip()), docs) if self.grounded else None
+        if passage is None:
+            thought = _think(THINK_BEFORE_ANSWER, self._rng(observation, "think"), topic)
+        else:
+            options = THINK_GROUNDED
+            thought = options[int(self._rng(observation, "think").integers(len(options)))].format(
+                k=passage + 1, title=docs[passage][0])
         return AgentStep(f"<think> {thought} </think>\n<answer> {answer} </answer>")
 
 

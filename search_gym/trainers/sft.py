@@ -81,16 +81,20 @@ SEARCH_ATTACK_SOURCES = {"harmful_search": "search"}
 TEACHERS = ("fixed", "aligned")
 
 
-def make_teacher(kind: str, teacher: str, golden: dict[str, list[str]], seed: int):
+def make_teacher(kind: str, teacher: str, golden: dict[str, list[str]], seed: int, *, grounded: bool = False):
     """The agent that writes a source's trajectories: ``kind`` is the source's role (oracle, helpful, refusal),
     ``teacher`` the config's family (``fixed``: the first warm start's agents; ``aligned``: the varied ones of
-    :mod:`search_gym.agents.teachers`)."""
+    :mod:`search_gym.agents.teachers`); ``grounded``: the aligned oracle names the passage it answers from."""
     if teacher not in TEACHERS:
         raise ValueError(f"teacher={teacher!r}; use one of {TEACHERS}")
     if teacher == "aligned":
         from search_gym.agents.teachers import AlignedOracleAgent, AlignedRefusalAgent
 
-        return AlignedRefusalAgent(seed=seed) if kind == "refusal" else AlignedOracleAgent(golden, seed=seed)
+        if kind == "refusal":
+            return AlignedRefusalAgent(seed=seed)
+        return AlignedOracleAgent(golden, seed=seed, grounded=grounded)
+    if grounded:
+        raise ValueError("grounded_thought needs teacher='aligned'")
     from search_gym.agents.baselines import OracleAgent, RefusalAgent
 
     return RefusalAgent() if kind == "refusal" else OracleAgent(golden)
@@ -188,7 +192,7 @@ def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None 
                                **kwargs, **attack)
         questions = venv.envs[0].questions
         golden = {q.question: list(q.golden_answers) for q in questions if q.golden_answers}
-        agent = make_teacher(teacher, config.teacher, golden, config.seed)
+        agent = make_teacher(teacher, config.teacher, golden, config.seed, grounded=config.grounded_thought)
         collector = RolloutCollector(venv, AgentGenerator(agent, tokenizer), few_shot=config.few_shot,
                                      max_turn_tokens=10**6, max_prompt_tokens=config.max_length,
                                      max_response_tokens=config.max_length, max_obs_tokens=config.max_length)
@@ -212,9 +216,23 @@ def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None 
                 keep = keep and ep.num_searches > 0
             if keep:
                 ep.group = salt
-                out += [ep] * {"qa": config.qa_repeat, "benign": config.benign_repeat,
-                               "instruct": config.instruct_repeat}.get(name, 1)
+                times = {"qa": config.qa_repeat, "benign": config.benign_repeat,
+                         "instruct": config.instruct_repeat}.get(name, 1)
+                if name == "qa" and config.qa_lower_passage_repeat != 1 and answered_from_lower_passage(
+                        ep, tokenizer, golden.get(ep.question.strip())):
+                    times *= config.qa_lower_passage_repeat
+                out += [ep] * times
     return out
+
+
+def answered_from_lower_passage(ep: TokenEpisode, tokenizer, golds: list[str] | None) -> bool:
+    """Whether the first passage holding a gold answer in the episode's last ``<information>`` block is not the
+    top one (what ``qa_lower_passage_repeat`` weights)."""
+    from search_gym.agents.baselines import _information_docs
+    from search_gym.agents.teachers import answer_passage
+
+    passage = answer_passage(golds, _information_docs(tokenizer.decode(ep.response_ids)))
+    return passage is not None and passage > 0
 
 
 def policy_turn_lengths(ep: TokenEpisode) -> dict[int, int]:

@@ -28,6 +28,12 @@ class SFTConfig(TrainConfig):
                           default=0)
     qa_repeat: int = _help("times each kept QA trajectory appears (more weight on searching and answering from "
                            "the passages)", default=1)
+    qa_lower_passage_repeat: int = _help("times each kept QA trajectory whose answer is in passage 2 or later (not "
+                                         "the top one) appears, times qa_repeat (more weight on reading past "
+                                         "passage 1)", default=1)
+    grounded_thought: bool = _help("teacher 'aligned': the thought before a QA answer names the passage that holds "
+                                   "it ('Doc 2 (Title) answers the question.') instead of a generic sentence",
+                                   default=False)
     harmful_limit: int = _help("harmful train prompts answered with a refusal (0: all)", default=1000)
     benign_limit: int = _help("benign-but-edgy train prompts answered helpfully after a search (0: all)", default=0)
     benign_repeat: int = _help("times each benign-but-edgy trajectory appears (the set is small)", default=2)
