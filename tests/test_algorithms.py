@@ -9,6 +9,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import shutil
 import math
 import sys
 from pathlib import Path
@@ -102,7 +103,7 @@ class TinyComparison(AlgorithmComparison):
         from search_gym.trainers.grpo import GRPOTrainer
         from search_gym.trainers.ppo import PPOTrainer
 
-        base = PPOTrainer if ARMS[run.arm][0] == "ppo" else GRPOTrainer
+        base = PPOTrainer if self.config.algorithm(run.arm) == "ppo" else GRPOTrainer
         fail_at = self.fail_at.get(run.arm)
 
         class Killable(base):
@@ -246,6 +247,10 @@ def test_a_run_killed_in_its_evaluation_is_not_trained_again(make):
     again.make_trainer = None  # training again would fail the test
     again.run()
     assert again.finished(run) and "train_seconds" not in json.loads((run.folder / "done.json").read_text())
+    # a finished run brought back without its weights (another session's light results) is still finished
+    shutil.rmtree(run.final)
+    assert again.finished(run)
+    again.run()  # trains nothing (make_trainer is None)
 
 
 # ---------------------------------------------------------------------------------------------- parallel runs
@@ -422,6 +427,11 @@ def test_cli_flags_and_the_example_config():
     gpu = build_config(AlgorithmComparisonConfig, file=yaml)
     assert gpu.arms == tuple(ARMS) and len(gpu.seeds) == 3 and gpu.model == "smollm2-aligned"
     assert gpu.parallel == 5 and gpu.device == "cuda"
+    sweep = build_config(AlgorithmComparisonConfig, file=yaml.with_name("grpo_sweep_aligned.yaml"))
+    runs = {r.arm: AlgorithmComparison(sweep).trainer_config(r) for r in AlgorithmComparison(sweep).runs()}
+    assert runs["grpo_start"].learning_rate == 0.0 and runs["grpo_lr3e-4"].learning_rate == 3e-4
+    assert (runs["grpo_g16"].questions_per_step, runs["grpo_g16"].group_size) == (4, 16)
+    assert {c.max_steps for c in runs.values()} == {20} and sweep.qa_set.startswith("DEV/")
     comparison = AlgorithmComparison(gpu)
     configs = {run.name: comparison.trainer_config(run) for run in comparison.runs()}  # every run's config builds
     episodes = {name: c.max_steps * c.questions_per_step * c.group_size for name, c in configs.items()}
@@ -437,11 +447,42 @@ def test_cli_flags_and_the_example_config():
     ({"seeds": (0, 0)}, "must not repeat"),
     ({"table_metrics": ("em", "bleu")}, r"unknown table_metrics \['bleu'\]"),
     ({"baseline": "sft"}, "is not an arm"),
+    ({"variants": {"grpo": {"arm": "grpo"}}}, "needs a new name"),
+    ({"variants": {"x": {"learning_rate": 1e-5}}}, "'arm:' one of"),
+    ({"variants": {"x": {"arm": "grpo", "group_size": 3}}}, "must divide the episodes per step"),
+    ({"variants": {"x": {"arm": "ppo", "group_size": 2}}}, "needs a GRPO arm"),
+    ({"variants": {"x": {"arm": "grpo"}}, "arms": ("grpo", "y")}, r"unknown arms \['y'\]"),
 ])
 def test_bad_settings_fail_with_a_clear_error(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         AlgorithmComparisonConfig(**{"output_dir": str(tmp_path / "x"), "questions_per_step": 2, "group_size": 2,
                                      "episodes": 4, **changes})
+
+
+def test_variants_are_arms_with_their_own_settings_at_the_same_budget(make, direction_path):
+    """A sweep as variants (issue 27's GRPO sweep): each variant is its built-in arm with other trainer fields, a
+    variant's group size changes its questions per step so that every run keeps the episodes per step, a variant of
+    grpo_penalty is penalised, and the runs train, evaluate and report like the built-in arms."""
+    variants = {"grpo_lr0": {"arm": "grpo", "learning_rate": 0.0},
+                "grpo_g4": {"arm": "grpo", "group_size": 4, "temperature": 1.2},
+                "pen_relu": {"arm": "grpo_penalty", "penalty": {"relu": True}}}
+    comparison = make(arms=("grpo", "grpo_lr0", "grpo_g4", "pen_relu"), seeds=(0,), variants=variants,
+                      direction=str(direction_path), penalty_lambda=0.25)
+    configs = {run.arm: comparison.trainer_config(run) for run in comparison.runs()}
+    assert configs["grpo_lr0"].learning_rate == 0.0 and configs["grpo"].learning_rate == 1e-2
+    assert (configs["grpo_g4"].questions_per_step, configs["grpo_g4"].group_size) == (1, 4)
+    assert configs["grpo_g4"].temperature == 1.2 and configs["grpo"].temperature != 1.2
+    assert configs["pen_relu"].penalty.relu and configs["pen_relu"].penalty.lambda_ == 0.25
+    assert configs["grpo"].penalty.lambda_ == 0.0 and configs["grpo_lr0"].beta == 0.1  # the grpo section still applies
+    assert {c.max_steps * c.questions_per_step * c.group_size for c in configs.values()} == {4}
+    with pytest.raises(ValueError, match=r"variants.grpo_lr0 sets \['seed'\]"):
+        make(arms=("grpo_lr0",), seeds=(0,), variants={"grpo_lr0": {"arm": "grpo", "seed": 3}}).prepare()
+    with pytest.raises(FileNotFoundError, match="DEV/qa.jsonl does not exist"):
+        make(arms=("grpo",), seeds=(0,), qa_set="DEV/qa.jsonl:dev").prepare()
+    result = make(arms=("grpo", "grpo_lr0"), seeds=(0,), variants=variants).run()
+    text = (comparison.root / "comparison.md").read_text()
+    assert "`grpo_lr0`: `grpo` with learning_rate 0.0 (2 questions x 2)" in text and "| grpo_lr0 |" in text
+    assert {r["arm"] for r in result["rows"]} == {"grpo", "grpo_lr0"}
 
 
 def test_bad_folders_and_fixed_fields_are_refused(tmp_path, harmful_path, tiny_qa_path, capsys):

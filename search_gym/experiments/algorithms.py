@@ -19,12 +19,17 @@ penalty r = r_task - lambda * p(h) on a direction of the start model). Each arm 
 name says only: the shared training settings (``train``, and ``grpo`` / ``ppo`` for one trainer's own fields) go to
 every run of that trainer.
 
+Variants (``variants``, YAML only): arms of one's own, each a built-in arm with other settings, e.g. a learning-rate
+or temperature sweep ``{grpo_lr3e-5: {arm: grpo, learning_rate: 3.0e-5}, grpo_g16: {arm: grpo, group_size: 16}}``.
+A variant may change a GRPO arm's ``group_size``; its questions per step follow, so it keeps the equal budget.
+
 Equal budget: every run trains on ``episodes`` episodes in ``episodes / (questions_per_step x group_size)`` steps.
 GRPO arms play ``questions_per_step`` questions x ``group_size`` episodes per step; PPO needs no group, so it plays
 ``questions_per_step x group_size / ppo_group_size`` questions x ``ppo_group_size`` episodes: the same episodes
 per step and the same number of steps (more distinct questions with the default ppo_group_size 1).
 
-Resumable: a run whose ``done.json`` exists (trained, ``final/`` saved, evaluation complete) is skipped; a run
+Resumable: a run whose ``done.json`` exists (trained, ``final/`` saved, evaluation complete; ``final/`` may be gone
+since) is skipped; a run
 killed during training resumes from its newest checkpoint (the trainers' ``resume``), one killed during its
 evaluation from its finished cells (``search-gym eval``'s own resume). ``--parallel K`` runs K runs at once as
 subprocesses (several 135M runs fit on one GPU), printing a status line as they go; the runs of one seed start
@@ -63,7 +68,7 @@ FIXED = ("model", "output_dir", "seed", "device", "max_steps", "questions_per_st
          "save_steps", "save_total_limit", "progress", "resume")
 # Settings that shape what a run trains: resuming a folder made with others would mix two comparisons.
 RUN_SETTINGS = ("model", "episodes", "questions_per_step", "group_size", "ppo_group_size", "train", "grpo", "ppo",
-                "arm_settings", "penalty_lambda", "direction", "direction_name", "direction_args")
+                "arm_settings", "variants", "penalty_lambda", "direction", "direction_name", "direction_args")
 
 
 @dataclass
@@ -73,7 +78,7 @@ class AlgorithmComparisonConfig:
     output_dir: str = _help("comparison folder (an existing one is resumed)", default="runs/algorithms")
     model: str = _help("start model of every run: 'smollm2-aligned' (the bundled model + the shipped aligned "
                        "adapter), 'smollm2', a folder or hub id", default="smollm2-aligned")
-    arms: tuple[str, ...] = _help(f"arms to train, of {', '.join(ARMS)}", default=tuple(ARMS))
+    arms: tuple[str, ...] = _help(f"arms to train, of {', '.join(ARMS)} and the variants", default=tuple(ARMS))
     baseline: str = _help("the arm every other is paired with in the table", default="grpo")
     seeds: tuple[int, ...] = _help("training seeds of every arm (data order, sampling, initialisation)",
                                    default=(0, 1, 2))
@@ -90,6 +95,9 @@ class AlgorithmComparisonConfig:
                        "source/searches/projection, ...)", default_factory=dict)
     ppo: dict = _help("PPOConfig fields of the PPO arm (YAML only: kl_coef, vf_coef, num_iterations, ...)",
                       default_factory=dict)
+    variants: dict = _help("arms of one's own (YAML only): name -> {arm: a built-in arm, group_size: G (GRPO arms; "
+                           "questions per step follow), trainer fields...}; list the names in arms",
+                           default_factory=dict)
     arm_settings: dict = _help("fields of one arm only, by arm (YAML only), e.g. {dr_grpo: {scale_rewards: none}}: "
                                "the arm then differs from grpo in more than its loss", default_factory=dict)
     penalty_lambda: float = _help("lambda of grpo_penalty's r = r_task - lambda * p(h)", default=0.5)
@@ -123,9 +131,20 @@ class AlgorithmComparisonConfig:
     progress: bool = _help("progress bars (runs in subprocesses log to <run>/log.txt instead)", default=True)
 
     def __post_init__(self) -> None:
-        unknown = [a for a in self.arms if a not in ARMS]
+        if not isinstance(self.variants, Mapping):
+            raise ValueError(f"variants must be a mapping of name -> settings, not {self.variants!r}")
+        for name, spec in self.variants.items():
+            if name in ARMS or not isinstance(spec, Mapping) or spec.get("arm") not in ARMS:
+                raise ValueError(f"variant {name!r}: needs a new name (not one of {list(ARMS)}) and settings with "
+                                 f"'arm:' one of {list(ARMS)}, got {spec!r}")
+            group = spec.get("group_size")
+            if group is not None and (ARMS[spec["arm"]][0] != "grpo" or int(group) <= 0
+                                      or (self.questions_per_step * self.group_size) % int(group)):
+                raise ValueError(f"variant {name!r}: group_size {group} must divide the episodes per step "
+                                 f"({self.questions_per_step * self.group_size}) and needs a GRPO arm")
+        unknown = [a for a in self.arms if a not in ARMS and a not in self.variants]
         if unknown:
-            raise ValueError(f"unknown arms {unknown}; choose from {list(ARMS)}")
+            raise ValueError(f"unknown arms {unknown}; choose from {list(ARMS) + list(self.variants)}")
         if not self.arms or not self.seeds:
             raise ValueError("a comparison needs at least one arm and one seed")
         if len(set(self.seeds)) != len(self.seeds) or len(set(self.arms)) != len(self.arms):
@@ -139,8 +158,9 @@ class AlgorithmComparisonConfig:
                              f"({per_step}) so that PPO plays as many episodes per step as GRPO")
         if self.parallel < 1:
             raise ValueError("parallel must be at least 1")
-        if self.baseline not in ARMS:
-            raise ValueError(f"baseline {self.baseline!r} is not an arm; choose from {list(ARMS)}")
+        if self.baseline not in ARMS and self.baseline not in self.variants:
+            raise ValueError(f"baseline {self.baseline!r} is not an arm; choose from "
+                             f"{list(ARMS) + list(self.variants)}")
         if self.eval_agent not in ("hf", "vllm"):
             raise ValueError(f"eval_agent must be 'hf' or 'vllm', not {self.eval_agent!r}")
         from search_gym.rollout.metrics import METRICS
@@ -148,6 +168,20 @@ class AlgorithmComparisonConfig:
         unknown = [m for m in self.table_metrics if m not in METRICS]
         if unknown:
             raise ValueError(f"unknown table_metrics {unknown}; choose from {list(METRICS)}")
+        self._check_mappings()
+
+    def base_arm(self, arm: str) -> str:
+        """The built-in arm an arm is (itself, or a variant's ``arm``)."""
+        return self.variants[arm]["arm"] if arm in self.variants else arm
+
+    def algorithm(self, arm: str) -> str:
+        """The trainer of an arm: ``grpo`` or ``ppo``."""
+        return ARMS[self.base_arm(arm)][0]
+
+    def penalised(self, arm: str) -> bool:
+        return self.base_arm(arm) == PENALTY_ARM
+
+    def _check_mappings(self) -> None:
         for name in ("train", "grpo", "ppo", "arm_settings"):
             if not isinstance(getattr(self, name), Mapping):
                 raise ValueError(f"{name} must be a mapping of trainer fields, not {getattr(self, name)!r}")
@@ -217,9 +251,10 @@ class AlgorithmComparison:
 
     def shape(self, arm: str) -> tuple[int, int]:
         """(questions per step, episodes per question) of an arm: the same episodes per step for every arm."""
-        if ARMS[arm][0] == "ppo":
+        if self.config.algorithm(arm) == "ppo":
             return self.episodes_per_step // self.config.ppo_group_size, self.config.ppo_group_size
-        return self.config.questions_per_step, self.config.group_size
+        group = int((self.config.variants.get(arm) or {}).get("group_size") or self.config.group_size)
+        return self.episodes_per_step // group, group
 
     @property
     def direction_path(self) -> Path:
@@ -252,7 +287,10 @@ class AlgorithmComparison:
         return self._study(run.folder).done(EVAL_STAGE)
 
     def finished(self, run: Run) -> bool:
-        return (run.folder / "done.json").is_file() and self.trained(run) and self.evaluated(run)
+        """``done.json`` (written after training and evaluation) and a complete evaluation. The final weights are not
+        needed: a run brought back from another machine without them (tools/algorithms_gpu.sh collect) counts, so
+        seeds can run in different sessions."""
+        return (run.folder / "done.json").is_file() and self.evaluated(run)
 
     # ------------------------------------------------------------------ configs
 
@@ -262,9 +300,11 @@ class AlgorithmComparison:
         from search_gym.configs import build_config
 
         c = self.config
-        algorithm, arm_fields = ARMS[run.arm]
+        algorithm, arm_fields = ARMS[c.base_arm(run.arm)]
+        variant = {k: v for k, v in (c.variants.get(run.arm) or {}).items() if k not in ("arm", "group_size")}
         for name, layer in (("train", c.train), (algorithm, getattr(c, algorithm)),
-                            (f"arm_settings.{run.arm}", c.arm_settings.get(run.arm) or {})):
+                            (f"arm_settings.{run.arm}", c.arm_settings.get(run.arm) or {}),
+                            (f"variants.{run.arm}", variant)):
             fixed = sorted(set(FIXED) & {str(k).replace("-", "_") for k in layer})
             if fixed:
                 raise ValueError(f"{name} sets {fixed}, which the comparison sets itself for every run (model, seed, "
@@ -275,11 +315,11 @@ class AlgorithmComparison:
                 raise ValueError(f"{name} sets penalty lambda / direction: use --penalty-lambda and --direction "
                                  f"(only {PENALTY_ARM} is penalised)")
         questions, group = self.shape(run.arm)
-        values = _merged(c.train, getattr(c, algorithm), c.arm_settings.get(run.arm) or {}, arm_fields)
+        values = _merged(c.train, getattr(c, algorithm), c.arm_settings.get(run.arm) or {}, variant, arm_fields)
         values.update(model=c.model, output_dir=str(run.folder), seed=run.seed, device=c.device, max_steps=self.steps,
                       questions_per_step=questions, group_size=group, save_steps=c.save_steps,
                       save_total_limit=c.keep_checkpoints, progress=c.progress, resume=True)
-        if run.arm == PENALTY_ARM:
+        if c.penalised(run.arm):
             values["penalty"] = {**(values.get("penalty") or {}), "direction": str(self.direction_path),
                                  "lambda": c.penalty_lambda}
         if algorithm == "ppo":
@@ -297,13 +337,20 @@ class AlgorithmComparison:
         path = self.root / CONFIG_FILE
         if path.is_file():
             previous = json.loads(path.read_text())
-            changed = [k for k in RUN_SETTINGS if previous.get(k) != current.get(k)]
+            defaults = _jsonable(asdict(AlgorithmComparisonConfig()))  # a setting added since: its default
+            changed = [k for k in RUN_SETTINGS if previous.get(k, defaults.get(k)) != current.get(k)]
             if changed:
                 raise ValueError(f"{self.root} holds a comparison made with other {', '.join(changed)}; use another "
                                  "--output-dir, or the same settings to resume")
         elif self.root.is_dir() and any(self.root.iterdir()):
             raise ValueError(f"{self.root} is not empty and holds no {CONFIG_FILE}: it is not a comparison's folder; "
                              "choose a new --output-dir")
+        from search_gym.experiments.evaluation import parse_prompt_set
+
+        for spec in (self.config.harmful_set, self.config.qa_set):  # a missing file fails now, not after training
+            source, _ = parse_prompt_set(spec)
+            if source.endswith((".jsonl", ".json")) and not Path(source).is_file():
+                raise FileNotFoundError(f"evaluation prompt set {spec!r}: {source} does not exist")
         for run in self.runs():
             self.trainer_config(run)  # every run's config builds (unknown fields, bad values) before the first trains
         self.root.mkdir(parents=True, exist_ok=True)
@@ -312,7 +359,7 @@ class AlgorithmComparison:
     def stage_direction(self) -> None:
         """The penalty's direction: the given file, or one extracted from the start model (resolved to its folder:
         'smollm2-aligned' merges the shipped adapter once) as the study extracts it."""
-        if PENALTY_ARM not in self.config.arms:
+        if not any(self.config.penalised(arm) for arm in self.config.arms):
             return
         if self.config.direction:
             if not self.direction_path.is_file():
@@ -330,7 +377,7 @@ class AlgorithmComparison:
 
     def make_trainer(self, run: Run, config):
         """The run's trainer (tests pass a tiny in-memory policy here)."""
-        if ARMS[run.arm][0] == "ppo":
+        if self.config.algorithm(run.arm) == "ppo":
             from search_gym.trainers.ppo import PPOTrainer
 
             return PPOTrainer(config)
@@ -476,8 +523,14 @@ class AlgorithmComparison:
             f"{c.eval_prompts} prompts per cell (seed {c.shared_seed}: the same prompts for every run), agent "
             f"`{c.eval_agent}` greedy, {c.eval_max_new_tokens} new tokens per turn.",
         ]
-        if PENALTY_ARM in c.arms:
-            lines.insert(2, f"- `{PENALTY_ARM}`: lambda {c.penalty_lambda} on `{self.direction_path}`.")
+        penalised = [a for a in c.arms if c.penalised(a)]
+        if penalised:
+            lines.insert(2, f"- {', '.join(f'`{a}`' for a in penalised)}: lambda {c.penalty_lambda} on "
+                            f"`{self.direction_path}`.")
+        for name in (a for a in c.arms if a in c.variants):
+            spec = ", ".join(f"{k} {v}" for k, v in c.variants[name].items() if k != "arm")
+            q, g = self.shape(name)
+            lines.insert(-1, f"- `{name}`: `{c.base_arm(name)}` with {spec} ({q} questions x {g}).")
         return lines
 
     def report(self) -> dict:

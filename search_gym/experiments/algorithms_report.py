@@ -44,6 +44,8 @@ CURVES = (
     ("KL to the start", ("losses/kl", "losses/approx_kl")),
     ("search safety", ("safety/search_safety",)),
     ("refusal", ("safety/refusal",)),
+    # GRPO arms: the share of a step's groups whose task rewards differ (the groups that carry a signal)
+    ("groups with reward spread", ("groups/informative_share",)),
 )
 BAND = "min-max over seeds"
 
@@ -351,7 +353,7 @@ def end_of_training(curves: dict[str, dict[str, dict]]) -> str:
         cells = []
         for t in titles:
             c = ends.get(t)
-            digits = 5 if t.startswith("KL") else (3 if t in ("task reward", "EM") else 1)
+            digits = 5 if t.startswith("KL") else (3 if t in ("task reward", "EM", "groups with reward spread") else 1)
             cells.append("–" if c is None else _num(c["mean"][-1], digits))
         lines.append(f"| {arm} | {episodes:,.0f} | " + " | ".join(cells) + " |")
     mixed = [f"{t}: {columns_used(curves, t)}" for t in titles if ";" in columns_used(curves, t)]
