@@ -427,7 +427,7 @@ def test_cli_flags_and_the_example_config():
     gpu = build_config(AlgorithmComparisonConfig, file=yaml)
     assert gpu.arms == tuple(ARMS) and len(gpu.seeds) == 3 and gpu.model == "smollm2-aligned"
     assert gpu.parallel == 5 and gpu.device == "cuda"
-    sweep = build_config(AlgorithmComparisonConfig, file=yaml.with_name("grpo_sweep_aligned.yaml"))
+    sweep = build_config(AlgorithmComparisonConfig, file=yaml.with_name("algorithms_grpo_sweep.yaml"))
     runs = {r.arm: AlgorithmComparison(sweep).trainer_config(r) for r in AlgorithmComparison(sweep).runs()}
     assert runs["grpo_start"].learning_rate == 0.0 and runs["grpo_lr3e-4"].learning_rate == 3e-4
     assert (runs["grpo_g16"].questions_per_step, runs["grpo_g16"].group_size) == (4, 16)

@@ -32,6 +32,43 @@ def add_train_parser(sub) -> None:
         config_cls = _load(config_module, config_name)
         add_config_parser(algos, algo, config_cls, _run, help=help_text,
                           description=(config_cls.__doc__ or "").strip())
+    size = algos.add_parser("size-lambda", help="the penalty's lambda from a probe run (issue 27, part 4)",
+                            description="Reads RUN/metrics.csv and RUN/config.json of a GRPO run made with the "
+                            "penalty on (a probe at learning rate 0 on validation questions) and prints the lambda "
+                            "for which lambda x the within-group std of the projection is TARGET x the within-group "
+                            "std of the task reward (docs/grpo_sweep.md).")
+    size.add_argument("run", help="the probe run's output_dir")
+    size.add_argument("--target", type=float, default=0.35, help="wanted ratio, within the band 0.2-0.5")
+    size.set_defaults(func=_size_lambda)
+
+
+def _size_lambda(args: argparse.Namespace) -> int:
+    import csv
+    import json
+    from pathlib import Path
+
+    from search_gym.trainers.shaping import size_lambda
+
+    run = Path(args.run)
+    for name in ("metrics.csv", "config.json"):
+        if not (run / name).is_file():
+            raise SystemExit(f"size-lambda: {run / name} does not exist (the output_dir of a GRPO run with the "
+                             "penalty on)")
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    config = json.loads((run / "config.json").read_text())
+    penalty = config.get("penalty") or {}  # nested ({"lambda": ...}); runs before 2026-12 wrote penalty_lambda
+    lambda_used = float(penalty.get("lambda", penalty.get("lambda_", config.get("penalty_lambda", 0.0))) or 0.0)
+    try:
+        sized = size_lambda(rows, lambda_used, target=args.target)
+    except ValueError as err:
+        raise SystemExit(f"size-lambda: {err}") from None
+    lo, hi = sized["band"]
+    print(f"size-lambda: {sized['steps']} steps of {run}: within-group std of the task reward "
+          f"{sized['task_reward_std']:.4f}, of the projection {sized['projection_std']:.5f} "
+          f"(ratio {sized['ratio_at_lambda_used']:.3f} at the probe's lambda {lambda_used:g})")
+    print(f"lambda = {sized['lambda']:.4g} (ratio {sized['target']}); the band 0.2-0.5 is lambda {lo:.4g}-{hi:.4g}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -126,3 +126,44 @@ def load_penalty(config, reader) -> RepresentationPenalty | None:
     direction = Direction.load(config.direction)
     return RepresentationPenalty(direction, config.layer, config.lambda_, config.searches, config.projection,
                                  config.relu, reader)
+
+
+# lambda x (within-group std of p) over the within-group std of the task reward: issue 27's band for a penalty that
+# steers without drowning the task signal (RL-search-safety's runs used lambda 8-32 on their projection scale).
+LAMBDA_BAND = (0.2, 0.5)
+
+
+def size_lambda(rows: Sequence[dict], lambda_used: float, target: float = 0.35,
+                band: tuple[float, float] = LAMBDA_BAND) -> dict:
+    """The penalty's lambda for which ``lambda x`` the within-group std of the projection is ``target x`` the
+    within-group std of the task reward, from the per-step metrics of a run made with the penalty on at
+    ``lambda_used`` (a probe: the start's rollouts at learning rate 0, on validation questions).
+
+    ``rows``: metrics rows with ``groups/penalty_std`` (= lambda_used x the projection's mean within-group std) and
+    ``groups/task_reward_std``. The ratio of the means over the steps is used (each step is one draw of groups).
+    Returns ``{"lambda", "band", "target", "steps", "task_reward_std", "projection_std", "ratio_at_lambda_used"}``;
+    ``band`` is the lambda range of the whole ``band`` of ratios. Raises when the projection never varies within a
+    group (then no lambda can steer) or the task reward never does (nothing to size against).
+    """
+    if lambda_used <= 0:
+        raise ValueError(f"the probe must run with the penalty on (lambda > 0), not lambda {lambda_used}: at 0 no "
+                         "projection is computed")
+    if not 0 < band[0] <= target <= band[1]:
+        raise ValueError(f"target {target} must lie in the band {band}")
+    usable = [r for r in rows if r.get("groups/penalty_std") not in (None, "")
+              and r.get("groups/task_reward_std") not in (None, "")]
+    if not usable:
+        raise ValueError("no step logged groups/penalty_std and groups/task_reward_std (a GRPO run with the penalty "
+                         "on and group_size >= 2 logs them)")
+    projection = sum(float(r["groups/penalty_std"]) for r in usable) / len(usable) / lambda_used
+    task = sum(float(r["groups/task_reward_std"]) for r in usable) / len(usable)
+    if projection <= 0:
+        raise ValueError("the projection has no spread within any group: the penalty is the same for every episode "
+                         "of a group and cancels in group-relative advantages at any lambda (is the text before the "
+                         "first <search> the same in every episode?)")
+    if task <= 0:
+        raise ValueError("the task reward has no spread within any group: nothing to size lambda against")
+    scale = task / projection
+    return {"lambda": target * scale, "band": (band[0] * scale, band[1] * scale), "target": target,
+            "steps": len(usable), "task_reward_std": task, "projection_std": projection,
+            "ratio_at_lambda_used": lambda_used * projection / task}
