@@ -122,6 +122,13 @@ class TinyComparison(AlgorithmComparison):
         self.trainers.append(trainer)
         return trainer
 
+    def start_model(self):  # the untrained arm evaluates the same tiny start every trained run starts from
+        folder = self.root / "start_model"
+        if not (folder / "config.json").is_file():
+            tiny_llama(self.tokenizer, 0).save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+        return str(folder)
+
 
 def tiny_config(tmp_path, harmful_path, tiny_qa_path, **changes) -> AlgorithmComparisonConfig:
     values = dict(output_dir=str(tmp_path / "cmp"), arms=("grpo", "ppo"), seeds=(0, 1), episodes=4,
@@ -452,6 +459,7 @@ def test_cli_flags_and_the_example_config():
     ({"variants": {"x": {"arm": "grpo", "group_size": 3}}}, "must divide the episodes per step"),
     ({"variants": {"x": {"arm": "ppo", "group_size": 2}}}, "needs a GRPO arm"),
     ({"variants": {"x": {"arm": "grpo"}}, "arms": ("grpo", "y")}, r"unknown arms \['y'\]"),
+    ({"variants": {"x": {"arm": "grpo", "train": "no"}}}, "train must be true or false"),
 ])
 def test_bad_settings_fail_with_a_clear_error(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -483,6 +491,35 @@ def test_variants_are_arms_with_their_own_settings_at_the_same_budget(make, dire
     text = (comparison.root / "comparison.md").read_text()
     assert "`grpo_lr0`: `grpo` with learning_rate 0.0 (2 questions x 2)" in text and "| grpo_lr0 |" in text
     assert {r["arm"] for r in result["rows"]} == {"grpo", "grpo_lr0"}
+
+
+def test_the_study_as_a_comparison_untrained_start_extra_pair_and_logged_projection(make, direction_path):
+    """Issue 27's study on the comparison's machinery: an untrained arm (the start, evaluated as every run is) as the
+    baseline, the penalty also paired with plain GRPO, and the projection logged (lambda 0) in the unpenalised arm."""
+    variants = {"start": {"arm": "grpo", "train": False}}
+    comparison = make(arms=("start", "grpo", "grpo_penalty"), baseline="start", seeds=(0, 1), variants=variants,
+                      pairs=("grpo_penalty:grpo",), log_projection=True, direction=str(direction_path))
+    result = comparison.run()
+    built = {Path(c.output_dir).parent.name for c in comparison.built}
+    assert built == {"grpo", "grpo_penalty"}  # the start is never trained
+    by_arm = {Path(c.output_dir).parent.name: c for c in comparison.built}
+    assert by_arm["grpo"].penalty.lambda_ == 0.0 and by_arm["grpo"].penalty.direction == str(direction_path)
+    assert by_arm["grpo_penalty"].penalty.lambda_ == 0.5
+    start = comparison.root / "start" / "seed1"
+    assert json.loads((start / "done.json").read_text())["steps"] == 0 and not (start / "metrics.csv").exists()
+    assert not (start / "final").exists() and comparison.finished(comparison.runs()[3])
+    # both comparisons: every arm against the start, and the penalty against plain GRPO, paired by (seed, prompt)
+    em = [r for r in result["rows"] if r["metric"] == "em" and r["attack"] == "none" and r["arm"] == "grpo"]
+    assert em[0]["baseline"] == "start" and em[0]["difference"]["n"] == 4  # 2 seeds x 2 prompts
+    (extra,) = result["pairs"]
+    assert extra["baseline"] == "grpo" and {r["arm"] for r in extra["rows"]} == {"grpo", "grpo_penalty"}
+    text = (comparison.root / "comparison.md").read_text()
+    assert "### `grpo_penalty` paired with `grpo`" in text and "difference vs grpo |" in text
+    assert "`start`: not trained" in text and "(lambda 0 where not penalised)" in text
+    rows = [r for res in (result, extra) for r in res["rows"] if r["arm"] == "grpo_penalty"]
+    assert len(rows) == 20 and text.count("| grpo_penalty | ") == 20 + 1  # both tables, and the end of training
+    with pytest.raises(ValueError, match="pairs: 'grpo_penalty:ppo' must be ARM:BASELINE"):
+        make(arms=("grpo", "grpo_penalty"), pairs=("grpo_penalty:ppo",))
 
 
 def test_bad_folders_and_fixed_fields_are_refused(tmp_path, harmful_path, tiny_qa_path, capsys):
@@ -568,3 +605,31 @@ def test_a_worker_process_runs_the_one_run_it_is_named(tmp_path, harmful_path, t
     assert algorithms._worker(["--worker", command[4], "dapo", "0"]) == 2  # not one of this comparison's runs
     usage = subprocess.run([sys.executable, "-m", "search_gym.experiments.algorithms"], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage:" in usage.stderr
+
+
+def test_drift_over_seeds_is_the_change_from_the_first_step(tmp_path):
+    """The report's drift (issue 27: drift of the harmful projection): per arm, the change of each mean projection
+    from the first to the last step every seed reached, averaged over seeds with a t-interval."""
+    from search_gym.experiments.algorithms_report import drift_markdown, drift_results
+
+    def write(folder, rows):
+        folder.mkdir(parents=True)
+        (folder / "drift.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def row(step, mean, qa):
+        return {"step": step, "layer": 5, "mean": mean, "harmless_mean": qa, "gap": mean - qa}
+
+    write(tmp_path / "grpo" / "seed0", [row(0, 10.0, 2.0), row(10, 9.0, 2.0), row(20, 8.0, 1.0)])
+    write(tmp_path / "grpo" / "seed1", [row(0, 12.0, 3.0), row(10, 11.0, 3.5)])  # still going: steps 0, 10
+    write(tmp_path / "pen" / "seed0", [row(0, 10.0, 2.0)])  # one step: no change to read
+    runs = {"grpo": {0: tmp_path / "grpo" / "seed0", 1: tmp_path / "grpo" / "seed1"},
+            "pen": {0: tmp_path / "pen" / "seed0"}}
+    drift = drift_results(runs)
+    assert set(drift) == {"grpo"} and drift["grpo"]["steps"] == [0, 10] and drift["grpo"]["seeds"] == [0, 1]
+    harmful = drift["grpo"]["mean"]["change"]
+    assert harmful["mean"] == pytest.approx(-1.0) and harmful["n"] == 2 and harmful["lo"] == harmful["hi"] == -1.0
+    qa = drift["grpo"]["harmless_mean"]["change"]  # 0.0 and +0.5
+    assert qa["mean"] == pytest.approx(0.25) and qa["lo"] < 0 < qa["hi"]
+    assert drift["grpo"]["gap"]["by_step"] == {0: 0.0, 10: pytest.approx(-1.25)}
+    text = "\n".join(drift_markdown(drift))
+    assert "| grpo | 5 | 0 -> 10 | 2 | -1.00 [-1.00, -1.00] | +0.25 [" in text

@@ -68,7 +68,7 @@ FIXED = ("model", "output_dir", "seed", "device", "max_steps", "questions_per_st
          "save_steps", "save_total_limit", "progress", "resume")
 # Settings that shape what a run trains: resuming a folder made with others would mix two comparisons.
 RUN_SETTINGS = ("model", "episodes", "questions_per_step", "group_size", "ppo_group_size", "train", "grpo", "ppo",
-                "arm_settings", "variants", "penalty_lambda", "direction", "direction_name", "direction_args")
+                "arm_settings", "variants", "log_projection", "penalty_lambda", "direction", "direction_name", "direction_args")
 
 
 @dataclass
@@ -96,8 +96,13 @@ class AlgorithmComparisonConfig:
     ppo: dict = _help("PPOConfig fields of the PPO arm (YAML only: kl_coef, vf_coef, num_iterations, ...)",
                       default_factory=dict)
     variants: dict = _help("arms of one's own (YAML only): name -> {arm: a built-in arm, group_size: G (GRPO arms; "
-                           "questions per step follow), trainer fields...}; list the names in arms",
-                           default_factory=dict)
+                           "questions per step follow), train: false (not trained: the start model evaluated as "
+                           "this arm), trainer fields...}; list the names in arms", default_factory=dict)
+    pairs: tuple[str, ...] = _help("more paired comparisons beside the baseline's, as ARM:BASELINE (the study: "
+                                   "grpo_penalty:grpo beside every arm against the untrained start)", default=())
+    log_projection: bool = _help("give every GRPO arm the direction at lambda 0 (only the penalised arms are shaped): "
+                                 "the projection is logged and drift recorded (train.drift_every) in all of them",
+                                 default=False)
     arm_settings: dict = _help("fields of one arm only, by arm (YAML only), e.g. {dr_grpo: {scale_rewards: none}}: "
                                "the arm then differs from grpo in more than its loss", default_factory=dict)
     penalty_lambda: float = _help("lambda of grpo_penalty's r = r_task - lambda * p(h)", default=0.5)
@@ -142,9 +147,15 @@ class AlgorithmComparisonConfig:
                                       or (self.questions_per_step * self.group_size) % int(group)):
                 raise ValueError(f"variant {name!r}: group_size {group} must divide the episodes per step "
                                  f"({self.questions_per_step * self.group_size}) and needs a GRPO arm")
+            if not isinstance(spec.get("train", True), bool):
+                raise ValueError(f"variant {name!r}: train must be true or false, not {spec['train']!r}")
         unknown = [a for a in self.arms if a not in ARMS and a not in self.variants]
         if unknown:
             raise ValueError(f"unknown arms {unknown}; choose from {list(ARMS) + list(self.variants)}")
+        for pair in self.pairs:
+            arm, sep, base = str(pair).partition(":")
+            if not sep or arm not in self.arms or base not in self.arms or arm == base:
+                raise ValueError(f"pairs: {pair!r} must be ARM:BASELINE, two different arms of {list(self.arms)}")
         if not self.arms or not self.seeds:
             raise ValueError("a comparison needs at least one arm and one seed")
         if len(set(self.seeds)) != len(self.seeds) or len(set(self.arms)) != len(self.arms):
@@ -179,7 +190,14 @@ class AlgorithmComparisonConfig:
         return ARMS[self.base_arm(arm)][0]
 
     def penalised(self, arm: str) -> bool:
-        return self.base_arm(arm) == PENALTY_ARM
+        return self.base_arm(arm) == PENALTY_ARM and not self.untrained(arm)
+
+    def untrained(self, arm: str) -> bool:
+        """A variant with ``train: false``: the start model itself, evaluated as this arm."""
+        return (self.variants.get(arm) or {}).get("train") is False
+
+    def extra_pairs(self) -> list[tuple[str, str]]:
+        return [tuple(str(p).split(":", 1)) for p in self.pairs]
 
     def _check_mappings(self) -> None:
         for name in ("train", "grpo", "ppo", "arm_settings"):
@@ -280,7 +298,10 @@ class AlgorithmComparison:
 
     def trained(self, run: Run) -> bool:
         """``final/`` holds a whole model: its config and weights (a kill inside save_final leaves no weights, and
-        the next call saves it again from the last checkpoint)."""
+        the next call saves it again from the last checkpoint). An untrained arm: the ``config.json`` written in
+        place of training."""
+        if self.config.untrained(run.arm):
+            return (run.folder / "config.json").is_file()
         return (run.final / "config.json").is_file() and any(run.final.glob("*.safetensors"))
 
     def evaluated(self, run: Run) -> bool:
@@ -301,7 +322,7 @@ class AlgorithmComparison:
 
         c = self.config
         algorithm, arm_fields = ARMS[c.base_arm(run.arm)]
-        variant = {k: v for k, v in (c.variants.get(run.arm) or {}).items() if k not in ("arm", "group_size")}
+        variant = {k: v for k, v in (c.variants.get(run.arm) or {}).items() if k not in ("arm", "group_size", "train")}
         for name, layer in (("train", c.train), (algorithm, getattr(c, algorithm)),
                             (f"arm_settings.{run.arm}", c.arm_settings.get(run.arm) or {}),
                             (f"variants.{run.arm}", variant)):
@@ -322,6 +343,9 @@ class AlgorithmComparison:
         if c.penalised(run.arm):
             values["penalty"] = {**(values.get("penalty") or {}), "direction": str(self.direction_path),
                                  "lambda": c.penalty_lambda}
+        elif c.log_projection and algorithm == "grpo" and not c.untrained(run.arm):
+            values["penalty"] = {**(values.get("penalty") or {}), "direction": str(self.direction_path),
+                                 "lambda": 0.0}
         if algorithm == "ppo":
             from search_gym.trainers.ppo_config import PPOConfig as cls
         else:
@@ -359,7 +383,7 @@ class AlgorithmComparison:
     def stage_direction(self) -> None:
         """The penalty's direction: the given file, or one extracted from the start model (resolved to its folder:
         'smollm2-aligned' merges the shipped adapter once) as the study extracts it."""
-        if not any(self.config.penalised(arm) for arm in self.config.arms):
+        if not self.config.log_projection and not any(self.config.penalised(arm) for arm in self.config.arms):
             return
         if self.config.direction:
             if not self.direction_path.is_file():
@@ -385,7 +409,21 @@ class AlgorithmComparison:
 
         return GRPOTrainer(config)
 
+    def start_model(self) -> str:
+        """The start model as a folder (``smollm2-aligned``: the bundled model with the shipped adapter merged)."""
+        from search_gym.trainers.core import resolve_model_path
+
+        return str(resolve_model_path(self.config.model))
+
     def train(self, run: Run) -> None:
+        if self.config.untrained(run.arm):
+            # nothing to train: the record the report reads (the arm, its start model, the budget it did not use)
+            questions, group = self.shape(run.arm)
+            run.folder.mkdir(parents=True, exist_ok=True)
+            (run.folder / "config.json").write_text(json.dumps({
+                "arm": run.arm, "trained": False, "model": self.config.model, "seed": run.seed, "max_steps": 0,
+                "questions_per_step": questions, "group_size": group}, indent=1))
+            return
         trainer = self.make_trainer(run, self.trainer_config(run))
         trainer.train()  # resumes from the newest checkpoint in run.folder when there is one
         trainer.save_final()
@@ -394,7 +432,8 @@ class AlgorithmComparison:
 
     def evaluate(self, run: Run) -> None:
         """``search-gym eval`` of the run's final policy into ``<run>/eval_heldout`` (the study's evaluation)."""
-        self._study(run.folder).evaluate_policy(EVAL_STAGE, str(run.final))
+        model = self.start_model() if self.config.untrained(run.arm) else str(run.final)
+        self._study(run.folder).evaluate_policy(EVAL_STAGE, model)
         _free_memory()
 
     def run_one(self, run: Run) -> None:
@@ -408,8 +447,9 @@ class AlgorithmComparison:
             self.evaluate(run)
             seconds["eval_seconds"] = round(time.perf_counter() - t0, 1)
         questions, group = self.shape(run.arm)
+        steps = 0 if self.config.untrained(run.arm) else self.steps
         (run.folder / "done.json").write_text(json.dumps({
-            "arm": run.arm, "seed": run.seed, "steps": self.steps, "episodes": self.steps * questions * group,
+            "arm": run.arm, "seed": run.seed, "steps": steps, "episodes": steps * questions * group,
             "questions_per_step": questions, "group_size": group,
             **seconds}, indent=1))  # seconds of this invocation only (a resumed run's earlier part is not in them)
 
@@ -528,9 +568,15 @@ class AlgorithmComparison:
             lines.insert(2, f"- {', '.join(f'`{a}`' for a in penalised)}: lambda {c.penalty_lambda} on "
                             f"`{self.direction_path}`.")
         for name in (a for a in c.arms if a in c.variants):
+            if c.untrained(name):
+                lines.insert(-1, f"- `{name}`: not trained (the start model `{c.model}`, evaluated as every run is).")
+                continue
             spec = ", ".join(f"{k} {v}" for k, v in c.variants[name].items() if k != "arm")
             q, g = self.shape(name)
             lines.insert(-1, f"- `{name}`: `{c.base_arm(name)}` with {spec} ({q} questions x {g}).")
+        if c.log_projection:
+            lines.insert(-1, f"- Every GRPO arm logs its projection on `{self.direction_path}` (lambda 0 where not "
+                             "penalised).")
         return lines
 
     def report(self) -> dict:
@@ -544,7 +590,8 @@ class AlgorithmComparison:
         made_with = build_config(AlgorithmComparisonConfig, **{k: v for k, v in saved.items() if k in keys})
         result = write_report(self.root, baseline=c.baseline, arms=made_with.arms, metrics=c.table_metrics,
                               setup=AlgorithmComparison(made_with).setup_lines(), n_boot=c.bootstrap,
-                              seed=c.shared_seed, smooth=c.smooth)
+                              seed=c.shared_seed, smooth=c.smooth,
+                              pairs=(c if c.pairs else made_with).extra_pairs())
         print(result["markdown"])
         print(f"algorithms: report in {self.root / 'comparison.md'}, curves in {result['png']}", flush=True)
         return result

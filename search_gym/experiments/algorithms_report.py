@@ -179,6 +179,55 @@ def plot_learning_curves(curves: dict[str, dict[str, dict]], out: str | Path, *,
 # ---------------------------------------------------------------------------------------------- 3. held-out table
 
 
+# drift.jsonl (the trainers' drift_every): the projection of held-out harmful and QA prompts on the start's direction
+DRIFT_COLUMNS = (("mean", "harmful prompts"), ("harmless_mean", "QA prompts"), ("gap", "harmful - QA gap"))
+
+
+def drift_results(runs: dict[str, dict[int, Path]]) -> dict[str, dict]:
+    """``{arm: {"seeds", "steps", column: {"change": t-interval over seeds of (last - first step), "by_step":
+    {step: mean over seeds of the change since the first step}}}}`` for the arms whose runs recorded drift; every
+    seed is read at the steps all of that arm's seeds reached (a run still going has fewer)."""
+    out: dict[str, dict] = {}
+    for arm, seeds in runs.items():
+        series = {}
+        for seed, folder in seeds.items():
+            path = folder / "drift.jsonl"
+            if path.is_file():
+                rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+                if rows:
+                    series[seed] = {int(r["step"]): r for r in rows}
+        if not series:
+            continue
+        steps = sorted(set.intersection(*(set(s) for s in series.values())))
+        if len(steps) < 2:
+            continue
+        arm_out: dict[str, Any] = {"seeds": sorted(series), "steps": steps, "layer": next(iter(series.values()))[
+            steps[0]].get("layer")}
+        for column, _ in DRIFT_COLUMNS:
+            if any(series[s][steps[0]].get(column) is None for s in series):
+                continue
+            changes = {step: [series[s][step][column] - series[s][steps[0]][column] for s in series] for step in steps}
+            arm_out[column] = {"change": t_interval(changes[steps[-1]]),
+                               "by_step": {step: sum(v) / len(v) for step, v in changes.items()}}
+        out[arm] = arm_out
+    return out
+
+
+def drift_markdown(drift: dict[str, dict]) -> list[str]:
+    """Markdown lines: per arm, the change of each projection from the first to the last recorded step."""
+    if not drift:
+        return []
+    lines = ["Drift along the start model's direction (`drift.jsonl`, held-out prompts): the change of the mean "
+             "projection from the first to the last recorded step, mean over seeds [95% t-interval over the seeds].",
+             "", "| arm | layer | steps | seeds | " + " | ".join(label for _, label in DRIFT_COLUMNS) + " |",
+             "|---|---:|---|---:|" + "---:|" * len(DRIFT_COLUMNS)]
+    for arm, d in drift.items():
+        cells = [_interval(d[c]["change"], 2, sign=True) if c in d else "–" for c, _ in DRIFT_COLUMNS]
+        lines.append(f"| {arm} | {d['layer']} | {d['steps'][0]} -> {d['steps'][-1]} | {len(d['seeds'])} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
 def t_interval(values: list[float], level: float = 0.95) -> dict[str, float | int | None]:
     """Mean and Student-t interval of ``values`` (here: one mean per seed): mean +- t(n-1) * sd / sqrt(n); no
     interval (None) for fewer than two values."""
@@ -366,7 +415,7 @@ def end_of_training(curves: dict[str, dict[str, dict]]) -> str:
 def comparison_markdown(result: dict, curves: dict[str, dict[str, dict]], setup: list[str],
                         curves_png: str = "curves.png") -> str:
     """``comparison.md``: the label (pilot or result), setup, findings, curves, the end of training and the table."""
-    reasons = pilot_reasons(result)
+    reasons = result["pilot"] if "pilot" in result else pilot_reasons(result)
     baseline = result["baseline"]
     head = ["# RL algorithm comparison" + (": pilot" if reasons else ""), ""]
     if reasons:
@@ -386,24 +435,40 @@ def comparison_markdown(result: dict, curves: dict[str, dict[str, dict]], setup:
              "the seeds' means], and the paired difference arm - baseline [95% percentile bootstrap over the "
              "(seed, prompt) pairs]. Reading: 'no difference' when the paired interval includes 0; 'within the seed "
              "spread' when it excludes 0 but the two arms' across-seed intervals overlap.", "",
-             f"| arm | prompt set | attack | metric | seeds | mean over seeds | difference vs {baseline} | pairs | "
-             "reading |", "|---|---|---|---|---:|---|---|---:|---|"]
+             *heldout_table(result)]
+    for extra in result.get("pairs", []):
+        head += ["", f"### `{extra['arm']}` paired with `{extra['baseline']}`", "", *findings(extra), "",
+                 *heldout_table(extra, only=extra["arm"])]
+    if result.get("drift"):
+        head += ["", "### Drift", "", *drift_markdown(result["drift"])]
+    return "\n".join(head) + "\n"
+
+
+def heldout_table(result: dict, only: str | None = None) -> list[str]:
+    """Markdown lines of the held-out table of ``result`` (the rows of arm ``only``, when given)."""
+    lines = [f"| arm | prompt set | attack | metric | seeds | mean over seeds | difference vs {result['baseline']} | "
+             "pairs | reading |", "|---|---|---|---|---:|---|---|---:|---|"]
     for row in result["rows"]:
+        if only is not None and row["arm"] != only:
+            continue
         d = DIGITS.get(row["metric"], 1)
         diff = row["difference"]
         name = METRICS.get(row["metric"], row["metric"])
-        head.append(f"| {row['arm']} | {row['prompt_set']} | {row['attack']} | {name} | {row['over_seeds']['n']} | "
-                    f"{_interval(row['over_seeds'], d)} | "
-                    f"{_interval(diff, d, sign=True) if diff else '–'} | {diff['n'] if diff else '–'} | "
-                    f"{row['reading']} |")
-    return "\n".join(head) + "\n"
+        lines.append(f"| {row['arm']} | {row['prompt_set']} | {row['attack']} | {name} | {row['over_seeds']['n']} | "
+                     f"{_interval(row['over_seeds'], d)} | "
+                     f"{_interval(diff, d, sign=True) if diff else '–'} | {diff['n'] if diff else '–'} | "
+                     f"{row['reading']} |")
+    return lines
 
 
 def write_report(root: str | Path, *, baseline: str = "grpo", arms: list[str] | tuple[str, ...] = (),
                  metrics: tuple[str, ...] = ("em", "search_safety", "refusal"), setup: list[str] | None = None,
-                 n_boot: int = 2000, seed: int = 0, smooth: int = 0) -> dict:
+                 n_boot: int = 2000, seed: int = 0, smooth: int = 0,
+                 pairs: list[tuple[str, str]] | tuple = ()) -> dict:
     """Write ``comparison.md``, ``comparison.json`` and ``curves.png`` into the comparison folder ``root`` from what
-    its runs hold now (runs still going or not evaluated are drawn as far as they got / listed as missing)."""
+    its runs hold now (runs still going or not evaluated are drawn as far as they got / listed as missing).
+    ``pairs``: more (arm, baseline) comparisons beside the one with ``baseline`` (e.g. the penalty against plain
+    GRPO when the baseline is the start), each its own paired table."""
     root = check_folder(root)
     runs = find_runs(root)
     if not runs:
@@ -413,10 +478,17 @@ def write_report(root: str | Path, *, baseline: str = "grpo", arms: list[str] | 
     curves = learning_curves(runs, smooth=smooth)
     png = plot_learning_curves(curves, root / "curves.png", smooth=smooth)
     result = heldout_results(runs, baseline=baseline, metrics=metrics, arms=order, n_boot=n_boot, seed=seed)
-    result["pilot"] = pilot_reasons(result)
+    result["pairs"] = [{**heldout_results(runs, baseline=b, metrics=metrics, arms=[b, a], n_boot=n_boot, seed=seed),
+                        "arm": a} for a, b in pairs if a in runs and b in runs]
+    result["drift"] = drift_results(runs)
+    reasons = pilot_reasons(result) + [r for extra in result["pairs"] for r in pilot_reasons(extra)]
+    result["pilot"] = list(dict.fromkeys(reasons))  # one line each (the extra pairs repeat "fewer seeds")
     text = comparison_markdown(result, curves, setup or [], png.name)
     (root / "comparison.md").write_text(text)
-    payload = {**result, "rows": [{**r, "seed_means": {str(k): v for k, v in r["seed_means"].items()}}
-                                  for r in result["rows"]], "curves": curves}
+    def jsonable(res):
+        return {**res, "rows": [{**r, "seed_means": {str(k): v for k, v in r["seed_means"].items()}}
+                                for r in res["rows"]]}
+
+    payload = {**jsonable(result), "pairs": [jsonable(extra) for extra in result["pairs"]], "curves": curves}
     (root / "comparison.json").write_text(json.dumps(payload, indent=1))
     return {**result, "markdown": text, "curves": curves, "png": str(png)}
