@@ -13,6 +13,9 @@
 #                                                 refused and --eval-prompts is not checked. SG_RUNS moves $RUNS,
 #                                                 default /tmp/runs; keep it the same too: grpo_penalty's config.json
 #                                                 records the direction's absolute path)
+#                                                 ALG_CONFIG=examples/configs/algorithms_study.yaml (or _grpo_sweep):
+#                                                 another experiment of the same machinery, with ALG_LIGHT=.devrun/
+#                                                 study_light (its own carried folder) and ALG_ARGS for its --qa-set...
 #   bash tools/algorithms_gpu.sh progress       # the last "algorithms:" status lines, rc, GPU memory (now, peak)
 #   bash tools/algorithms_gpu.sh collect        # into $OUT: alg_light.tar.gz (the folder minus weights), alg.log,
 #                                                 alg_mem.txt; files over 15 MiB in 15 MiB parts + .sha256
@@ -34,7 +37,8 @@ set -uo pipefail
 REPO=$(pwd)
 RUNS=${SG_RUNS:-/tmp/runs}
 ALG=$RUNS/alg
-LIGHT=$REPO/.devrun/alg_light
+LIGHT=$REPO/${ALG_LIGHT:-.devrun/alg_light}   # one experiment's light results (ALG_LIGHT: another's folder)
+CONFIG=$REPO/${ALG_CONFIG:-examples/configs/algorithms_smollm2.yaml}   # the sweep / the study: their algorithms_*.yaml
 MEM=$RUNS/alg_mem.txt
 mkdir -p "$RUNS"
 
@@ -102,7 +106,7 @@ case "${1:-}" in
     done
     # shellcheck disable=SC1091
     source "${SG_DEST:-/tmp/sg}/env.sh" || exit 1
-    cp "$REPO/examples/configs/algorithms_smollm2.yaml" "$RUNS/alg_config.yaml"  # the tree may change under the job
+    cp "$CONFIG" "$RUNS/alg_config.yaml"  # the tree may change under the job
     rm -f "$RUNS/alg.rc"
     cat > "$RUNS/alg_job.sh" <<JOB
 echo \$\$ > "$RUNS/alg.pid"
