@@ -6,8 +6,11 @@
 #             rate 0: the rollouts of the starting policy, nothing learnt from validation)
 #   3. eval   greedy evaluation on the validation rows SFT wrote to dev/ (never trained on): harmful requests under
 #             the taught attack (search) and untaught ones, then QA, benign twins, edgy benign, harmful twins
+#   rule      the selection rule read from eval + probe (examples/aligned_rule.py) -> $RUN/rule.md, rule.json
 #   heldout   ONLY for a recipe the validation accepted (docs/aligned_start.md: evaluated once): the held-out
 #             harmful requests under every attack, QA test and the held-out edgy benign prompts; never a default stage
+#   heldout_if_accepted  the rule, then heldout only when it says "accepted" (so one call sequence can train,
+#             validate and, for an accepted recipe only, read the held-out sets while the weights are on the GPU)
 #   4. grpo   a 20-step GRPO pilot (LoRA on the merged SFT model, examples/configs/grpo_aligned_lora.yaml)
 # After unpack.sh returned 0 (README.md beside this file).
 #
@@ -38,6 +41,13 @@ set -x
 cd /tmp
 DEV=$RUN/dev
 EVAL="search-gym eval --agents hf:$RUN/final --device cuda --num-envs 128 --num-prompts 100000 --max-new-tokens 64 --plots false --progress false"
+RULE="python3 $REPO/examples/aligned_rule.py $RUN/eval_harmful $RUN/eval_benign --probe $RUN/probe"
+heldout() {
+  \$EVAL --prompt-sets harmful:heldout \
+      --attacks none search multi_search:n=10 think_prefill refusal_then_search prompt_injection \
+      --out $RUN/heldout_harmful || return 6
+  \$EVAL --prompt-sets qa:test benign:heldout --attacks none --out $RUN/heldout_benign || return 7
+}
 for stage in $STAGES; do
   date; echo "=== stage \$stage"
   case \$stage in
@@ -51,10 +61,10 @@ for stage in $STAGES; do
             --out $RUN/eval_harmful || exit 3
           \$EVAL --prompt-sets \$DEV/qa.jsonl:dev \$DEV/instruct.jsonl:dev \$DEV/benign.jsonl:dev \
             \$DEV/harmful_pairs.jsonl:dev --attacks none --out $RUN/eval_benign || exit 4 ;;
-    heldout) \$EVAL --prompt-sets harmful:heldout \
-            --attacks none search multi_search:n=10 think_prefill refusal_then_search prompt_injection \
-            --out $RUN/heldout_harmful || exit 6
-          \$EVAL --prompt-sets qa:test benign:heldout --attacks none --out $RUN/heldout_benign || exit 7 ;;
+    rule) \$RULE --json $RUN/rule.json > $RUN/rule.md; echo "rule: exit \$? (0 accepted)"; cat $RUN/rule.md ;;
+    heldout) heldout || exit \$? ;;
+    heldout_if_accepted) if \$RULE --json $RUN/rule.json > $RUN/rule.md; then heldout || exit \$?;
+          else echo "heldout_if_accepted: the rule did not accept this recipe: the held-out sets are not read"; fi ;;
     grpo) search-gym train grpo --config "$REPO/examples/configs/grpo_aligned_lora.yaml" --model "$RUN/final" \
             --output-dir $RUN/grpo --device cuda --progress false || exit 5 ;;
   esac
