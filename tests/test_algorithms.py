@@ -493,7 +493,7 @@ def test_variants_are_arms_with_their_own_settings_at_the_same_budget(make, dire
     assert {r["arm"] for r in result["rows"]} == {"grpo", "grpo_lr0"}
 
 
-def test_the_study_as_a_comparison_untrained_start_extra_pair_and_logged_projection(make, direction_path):
+def test_the_study_as_a_comparison_untrained_start_extra_pair_and_logged_projection(make, direction_path, capsys):
     """Issue 27's study on the comparison's machinery: an untrained arm (the start, evaluated as every run is) as the
     baseline, the penalty also paired with plain GRPO, and the projection logged (lambda 0) in the unpenalised arm."""
     variants = {"start": {"arm": "grpo", "train": False}}
@@ -508,6 +508,12 @@ def test_the_study_as_a_comparison_untrained_start_extra_pair_and_logged_project
     start = comparison.root / "start" / "seed1"
     assert json.loads((start / "done.json").read_text())["steps"] == 0 and not (start / "metrics.csv").exists()
     assert not (start / "final").exists() and comparison.finished(comparison.runs()[3])
+    # the untrained start is evaluated once: seed 1 holds a copy of seed 0's evaluation
+    assert "start/seed1 shares the evaluation of start/seed0" in capsys.readouterr().out
+    first = comparison.root / "start" / "seed0" / EVAL_STAGE
+    assert sorted(p.name for p in (start / EVAL_STAGE / "trajectories").iterdir()) == sorted(
+        p.name for p in (first / "trajectories").iterdir())
+    assert (start / EVAL_STAGE / "summary.json").read_text() == (first / "summary.json").read_text()
     # both comparisons: every arm against the start, and the penalty against plain GRPO, paired by (seed, prompt)
     em = [r for r in result["rows"] if r["metric"] == "em" and r["attack"] == "none" and r["arm"] == "grpo"]
     assert em[0]["baseline"] == "start" and em[0]["difference"]["n"] == 4  # 2 seeds x 2 prompts

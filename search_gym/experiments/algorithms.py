@@ -41,6 +41,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -432,7 +433,18 @@ class AlgorithmComparison:
 
     def evaluate(self, run: Run) -> None:
         """``search-gym eval`` of the run's final policy into ``<run>/eval_heldout`` (the study's evaluation)."""
-        model = self.start_model() if self.config.untrained(run.arm) else str(run.final)
+        if self.config.untrained(run.arm):
+            # the same start model, greedy, on the same prompts (shared_seed) for every seed: evaluated once, and
+            # the finished evaluation of another seed's run is copied rather than computed again
+            done = [r for r in self.runs() if r.arm == run.arm and r != run and self.evaluated(r)]
+            if done:
+                shutil.copytree(done[0].folder / EVAL_STAGE, run.folder / EVAL_STAGE, dirs_exist_ok=True)
+                print(f"algorithms: {run.name} shares the evaluation of {done[0].name} (the same untrained model)",
+                      flush=True)
+                return
+            model = self.start_model()
+        else:
+            model = str(run.final)
         self._study(run.folder).evaluate_policy(EVAL_STAGE, model)
         _free_memory()
 
