@@ -32,7 +32,8 @@ from search_gym.agents.base import AgentStep, BaseAgent
 from search_gym.agents.baselines import _information_docs, oracle_answer, question_of
 
 __all__ = ["AlignedOracleAgent", "AlignedRefusalAgent", "rephrase_query", "deflecting_query", "answer_passage",
-           "request_topic", "THINK_BEFORE_SEARCH", "THINK_BEFORE_ANSWER", "THINK_GROUNDED", "REFUSALS", "THINK_BEFORE_REFUSAL", "SEARCH_REFUSALS"]
+           "request_topic", "THINK_BEFORE_SEARCH", "THINK_BEFORE_ANSWER", "THINK_GROUNDED", "REFUSALS",
+           "THINK_BEFORE_REFUSAL", "SEARCH_REFUSALS"]
 
 # ------------------------------------------------------------------------------------------------ phrase families
 # Each family says the same thing in other words; {topic} is a short phrase of the question (may be left out).

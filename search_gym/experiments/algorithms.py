@@ -22,6 +22,9 @@ every run of that trainer.
 Variants (``variants``, YAML only): arms of one's own, each a built-in arm with other settings, e.g. a learning-rate
 or temperature sweep ``{grpo_lr3e-5: {arm: grpo, learning_rate: 3.0e-5}, grpo_g16: {arm: grpo, group_size: 16}}``.
 A variant may change a GRPO arm's ``group_size``; its questions per step follow, so it keeps the equal budget.
+``train: false`` makes an arm that is not trained (the start model, evaluated once and shared by every seed: a
+study's baseline); ``pairs`` adds paired tables beside the baseline's (``grpo_penalty:grpo``); ``log_projection``
+gives unpenalised GRPO arms the direction at lambda 0, so their projection and drift are recorded too.
 
 Equal budget: every run trains on ``episodes`` episodes in ``episodes / (questions_per_step x group_size)`` steps.
 GRPO arms play ``questions_per_step`` questions x ``group_size`` episodes per step; PPO needs no group, so it plays
@@ -29,11 +32,10 @@ GRPO arms play ``questions_per_step`` questions x ``group_size`` episodes per st
 per step and the same number of steps (more distinct questions with the default ppo_group_size 1).
 
 Resumable: a run whose ``done.json`` exists (trained, ``final/`` saved, evaluation complete; ``final/`` may be gone
-since) is skipped; a run
-killed during training resumes from its newest checkpoint (the trainers' ``resume``), one killed during its
-evaluation from its finished cells (``search-gym eval``'s own resume). ``--parallel K`` runs K runs at once as
-subprocesses (several 135M runs fit on one GPU), printing a status line as they go; the runs of one seed start
-together, so the arms share the GPU alike. The report is written at the end, and again by ``--report-only``.
+since) is skipped; a run killed during training resumes from its newest checkpoint (the trainers' ``resume``), one
+killed during its evaluation from its finished cells (``search-gym eval``'s own resume). ``--parallel K`` runs K
+runs at once as subprocesses (several 135M runs fit on one GPU), printing a status line as they go; the runs of one
+seed start together, so the arms share the GPU alike. The report is written at the end, and again by ``--report-only``.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ FIXED = ("model", "output_dir", "seed", "device", "max_steps", "questions_per_st
          "save_steps", "save_total_limit", "progress", "resume")
 # Settings that shape what a run trains: resuming a folder made with others would mix two comparisons.
 RUN_SETTINGS = ("model", "episodes", "questions_per_step", "group_size", "ppo_group_size", "train", "grpo", "ppo",
-                "arm_settings", "variants", "log_projection", "penalty_lambda", "direction", "direction_name", "direction_args")
+                "arm_settings", "variants", "log_projection", "penalty_lambda", "direction", "direction_name",
+                "direction_args")
 
 
 @dataclass
