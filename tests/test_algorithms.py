@@ -521,6 +521,7 @@ def test_the_study_as_a_comparison_untrained_start_extra_pair_and_logged_project
     assert extra["baseline"] == "grpo" and {r["arm"] for r in extra["rows"]} == {"grpo", "grpo_penalty"}
     text = (comparison.root / "comparison.md").read_text()
     assert "### `grpo_penalty` paired with `grpo`" in text and "difference vs grpo |" in text
+    assert text.count("fewer than 3 evaluated seeds") == 1
     assert "`start`: not trained" in text and "(lambda 0 where not penalised)" in text
     rows = [r for res in (result, extra) for r in res["rows"] if r["arm"] == "grpo_penalty"]
     assert len(rows) == 20 and text.count("| grpo_penalty | ") == 20 + 1  # both tables, and the end of training

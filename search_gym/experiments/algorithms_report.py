@@ -481,8 +481,10 @@ def write_report(root: str | Path, *, baseline: str = "grpo", arms: list[str] | 
     result["pairs"] = [{**heldout_results(runs, baseline=b, metrics=metrics, arms=[b, a], n_boot=n_boot, seed=seed),
                         "arm": a} for a, b in pairs if a in runs and b in runs]
     result["drift"] = drift_results(runs)
-    reasons = pilot_reasons(result) + [r for extra in result["pairs"] for r in pilot_reasons(extra)]
-    result["pilot"] = list(dict.fromkeys(reasons))  # one line each (the extra pairs repeat "fewer seeds")
+    # the extra pairs add their differences within the seed spread; their arms' seeds are already counted above
+    reasons = pilot_reasons(result) + [r for extra in result["pairs"] for r in pilot_reasons(extra)
+                                       if not r.startswith("fewer than")]
+    result["pilot"] = list(dict.fromkeys(reasons))
     text = comparison_markdown(result, curves, setup or [], png.name)
     (root / "comparison.md").write_text(text)
     def jsonable(res):
