@@ -21,7 +21,9 @@
 #                                                 SG_DATA=name: the rows in .devrun/name, default sft_aligned;
 #                                                 EVAL_ATTACKS="none search": the harmful rows' attacks, default six)
 #   bash tools/aligned_pilot.sh progress        # the log's last lines, the stages done, GPU memory
-#   bash tools/aligned_pilot.sh collect         # SFT + GRPO adapters, metrics, eval summaries into $OUT
+#   bash tools/aligned_pilot.sh collect         # SFT + GRPO adapters, metrics, eval summaries into $OUT (the adapter
+#                                                 of a recipe the rule stage rejected stays unless COLLECT_ADAPTER=1;
+#                                                 one accepted r 64 adapter per call: 3 x 15 MiB of the 64 MiB)
 set -uo pipefail
 REPO=$(pwd)
 RUNS=${SG_RUNS:-/tmp/runs}
@@ -80,7 +82,13 @@ JOB
   collect)
     O=$OUT/${SG_RUN:-sft_aligned}
     mkdir -p "$O/adapter" "$O/grpo"
-    cp "$RUN"/adapter/* "$O/adapter/" 2>/dev/null
+    # a recipe the rule rejected (rule.json) leaves its adapter behind unless COLLECT_ADAPTER=1: two r 64 adapters
+    # (2 x 37.6 MiB) would not fit one call's 64 MiB of returned files
+    if [ -f "$RUN/rule.json" ] && ! grep -q '"accepted": true' "$RUN/rule.json" && [ "${COLLECT_ADAPTER:-0}" != 1 ]; then
+      echo "collect: $RUN was not accepted (rule.json): adapter not collected (COLLECT_ADAPTER=1 to bring it)"
+    else
+      cp "$RUN"/adapter/* "$O/adapter/" 2>/dev/null
+    fi
     # files come back at most 16 MiB each: a larger adapter (r 64 is ~38 MiB) travels in 15 MiB parts + its sha256
     for f in "$O"/adapter/*; do
       [ "$(stat -c %s "$f")" -gt $((15 * 1024 * 1024)) ] || continue
