@@ -436,7 +436,7 @@ def test_cli_flags_and_the_example_config():
     assert gpu.parallel == 5 and gpu.device == "cuda"
     sweep = build_config(AlgorithmComparisonConfig, file=yaml.with_name("algorithms_grpo_sweep.yaml"))
     runs = {r.arm: AlgorithmComparison(sweep).trainer_config(r) for r in AlgorithmComparison(sweep).runs()}
-    assert runs["grpo_start"].learning_rate == 0.0 and runs["grpo_lr3e-4"].learning_rate == 3e-4
+    assert sweep.untrained("grpo_start") and runs["grpo_lr3e-4"].learning_rate == 3e-4
     assert (runs["grpo_g16"].questions_per_step, runs["grpo_g16"].group_size) == (4, 16)
     assert {c.max_steps for c in runs.values()} == {20} and sweep.qa_set.startswith("DEV/")
     comparison = AlgorithmComparison(gpu)
