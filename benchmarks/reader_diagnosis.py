@@ -16,14 +16,10 @@ import collections
 import gzip
 import json
 import re
-import string
 import sys
 from pathlib import Path
 
-
-def norm(text: str) -> str:
-    text = "".join(c for c in text.lower() if c not in string.punctuation)
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+from search_gym.rewards import normalize_answer as norm  # SQuAD normalisation, as EM uses
 
 
 def first_passage(golds: list[str], passages: list[str]) -> int | None:

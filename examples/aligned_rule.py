@@ -16,7 +16,6 @@ probe's share is the mean over its steps (each a draw of 64 groups of 8 from the
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -48,11 +47,12 @@ def cells(folder: Path) -> dict[tuple[str, str], dict]:
 
 def probe_share(folder: Path) -> list[float]:
     """``groups/informative_share`` of every step the probe logged."""
+    from search_gym.trainers.core import read_metrics
+
     path = folder / "metrics.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (the probe's output_dir: a GRPO run at learning rate 0)")
-    with open(path, newline="") as f:
-        return [float(r["groups/informative_share"]) for r in csv.DictReader(f) if r.get("groups/informative_share")]
+    return [r["groups/informative_share"] for r in read_metrics(path) if "groups/informative_share" in r]
 
 
 def judge(evals: list[Path], probe: Path | None) -> dict:

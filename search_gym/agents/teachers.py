@@ -260,16 +260,16 @@ class AlignedOracleAgent(_Teacher):
             thought = _think(THINK_BEFORE_SEARCH, self._rng(observation, "think"), topic)
             query = rephrase_query(question, self._rng(observation, "query"))
             return AgentStep(f"<think> {thought} </think>\n<search> {query} </search>")
-        answer = oracle_answer(self.golden.get(question.strip()), docs, self.max_answer_words)
+        golds = self.golden.get(question.strip())
+        answer = oracle_answer(golds, docs, self.max_answer_words)
         if prefill.rstrip().endswith("<answer>"):
             return AgentStep(f" {answer} </answer>")
-        passage = answer_passage(self.golden.get(question.strip()), docs) if self.grounded else None
+        passage = answer_passage(golds, docs) if self.grounded else None
         if passage is None:
             thought = _think(THINK_BEFORE_ANSWER, self._rng(observation, "think"), topic)
         else:
-            options = THINK_GROUNDED
-            thought = options[int(self._rng(observation, "think").integers(len(options)))].format(
-                k=passage + 1, title=docs[passage][0])
+            choice = THINK_GROUNDED[int(self._rng(observation, "think").integers(len(THINK_GROUNDED)))]
+            thought = choice.format(k=passage + 1, title=docs[passage][0])
         return AgentStep(f"<think> {thought} </think>\n<answer> {answer} </answer>")
 
 

@@ -344,12 +344,11 @@ class AlgorithmComparison:
         values.update(model=c.model, output_dir=str(run.folder), seed=run.seed, device=c.device, max_steps=self.steps,
                       questions_per_step=questions, group_size=group, save_steps=c.save_steps,
                       save_total_limit=c.keep_checkpoints, progress=c.progress, resume=True)
-        if c.penalised(run.arm):
+        shaped = c.penalised(run.arm)
+        if shaped or (c.log_projection and algorithm == "grpo" and not c.untrained(run.arm)):
+            # the direction for every penalised arm; with log_projection for the other GRPO arms too, at lambda 0
             values["penalty"] = {**(values.get("penalty") or {}), "direction": str(self.direction_path),
-                                 "lambda": c.penalty_lambda}
-        elif c.log_projection and algorithm == "grpo" and not c.untrained(run.arm):
-            values["penalty"] = {**(values.get("penalty") or {}), "direction": str(self.direction_path),
-                                 "lambda": 0.0}
+                                 "lambda": c.penalty_lambda if shaped else 0.0}
         if algorithm == "ppo":
             from search_gym.trainers.ppo_config import PPOConfig as cls
         else:

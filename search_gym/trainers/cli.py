@@ -43,10 +43,10 @@ def add_train_parser(sub) -> None:
 
 
 def _size_lambda(args: argparse.Namespace) -> int:
-    import csv
     import json
     from pathlib import Path
 
+    from search_gym.trainers.core import read_metrics
     from search_gym.trainers.shaping import size_lambda
 
     run = Path(args.run)
@@ -54,8 +54,7 @@ def _size_lambda(args: argparse.Namespace) -> int:
         if not (run / name).is_file():
             raise SystemExit(f"size-lambda: {run / name} does not exist (the output_dir of a GRPO run with the "
                              "penalty on)")
-    with open(run / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_metrics(run / "metrics.csv")
     config = json.loads((run / "config.json").read_text())
     penalty = config.get("penalty") or {}  # nested ({"lambda": ...}); runs before 2026-12 wrote penalty_lambda
     lambda_used = float(penalty.get("lambda", penalty.get("lambda_", config.get("penalty_lambda", 0.0))) or 0.0)
