@@ -45,3 +45,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def allow_tf32(device: str | torch.device | None, enabled: bool) -> bool:
+    """Let float32 matrix products on a CUDA ``device`` use TF32 tensor cores (``torch.set_float32_matmul_precision
+    ("high")``, what Hugging Face's ``TrainingArguments(tf32=True)`` sets): faster on Ampere and later
+    cards, products rounded to a 10-bit mantissa. Process-wide, like every torch precision switch; nothing is changed
+    when ``enabled`` is false (the caller's setting stands) or the device is not CUDA. Returns whether it was set."""
+    import torch
+
+    if not enabled or resolve_device(device).type != "cuda":
+        return False
+    torch.set_float32_matmul_precision("high")
+    return True

@@ -4,7 +4,8 @@
 #             gzipped in .devrun/sft_aligned/) -> $RUN/adapter (bf16, a few MiB) and $RUN/final (merged)
 #   2. probe  the share of GRPO groups with reward spread at temperature 1 on the validation QA rows (learning
 #             rate 0: the rollouts of the starting policy, nothing learnt from validation); PROBE_DRAWS steps of
-#             64 groups of 8 (default 4 since recipe 5; recipes 3-4 had 2)
+#             64 groups of 8 (default 4 since recipe 5; recipes 3-4 had 2); one probe at a time on the card (flock:
+#             two recipes' probes side by side ran out of memory on an 80 GB H100 in recipe 5)
 #   3. eval   greedy evaluation on the validation rows SFT wrote to dev/ (never trained on): harmful requests under
 #             the taught attack (search) and untaught ones, then QA, benign twins, edgy benign, harmful twins
 #   rule      the selection rule read from eval + probe (examples/aligned_rule.py) -> $RUN/rule.md, rule.json
@@ -56,7 +57,7 @@ for stage in $STAGES; do
   case \$stage in
     sft) search-gym train sft --config "$REPO/examples/configs/sft_aligned_smollm2.yaml" --output-dir "$RUN" \
            --device cuda --progress false ${SFT_ARGS:-} || exit 1 ;;
-    probe) search-gym train grpo --config "$REPO/examples/configs/grpo_aligned_lora.yaml" --model "$RUN/final" \
+    probe) flock "$RUNS/.probe.lock" search-gym train grpo --config "$REPO/examples/configs/grpo_aligned_lora.yaml" --model "$RUN/final" \
            --output-dir $RUN/probe --env.dataset \$DEV/qa.jsonl --learning-rate 0 --max-steps ${PROBE_DRAWS:-4} \
            --questions-per-step 64 --group-size 8 --save-steps 0 --device cuda --progress false || exit 2 ;;
     eval) \$EVAL --prompt-sets \$DEV/harmful.jsonl:dev \

@@ -33,6 +33,9 @@ class TrainConfig:
     seed: int = _help("seed of data order, sampling and initialisation", default=0)
     device: str | None = _help("torch device (default: cuda if available, else cpu)", default=None)
     dtype: str = _help("parameter dtype: float32, bf16 or fp16", default="float32")
+    tf32: bool = _help("on a CUDA device, float32 matrix products on TF32 tensor cores (as transformers' "
+                       "TrainingArguments.tf32): faster on Ampere and later cards, products rounded to a 10-bit mantissa",
+                       default=False)
     learning_rate: float = _help("AdamW learning rate", default=1e-6)
     weight_decay: float = _help("AdamW weight decay", default=0.0)
     warmup_steps: int = _help("linear warm-up steps of the learning-rate schedule", default=0)

@@ -55,10 +55,11 @@ def load_policy(config: TrainConfig, path: str | None = None):
     LoRA adapters when ``lora_r > 0``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from search_gym.devices import resolve_device, resolve_dtype
+    from search_gym.devices import allow_tf32, resolve_device, resolve_dtype
 
     source = path or resolve_model_path(config.model)
     device = resolve_device(config.device)
+    allow_tf32(device, config.tf32)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=resolve_dtype(config.dtype)).to(device)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token_id is None:
