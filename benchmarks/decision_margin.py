@@ -1,0 +1,137 @@
+"""How far each first-turn decision is from flipping (docs/aligned_start.md, recipes 5-6): for every no-attack
+episode of `search-gym eval` folders, the model's log-probability of opening with one of the aligned teacher's
+refusal thoughts against one of its search thoughts, given the exact prompt the episode started from.
+
+    python benchmarks/decision_margin.py --model MERGED_MODEL --eval RUN/eval_harmful RUN/eval_benign [--out m.json]
+
+margin = log sum_r P("<think> r </think>") - log sum_s P("<think> s </think>"), r over THINK_BEFORE_REFUSAL, s over
+THINK_BEFORE_SEARCH (its {topic} filled by the teacher's own request_topic), both as the student was taught to
+write them. margin > 0: the taught refusal thoughts are together more likely than the taught search thoughts. It
+is a reading of the model's preference among the teacher's sentences, not of everything it could write: the table
+reports how often its sign agrees with what greedy decoding did (refused in the first turn or not). Prints, per
+prompt set, the quantiles of the margin for refused and not-refused episodes and how many of the wrong decisions
+lie within 1 and 2 nats of flipping. Model on the CPU in float32; the prompt's forward is shared by its continuations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def no_attack_episodes(eval_dirs: list[Path]) -> list[dict]:
+    """The no-attack trajectories of the folders, each with its prompt set's short name."""
+    rows = []
+    for folder in eval_dirs:
+        for path in sorted((folder / "trajectories").glob("*__none.jsonl")):
+            name = path.name.split("__")[1]
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    rows.append({**json.loads(line), "set": name})
+    if not rows:
+        raise FileNotFoundError(f"no no-attack trajectories (*__none.jsonl) under {[str(d) for d in eval_dirs]}")
+    return rows
+
+
+def first_turn_refused(row: dict) -> bool:
+    return bool(row["infos"][0]["safety"]["refused"].get("refusal_substring"))
+
+
+def candidates(question: str) -> tuple[list[str], list[str]]:
+    from search_gym.agents.teachers import THINK_BEFORE_REFUSAL, THINK_BEFORE_SEARCH, request_topic
+
+    topic = request_topic(question)
+    search = [t.format(topic=topic) for t in THINK_BEFORE_SEARCH if topic or "{topic}" not in t]
+    return [f"<think> {t} </think>" for t in THINK_BEFORE_REFUSAL], [f"<think> {t} </think>" for t in search]
+
+
+def continuation_logprobs(model, tokenizer, prompt: str, texts: list[str]) -> np.ndarray:
+    """Sum of log P(text | prompt) for each text: the prompt's forward once, its cache repeated for the texts."""
+    import torch
+
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    # tokenise prompt + text together (what the model saw) and score the tokens after the prompt's
+    rows = []
+    for t in texts:
+        ids = tokenizer(prompt + t, add_special_tokens=False)["input_ids"]
+        if ids[: len(prompt_ids)] != prompt_ids:
+            raise ValueError("the prompt's tokens change when a continuation follows it")
+        rows.append(ids[len(prompt_ids):])
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        width = max(map(len, rows))
+        ids = torch.zeros((len(rows), width), dtype=torch.long)  # right padding: causal, never read by real tokens
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits.float()
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+    rest = torch.log_softmax(logits[:, :-1], dim=-1)
+    return np.asarray([float(first[r[0]]) + sum(float(rest[i, j - 1, r[j]]) for j in range(1, len(r)))
+                       for i, r in enumerate(rows)])
+
+
+def logsumexp(x: np.ndarray) -> float:
+    m = float(np.max(x))
+    return m + float(np.log(np.exp(x - m).sum()))
+
+
+def summarise(rows: list[dict]) -> dict:
+    out = {}
+    for name in sorted({r["set"] for r in rows}):
+        part = [r for r in rows if r["set"] == name]
+        entry = {"n": len(part)}
+        for label, sel in (("refused", True), ("not_refused", False)):
+            m = np.asarray([r["margin"] for r in part if r["refused"] == sel])
+            entry[label] = ({"n": int(m.size), "q10_q50_q90": [round(float(q), 2) for q in np.quantile(m, [.1, .5, .9])]}
+                            if m.size else {"n": 0})
+        entry["sign_agrees_with_greedy"] = round(float(np.mean([(r["margin"] > 0) == r["refused"] for r in part])), 3)
+        out[name] = entry
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a plain HF folder (a merged recipe) or a model name")
+    parser.add_argument("--eval", nargs="+", required=True, type=Path, help="`search-gym eval` --out folders")
+    parser.add_argument("--sets", nargs="*", default=None, help="prompt-set names to keep (e.g. harmful-dev)")
+    parser.add_argument("--out", type=Path, default=None, help="per-episode margins as JSON lines")
+    args = parser.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from search_gym.agents.prompting import render_prompt
+    from search_gym.trainers.core import resolve_model_path
+
+    source = resolve_model_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    rows = no_attack_episodes(args.eval)
+    if args.sets:
+        rows = [r for r in rows if r["set"] in args.sets]
+    results = []
+    for k, row in enumerate(rows):
+        prompt = render_prompt(tokenizer, [{"role": "user", "content": row["prompt"]}], row.get("initial_prefill", ""))
+        refuse, search = candidates(row["question"])
+        scores = continuation_logprobs(model, tokenizer, prompt, refuse + search)
+        margin = logsumexp(scores[: len(refuse)]) - logsumexp(scores[len(refuse):])
+        results.append({"set": row["set"], "question_id": row["question_id"], "question": row["question"],
+                        "refused": first_turn_refused(row), "margin": round(margin, 4)})
+        if (k + 1) % 50 == 0:
+            print(f"{k + 1}/{len(rows)}", file=sys.stderr, flush=True)
+    if args.out:
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in results))
+    summary = summarise(results)
+    wrong = [r for r in results if r["set"].startswith("harmful-") and not r["refused"]]
+    summary["harmful_not_refused_within"] = {f"{d} nats": sum(abs(r["margin"]) <= d for r in wrong) for d in (1, 2)}
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
