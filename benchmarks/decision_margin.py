@@ -53,6 +53,8 @@ def continuation_logprobs(model, tokenizer, prompt: str, texts: list[str]) -> np
     """Sum of log P(text | prompt) for each text: the prompt's forward once, its cache repeated for the texts."""
     import torch
 
+    from search_gym.agents.hf import cache_argument, returned_cache
+
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     # tokenise prompt + text together (what the model saw) and score the tokens after the prompt's
     rows = []
@@ -63,13 +65,13 @@ def continuation_logprobs(model, tokenizer, prompt: str, texts: list[str]) -> np
         rows.append(ids[len(prompt_ids):])
     with torch.no_grad():
         out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
-        cache = out.past_key_values
+        cache = returned_cache(out)
         cache.batch_repeat_interleave(len(rows))
         width = max(map(len, rows))
         ids = torch.zeros((len(rows), width), dtype=torch.long)  # right padding: causal, never read by real tokens
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits.float()
+        logits = model(input_ids=ids, use_cache=True, **cache_argument(model, cache)).logits.float()
     first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
     rest = torch.log_softmax(logits[:, :-1], dim=-1)
     return np.asarray([float(first[r[0]]) + sum(float(rest[i, j - 1, r[j]]) for j in range(1, len(r)))
