@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["auroc", "brier", "ece", "bootstrap_ci", "cluster_bootstrap_ci", "paired_bootstrap_ci", "bootstrap_interval",
+__all__ = ["auroc", "brier", "ece", "bootstrap_ci", "cluster_bootstrap_ci", "paired_bootstrap_ci", "paired_mde", "bootstrap_interval",
            "auroc_interval"]
 
 
@@ -110,11 +110,32 @@ def paired_bootstrap_ci(a: Sequence[float | None], b: Sequence[float | None], *,
     """Mean of the paired differences ``b[i] - a[i]`` and its percentile-bootstrap interval, resampling pairs
     (a pair with None / NaN on either side is left out): ``{"mean", "lo", "hi", "n"}``. ``a`` and ``b`` must be
     aligned (the same prompts, in the same order)."""
+    return bootstrap_ci(_paired_differences(a, b), n_boot=n_boot, seed=seed, level=level)
+
+
+def _paired_differences(a: Sequence[float | None], b: Sequence[float | None]) -> list[float]:
+    """``b[i] - a[i]`` over the aligned pairs with a finite value on both sides."""
     if len(a) != len(b):
         raise ValueError(f"paired values must be aligned: {len(a)} vs {len(b)}")
-    diffs = [float(y) - float(x) for x, y in zip(a, b)
-             if x is not None and y is not None and not math.isnan(float(x)) and not math.isnan(float(y))]
-    return bootstrap_ci(diffs, n_boot=n_boot, seed=seed, level=level)
+    return [float(y) - float(x) for x, y in zip(a, b)
+            if x is not None and y is not None and not math.isnan(float(x)) and not math.isnan(float(y))]
+
+
+def paired_mde(a: Sequence[float | None], b: Sequence[float | None], *, level: float = 0.95,
+               power: float = 0.8) -> dict[str, float | int | None]:
+    """The minimum detectable effect of a paired comparison: the smallest true mean difference ``b - a`` that a
+    two-sided test at ``1 - level`` finds with probability ``power``, given the spread of these pairs,
+    ``(z_{(1+level)/2} + z_power) * sd(b - a) / sqrt(n)`` (normal approximation; the sd is the pairs' own, so this
+    is what a "no difference" on these data can rule out, not a power computed from the observed effect).
+    ``{"mde", "sd", "n"}``; ``mde`` and ``sd`` are None with fewer than two pairs."""
+    from statistics import NormalDist
+
+    diffs = _paired_differences(a, b)
+    if len(diffs) < 2:
+        return {"mde": None, "sd": None, "n": len(diffs)}
+    sd = float(np.std(diffs, ddof=1))
+    z = NormalDist().inv_cdf((1 + level) / 2) + NormalDist().inv_cdf(power)
+    return {"mde": z * sd / math.sqrt(len(diffs)), "sd": sd, "n": len(diffs)}
 
 
 def bootstrap_interval(statistic: Callable[[np.ndarray], float], n: int, *, n_boot: int = 1000, seed: int = 0,

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import shutil
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -394,7 +395,15 @@ def test_paired_differences_no_difference_and_the_result_label(tmp_path):
     text = (root / "comparison.md").read_text()
     assert text.startswith("# RL algorithm comparison\n") and "**Result**" in text
     assert "`dapo` vs `grpo`: **no difference** in any of the 3 held-out measures" in text
+    # dapo's pairs never differ (sd 0): its null rules out any difference; ppo's EM pairs are 0 or 1 apart
+    assert dapo["mde"] == {"mde": 0.0, "sd": 0.0, "n": 12}
+    sd = statistics.stdev([1.0] * 6 + [0.0] * 6)
+    assert ppo["mde"]["mde"] == pytest.approx(2.8016 * sd / math.sqrt(12), rel=1e-4)
+    assert ("`dapo` vs `grpo`: **no difference** in any of the 3 held-out measures (every paired 95% interval "
+            "includes 0); a true difference of at least search safety 0.0, EM 0.000 (the largest over the cells) "
+            "would have been found with 80% power.") in text
     assert "| ppo | qa:test | none | EM | 3 | 1.000 [1.000, 1.000] | +0.500 [" in text
+    assert f"| 12 | {ppo['mde']['mde']:.3f} | higher |" in text
     assert (root / "curves.png").stat().st_size > 1000
     assert json.loads((root / "comparison.json").read_text())["rows"][0]["arm"] == "grpo"
 

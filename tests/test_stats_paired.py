@@ -29,3 +29,22 @@ def test_paired_drops_incomplete_pairs_and_needs_alignment():
     assert out["n"] == 2 and out["mean"] == pytest.approx(1.5)
     with pytest.raises(ValueError, match="paired values must be aligned: 2 vs 3"):
         paired_bootstrap_ci([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_minimum_detectable_effect_of_the_pairs():
+    from statistics import NormalDist
+
+    from search_gym.stats import paired_mde
+
+    diffs = np.array([-1.0, 1.0] * 50)  # sd of the differences 1.005 (ddof 1), n 100
+    out = paired_mde(np.zeros(100), diffs)
+    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)  # 2.8016
+    assert out["n"] == 100 and out["sd"] == pytest.approx(float(np.std(diffs, ddof=1)))
+    assert out["mde"] == pytest.approx(z * out["sd"] / 10) and 0.28 < out["mde"] < 0.29
+    # four times the pairs halve it; a higher power asks for a larger effect
+    assert paired_mde(np.zeros(400), np.tile(diffs, 4))["mde"] == pytest.approx(out["mde"] / 2, rel=0.01)
+    assert paired_mde(np.zeros(100), diffs, power=0.9)["mde"] > out["mde"]
+    # the same pairs as paired_bootstrap_ci: incomplete ones dropped; one pair has no spread to read
+    assert paired_mde([1.0, None, 3.0], [2.0, 4.0, float("nan")]) == {"mde": None, "sd": None, "n": 1}
+    with pytest.raises(ValueError, match="paired values must be aligned: 1 vs 2"):
+        paired_mde([1.0], [1.0, 2.0])

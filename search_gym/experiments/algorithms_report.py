@@ -10,7 +10,9 @@ Read top to bottom:
 3. :func:`heldout_results`: every run's greedy evaluation on the held-out rows (``<run>/eval_heldout/``). Per arm
    and cell (prompt set, attack) and metric: the mean over seeds with a 95% t-interval over the seeds' means (the
    run-to-run spread), and the paired difference from the baseline arm, paired by (seed, prompt) with a percentile
-   bootstrap over the pairs (:func:`search_gym.stats.paired_bootstrap_ci`, as ``search-gym eval --compare``).
+   bootstrap over the pairs (:func:`search_gym.stats.paired_bootstrap_ci`, as ``search-gym eval --compare``), and
+   the pairs' minimum detectable effect (:func:`search_gym.stats.paired_mde`: 80% power, two-sided 5%), so that a
+   "no difference" says how large a difference it rules out.
 4. :func:`comparison_markdown` and :func:`write_report`: ``comparison.md``, ``comparison.json`` and ``curves.png``.
 
 How a row is read (the rule, in :func:`reading`): a paired interval that includes 0 is "no difference"; one that
@@ -30,7 +32,7 @@ from typing import Any
 
 from search_gym.experiments.compare import DIGITS, eval_cells, per_question
 from search_gym.rollout.metrics import METRICS
-from search_gym.stats import paired_bootstrap_ci
+from search_gym.stats import paired_bootstrap_ci, paired_mde
 
 CONFIG_FILE = "comparison_config.json"  # marks a folder as a comparison's (written before anything else)
 EVAL_STAGE = "eval_heldout"  # a run's held-out evaluation: <run>/eval_heldout/ (a search-gym eval folder)
@@ -312,7 +314,8 @@ def heldout_results(runs: dict[str, dict[int, Path]], *, baseline: str = "grpo",
                     summaries[arm] = (means, t_interval(list(means.values())))
             for arm, (means, interval) in summaries.items():
                 row = {"arm": arm, "baseline": baseline, "prompt_set": key[0], "attack": key[1], "metric": metric,
-                       "seed_means": means, "over_seeds": interval, "difference": None, "seed_overlap": None}
+                       "seed_means": means, "over_seeds": interval, "difference": None, "seed_overlap": None,
+                       "mde": None}
                 if arm != baseline and baseline in summaries:
                     xs, ys = [], []
                     for s in sorted(set(evals[arm]) & set(evals[baseline])):
@@ -323,6 +326,7 @@ def heldout_results(runs: dict[str, dict[int, Path]], *, baseline: str = "grpo",
                         xs += [a[q][metric] for q in ids]
                         ys += [b[q][metric] for q in ids]
                     row["difference"] = paired_bootstrap_ci(xs, ys, n_boot=n_boot, seed=seed)
+                    row["mde"] = paired_mde(xs, ys)  # what "no difference" on these pairs can rule out
                     row["seed_overlap"] = _overlap(interval, summaries[baseline][1])
                 row["reading"] = reading(row)
                 rows.append(row)
@@ -378,16 +382,32 @@ def findings(result: dict) -> list[str]:
             lines.append(f"- `{arm}` vs `{baseline}`: no (seed, prompt) pairs in common.")
         elif not moved:
             lines.append(f"- `{arm}` vs `{baseline}`: **no difference** in any of the {len(paired)} held-out measures "
-                         "(every paired 95% interval includes 0).")
+                         "(every paired 95% interval includes 0)" + detectable(paired) + ".")
         else:
             parts = []
             for r in moved:
                 d = DIGITS.get(r["metric"], 1)
                 parts.append(f"{METRICS.get(r['metric'], r['metric'])} on {r['prompt_set']} / {r['attack']} "
                              f"{r['reading']} ({_interval(r['difference'], d, sign=True)})")
+            rest = [r for r in paired if r not in moved]
             lines.append(f"- `{arm}` vs `{baseline}`: " + "; ".join(parts) + f"; no difference in the other "
-                         f"{len(paired) - len(moved)} of {len(paired)} measures.")
+                         f"{len(rest)} of {len(paired)} measures" + detectable(rest) + ".")
     return lines
+
+
+def detectable(rows: list[dict]) -> str:
+    """The power statement of "no difference" rows: per metric, the largest minimum detectable effect over their
+    cells (80% power, two-sided 5%), so a null result says how large a difference it rules out."""
+    worst: dict[str, float] = {}
+    for r in rows:
+        mde = (r.get("mde") or {}).get("mde")
+        if mde is not None:
+            worst[r["metric"]] = max(worst.get(r["metric"], 0.0), mde)
+    if not worst:
+        return ""
+    parts = [f"{METRICS.get(m, m)} {_num(v, DIGITS.get(m, 1))}" for m, v in worst.items()]
+    return "; a true difference of at least " + ", ".join(parts) + " (the largest over the cells) would have been " \
+        "found with 80% power"
 
 
 def end_of_training(curves: dict[str, dict[str, dict]]) -> str:
@@ -433,7 +453,8 @@ def comparison_markdown(result: dict, curves: dict[str, dict[str, dict]], setup:
              "End of training (mean over seeds at the last point every seed reached):", "", end_of_training(curves),
              "", "Held-out evaluation, greedy, the same prompts for every run: mean over seeds [95% t-interval over "
              "the seeds' means], and the paired difference arm - baseline [95% percentile bootstrap over the "
-             "(seed, prompt) pairs]. Reading: 'no difference' when the paired interval includes 0; 'within the seed "
+             "(seed, prompt) pairs]; 'detectable (80%)': the smallest true difference a two-sided 5% test on these "
+             "pairs finds with 80% power ((1.96 + 0.84) x sd of the pairs' differences / sqrt(pairs)). Reading: 'no difference' when the paired interval includes 0; 'within the seed "
              "spread' when it excludes 0 but the two arms' across-seed intervals overlap.", "",
              *heldout_table(result)]
     for extra in result.get("pairs", []):
@@ -447,7 +468,7 @@ def comparison_markdown(result: dict, curves: dict[str, dict[str, dict]], setup:
 def heldout_table(result: dict, only: str | None = None) -> list[str]:
     """Markdown lines of the held-out table of ``result`` (the rows of arm ``only``, when given)."""
     lines = [f"| arm | prompt set | attack | metric | seeds | mean over seeds | difference vs {result['baseline']} | "
-             "pairs | reading |", "|---|---|---|---|---:|---|---|---:|---|"]
+             "pairs | detectable (80%) | reading |", "|---|---|---|---|---:|---|---|---:|---:|---|"]
     for row in result["rows"]:
         if only is not None and row["arm"] != only:
             continue
@@ -457,7 +478,7 @@ def heldout_table(result: dict, only: str | None = None) -> list[str]:
         lines.append(f"| {row['arm']} | {row['prompt_set']} | {row['attack']} | {name} | {row['over_seeds']['n']} | "
                      f"{_interval(row['over_seeds'], d)} | "
                      f"{_interval(diff, d, sign=True) if diff else '–'} | {diff['n'] if diff else '–'} | "
-                     f"{row['reading']} |")
+                     f"{_num((row.get('mde') or {}).get('mde'), d)} | {row['reading']} |")
     return lines
 
 
