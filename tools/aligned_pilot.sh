@@ -93,7 +93,7 @@ JOB
     fi
     # files come back at most 16 MiB each: a larger adapter (r 64 is ~38 MiB) travels in 15 MiB parts + its sha256
     for f in "$O"/adapter/*; do
-      [ "$(stat -c %s "$f")" -gt $((15 * 1024 * 1024)) ] || continue
+      [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt $((15 * 1024 * 1024)) ] || continue
       sha256sum "$f" | sed "s|  .*/|  |" > "$f.sha256"; split -b 15M -d "$f" "$f.part-" && rm "$f"
     done
     # the GRPO pilot's newest checkpoint (LoRA weights + optimizer state), so that the run continues elsewhere
