@@ -39,6 +39,8 @@ def test_paired_differences_by_question(tmp_path):
     assert row["metrics"]["refusal"]["mean"] == pytest.approx(25.0)  # one of the four pairs went 0 -> 100
     text = comparison_markdown(result)
     assert "| qa:dev | none | EM | 4 | 0.500 | 0.750 | 0.250 [" in text and "1 only after (left out)" in text
+    # one pair of four moved by 1: sd 0.5, so (1.96 + 0.84) x 0.5 / 2 = 0.700 is the smallest difference detectable
+    assert em["mde"] == pytest.approx(0.7004, abs=1e-3) and "] | 0.700 |" in text
 
 
 def test_compare_refuses_what_it_cannot_pair(tmp_path):

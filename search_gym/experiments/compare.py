@@ -18,7 +18,7 @@ from search_gym.data.corpus import file_fingerprint
 from search_gym.experiments.common import read_jsonl
 from search_gym.experiments.evaluation import Cell, finished_cells, primary_judges
 from search_gym.rollout.metrics import METRICS, episode_metrics
-from search_gym.stats import paired_bootstrap_ci
+from search_gym.stats import paired_bootstrap_ci, paired_mde
 
 DIGITS = {"searches": 2, "invalid": 2, "em": 3}
 
@@ -83,6 +83,7 @@ def compare_evals(before: str | os.PathLike, after: str | os.PathLike, *, metric
             both = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None and x == x and y == y]
             ci["before"] = sum(x for x, _ in both) / len(both) if both else None
             ci["after"] = sum(y for _, y in both) / len(both) if both else None
+            ci["mde"] = paired_mde(xs, ys)["mde"]  # what "the interval includes 0" can rule out
             stats[m] = ci
         rows.append({"prompt_set": a_cell.prompt_set, "attack": key[1], "agents": [a_cell.agent, b_cell.agent],
                      "paired": len(ids), "only_before": len(a) - len(ids), "only_after": len(b) - len(ids),
@@ -95,10 +96,13 @@ def _fmt(value, digits: int) -> str:
 
 
 def comparison_markdown(result: dict, metrics: list[str] | None = None) -> str:
-    """One row per (cell, metric): before, after, the paired difference and its 95% interval, and n pairs."""
-    lines = [f"before: `{result['before']}`; after: `{result['after']}` (after - before, paired by question)", "",
-             "| prompt set | attack | metric | n | before | after | difference [95% CI] |",
-             "|---|---|---|---:|---:|---:|---|"]
+    """One row per (cell, metric): before, after, the paired difference and its 95% interval, n pairs, and the
+    smallest true difference these pairs detect with 80% power (two-sided 5%; :func:`search_gym.stats.paired_mde`)."""
+    lines = [f"before: `{result['before']}`; after: `{result['after']}` (after - before, paired by question; "
+             "detectable (80%): the smallest true difference a two-sided 5% test on these pairs finds with 80% "
+             "power)", "",
+             "| prompt set | attack | metric | n | before | after | difference [95% CI] | detectable (80%) |",
+             "|---|---|---|---:|---:|---:|---|---:|"]
     for row in result["cells"]:
         for m, s in row["metrics"].items():
             if metrics and m not in metrics:
@@ -108,7 +112,7 @@ def comparison_markdown(result: dict, metrics: list[str] | None = None) -> str:
             d = DIGITS.get(m, 1)
             lines.append(f"| {row['prompt_set']} | {row['attack']} | {METRICS.get(m, m)} | {s['n']} | "
                          f"{_fmt(s['before'], d)} | {_fmt(s['after'], d)} | {_fmt(s['mean'], d)} "
-                         f"[{_fmt(s['lo'], d)}, {_fmt(s['hi'], d)}] |")
+                         f"[{_fmt(s['lo'], d)}, {_fmt(s['hi'], d)}] | {_fmt(s.get('mde'), d)} |")
     unpaired = [r for r in result["cells"] if r["only_before"] or r["only_after"]]
     for r in unpaired:
         lines.append(f"\n{r['prompt_set']} / {r['attack']}: {r['only_before']} questions only before, "
