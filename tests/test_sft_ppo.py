@@ -536,3 +536,61 @@ def test_ppo_accumulated_passes_equal_one_pass(tokenizer, tiny_qa_path, tiny_cor
                     list(split.model.parameters()) + list(split.value_head.parameters())):
         assert torch.allclose(a, b, atol=3e-3 * step, rtol=0), float((a - b).abs().max()) / step
     assert any(not torch.equal(a, b) for a, b in zip(whole.model.parameters(), model.parameters()))  # it moved
+
+
+def test_edgy_extra_source_is_off_by_default_and_trains_only(tokenizer, tiny_qa_path, tiny_corpus_path, tmp_path):
+    """``edgy_extra_limit`` adds the search_gym/data/edgy_benign_sft.json questions, answered after a search by the
+    helpful teacher, drawn by the seeded subset and repeated ``edgy_extra_repeat`` times; nothing of them reaches
+    dev/ (training rows only), and the default adds none."""
+    import json
+    from importlib.resources import files
+
+    from search_gym.trainers.sft import SOURCES, build_sft_episodes
+    from search_gym.trainers.sft_config import SFTConfig
+
+    written = {p["question"] for p in json.loads(files("search_gym.data").joinpath(
+        "edgy_benign_sft.json").read_text())["prompts"]}
+    assert len(written) == 144
+
+    def build(root, **fields):
+        return build_sft_episodes(
+            SFTConfig(teacher="aligned", progress=False, dev_split=True, **fields), tokenizer, num_envs=4,
+            progress=False, root=root, datasets={"qa": (str(tiny_qa_path), "train"), "harmful": None, "benign": None},
+            env_kwargs={"retriever": WordOverlapRetriever(tiny_corpus_path)})
+
+    group = list(SOURCES).index("edgy_extra")
+    assert not [ep for ep in build(tmp_path / "off") if ep.group == group]
+    once = [ep for ep in build(tmp_path / "on", edgy_extra_limit=6) if ep.group == group]
+    assert 0 < len({ep.question for ep in once}) <= 6 and {ep.question.strip() for ep in once} <= written
+    from search_gym.agents.teachers import REFUSALS
+
+    assert all(ep.num_searches > 0 and ep.answered and ep.answer not in REFUSALS for ep in once)
+    twice = [ep for ep in build(tmp_path / "twice", edgy_extra_limit=6, edgy_extra_repeat=2) if ep.group == group]
+    assert len(twice) == 2 * len(once)
+    assert (tmp_path / "on" / "sources" / "edgy_extra.jsonl").is_file()
+    assert not (tmp_path / "on" / "dev" / "edgy_extra.jsonl").exists()
+
+
+@pytest.mark.needs_asset("minilm")
+def test_edgy_extra_prompts_stay_clear_of_every_evaluation_prompt():
+    """The written edgy prompts are training data: none may sit near a validation or held-out prompt (benign, harmful,
+    the judges' val requests). The rule of the file's "decontamination" field: all-MiniLM-L6-v2 cosine <= 0.80."""
+    import json
+    from importlib.resources import files
+
+    from search_gym.build import load_questions
+    from search_gym.corpora.judge_data import load_judge_rows, split_for_bundled
+    from search_gym.retrieval.encoders import load_encoder
+
+    written = [p["question"] for p in json.loads(files("search_gym.data").joinpath(
+        "edgy_benign_sft.json").read_text())["prompts"]]
+    evaluation = [q.question for kind in ("benign", "harmful") for q in load_questions(kind, "heldout")]
+    evaluation += [q.question for kind in ("benign", "harmful") for q in load_questions(kind, "train")
+                   if split_for_bundled(q.id, "train") == "val"]
+    evaluation += [r["text"] for r in load_judge_rows("val") if r["kind"] == "request"]
+    encoder = load_encoder("minilm")
+    a = encoder.encode(written, normalize_embeddings=True, show_progress_bar=False)
+    b = encoder.encode(evaluation, normalize_embeddings=True, show_progress_bar=False, batch_size=128)
+    closest = (a @ b.T).max(axis=1)
+    assert len(evaluation) > 1000 and float(closest.max()) <= 0.80, [
+        (written[i], round(float(closest[i]), 3)) for i in range(len(written)) if closest[i] > 0.80]

@@ -9,7 +9,10 @@ Data (:func:`build_sft_episodes`), played in the environment so the tokens are e
   refusal teacher writes a refusal inside the forced ``<search>`` or a deflecting query, then refuses;
 - optionally the judges' train requests (:mod:`search_gym.corpora.judge_data`): benign instruction-style requests
   answered helpfully and the harmful twins of the matched pairs refused, in the same forms, so that what a request
-  asks, not how it is phrased, decides a refusal.
+  asks, not how it is phrased, decides a refusal;
+- optionally (``edgy_extra_limit``) benign-but-edgy questions written for this warm start
+  (``search_gym/data/edgy_benign_sft.json``: drug safety, history, law, defensive security ...), answered after a
+  search: training rows only, kept clear of every validation and held-out prompt.
 With ``dev_split`` every source's validation rows (the project's one definition of validation, the judges' split)
 are written to ``output_dir/dev/`` and never trained on: a recipe is chosen there, the held-out sets only report.
 ``teacher`` picks the agents: ``fixed`` (the first warm start: one sentence before every search, the question as
@@ -72,6 +75,7 @@ SOURCES = {
     "harmful_pairs": ("judge:harmful_requests", "train", "refusal"),
     # last, so the seeded draws (salted by position) of the sources above stay what they were
     "harmful_search": ("harmful", "train", "refusal"),  # played under the search attack (SEARCH_ATTACK_SOURCES)
+    "edgy_extra": ("package:edgy_benign_sft.json", "train", "helpful"),  # search_gym/data: written for the SFT
 }
 
 
@@ -109,6 +113,16 @@ def _judge_requests(label: int, split: str) -> list[dict]:
             for r in load_judge_rows(split) if r["kind"] == "request" and int(r["label"]) == label]
 
 
+def _package_questions(name: str) -> list[dict]:
+    """The question rows of a training-only file shipped in :mod:`search_gym.data` (``{"prompts": [{"id",
+    "question", ...}]}``), as question rows."""
+    from importlib.resources import files
+
+    doc = json.loads(files("search_gym.data").joinpath(name).read_text(encoding="utf-8"))
+    return [{"id": p["id"], "question": p["question"], "golden_answers": [],
+             "metadata": {k: v for k, v in p.items() if k not in ("id", "question")}} for p in doc["prompts"]]
+
+
 def _write_questions(path: Path, rows: list[dict]) -> str:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return str(path)
@@ -136,7 +150,10 @@ def _resolve(config: SFTConfig, root: Path) -> tuple[dict[str, tuple[str, str, s
     part of the carve whose validation rows were written to ``root/dev``, for :func:`build_sft_episodes`."""
     out, train_ids = {}, {}
     for name, (dataset, split, teacher) in SOURCES.items():
-        if dataset.startswith("judge:"):
+        if dataset.startswith("package:"):  # training-only rows: nothing of them goes to dev/
+            out[name] = (_write_questions(root / "sources" / f"{name}.jsonl", _package_questions(
+                dataset.removeprefix("package:"))), split, teacher)
+        elif dataset.startswith("judge:"):
             label = 0 if dataset == "judge:benign_requests" else 1
             out[name] = (_write_questions(root / "sources" / f"{name}.jsonl", _judge_requests(label, "train")),
                          split, teacher)
@@ -173,7 +190,7 @@ def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None 
                          "request itself under a forced <search>)")
     limits = {"qa": config.qa_limit, "harmful": config.harmful_limit, "benign": config.benign_limit,
               "instruct": config.instruct_limit, "harmful_pairs": config.pair_harmful_limit,
-              "harmful_search": config.harmful_search_limit}
+              "harmful_search": config.harmful_search_limit, "edgy_extra": config.edgy_extra_limit}
     needed = {k: v for k, v in SOURCES.items() if limits[k] >= 0 and k not in (datasets or {})}
     sources, train_ids = _resolve(config, Path(root or config.output_dir)) if needed else ({}, {})
     sources = {k: v for k, v in sources.items() if k in needed}
@@ -217,7 +234,7 @@ def build_sft_episodes(config: SFTConfig, tokenizer, *, env_kwargs: dict | None 
             if keep:
                 ep.group = salt
                 times = {"qa": config.qa_repeat, "benign": config.benign_repeat,
-                         "instruct": config.instruct_repeat}.get(name, 1)
+                         "instruct": config.instruct_repeat, "edgy_extra": config.edgy_extra_repeat}.get(name, 1)
                 if name == "qa" and config.qa_lower_passage_repeat != 1 and answered_from_lower_passage(
                         ep, tokenizer, golden.get(ep.question.strip())):
                     times *= config.qa_lower_passage_repeat

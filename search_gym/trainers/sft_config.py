@@ -54,6 +54,13 @@ class SFTConfig(TrainConfig):
                                       "the refusal teacher: what an aligned model writes when made to search "
                                       "(0: all, -1: none; needs teacher 'aligned', whose refusal teacher answers a "
                                       "forced search)", default=-1)
+    edgy_extra_limit: int = _help("benign-but-edgy questions written for this warm start (search_gym/data/"
+                                  "edgy_benign_sft.json, 144: pharmacology and drug safety, history of atrocities "
+                                  "and covert programmes, criminal law, defensive security, toxicology, extremism "
+                                  "and weapons as subjects of study, harm reduction) answered after a search; "
+                                  "training only, kept clear of every evaluation prompt (0: all, -1: none)",
+                                  default=-1)
+    edgy_extra_repeat: int = _help("times each of those trajectories appears", default=1)
     dev_split: bool = _help("hold the project's validation split out of the trajectories (prompts whose id hashes to "
                             "'val' by search_gym.corpora.judge_data.split_for_bundled, and the judges' val rows) and "
                             "write it to output_dir/dev/*.jsonl, for choosing a recipe without the held-out sets",
