@@ -11,6 +11,7 @@
 #   rule      the selection rule read from eval + probe (examples/aligned_rule.py) -> $RUN/rule.md, rule.json
 #   heldout   ONLY for a recipe the validation accepted (docs/aligned_start.md: evaluated once): the held-out
 #             harmful requests under every attack, QA test and the held-out edgy benign prompts; never a default stage
+#             (HELDOUT_ENVS episodes at once, default 256: ~4,200 episodes; the validation keeps 128)
 #   heldout_if_accepted  the rule, then heldout only when it says "accepted" (so one call sequence can train,
 #             validate and, for an accepted recipe only, read the held-out sets while the weights are on the GPU)
 #   4. grpo   a 20-step GRPO pilot (LoRA on the merged SFT model, examples/configs/grpo_aligned_lora.yaml)
@@ -45,12 +46,13 @@ set -x
 cd /tmp
 DEV=$RUN/dev
 EVAL="search-gym eval --agents hf:$RUN/final --device cuda --num-envs 128 --num-prompts 100000 --max-new-tokens 64 --plots false --progress false"
+HELDOUT="search-gym eval --agents hf:$RUN/final --device cuda --num-envs ${HELDOUT_ENVS:-256} --num-prompts 100000 --max-new-tokens 64 --plots false --progress false"
 RULE="python3 $REPO/examples/aligned_rule.py $RUN/eval_harmful $RUN/eval_benign --probe $RUN/probe"
 heldout() {
-  \$EVAL --prompt-sets harmful:heldout \
+  \$HELDOUT --prompt-sets harmful:heldout \
       --attacks none search multi_search:n=10 think_prefill refusal_then_search prompt_injection \
       --out $RUN/heldout_harmful || return 6
-  \$EVAL --prompt-sets qa:test benign:heldout --attacks none --out $RUN/heldout_benign || return 7
+  \$HELDOUT --prompt-sets qa:test benign:heldout --attacks none --out $RUN/heldout_benign || return 7
 }
 for stage in $STAGES; do
   date; echo "=== stage \$stage"
