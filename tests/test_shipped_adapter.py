@@ -74,8 +74,9 @@ def test_shipped_adapter_refuses_a_missing_unlisted_or_damaged_file(bundled_lora
 
 
 def test_the_shipped_adapter_is_intact_and_loads():
-    """The committed adapter itself: its weights match SHA256SUMS, it is bf16 LoRA of rank 16 on every linear layer
-    of the bundled model, and the aligned agent refuses a harmful request with it (greedy, zero-shot)."""
+    """The committed adapter itself: its weights match SHA256SUMS, it is a bf16 LoRA whose tensors have the rank its
+    config says, on every linear layer of the bundled model, and the aligned agent refuses a harmful request with
+    it (greedy, zero-shot)."""
     import json
 
     from safetensors.torch import load_file
@@ -84,9 +85,12 @@ def test_the_shipped_adapter_is_intact_and_loads():
 
     folder = shipped_adapter("smollm2-aligned")
     config = json.loads((folder / "adapter_config.json").read_text())
-    assert config["r"] == 16 and config["peft_type"] == "LORA"
+    assert config["peft_type"] == "LORA" and config["r"] in (16, 64)  # recipe 1 ships r 16; recipes 2a-6 are r 64
     weights = load_file(str(folder / ADAPTER_WEIGHTS))
     assert all(w.dtype == torch.bfloat16 for w in weights.values()) and all("lora_" in k for k in weights)
+    assert {w.shape[0] for k, w in weights.items() if "lora_A" in k} == {config["r"]}
+    assert {k.split(".")[-3] for k in weights if "lora_A" in k} >= {"q_proj", "k_proj", "v_proj", "o_proj",
+                                                                     "gate_proj", "up_proj", "down_proj"}
     import gymnasium as gym
 
     import search_gym  # noqa: F401  (the env ids)
