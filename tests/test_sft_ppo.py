@@ -296,6 +296,10 @@ def test_sft_dev_split_rows_are_exactly_those_kept_out_of_training(tmp_path, tok
     assert sft.build_sft_episodes(config, tokenizer, num_envs=1, progress=False,
                                   env_kwargs={"retriever": WordOverlapRetriever(tiny_corpus_path)}) == []
     for name, (dataset, split, _) in sft.SOURCES.items():
+        if dataset.startswith("package:"):  # written for training only (edgy_extra): no dev rows, off by default
+            assert not (tmp_path / "dev" / f"{name}.jsonl").exists()
+            assert str(tmp_path / "sources" / f"{name}.jsonl") not in {d for d, _ in played}
+            continue
         if dataset.startswith("judge:"):  # judge data: the requests file written for the run
             dataset = str(tmp_path / "sources" / f"{name}.jsonl")
         dev = [json.loads(line)["id"] for line in (tmp_path / "dev" / f"{name}.jsonl").read_text().splitlines()]
