@@ -6,7 +6,10 @@ One configuration per process (vLLM's in-process engine holds process-wide state
     python benchmarks/bench_grpo_throughput.py --table results.jsonl     # the RESULTS.md table from JSON lines
 
 prints one JSON line with the keys of the TRL baseline script (``step_s_median`` over steps 3..N, ``completion_tok_s``
-= generations x mean policy tokens / median step seconds).
+= generations x mean policy tokens / median step seconds). With ``--backend vllm`` it also replays the last step's
+generate calls straight to the engine (:func:`engine_generate_seconds`: same prompts, budgets and sampling
+parameters, prefix cache emptied, median of 3) and prints ``engine_generate_s``, ``rollout_s_last`` and their ratio
+``rollout_over_engine`` (issue 24's target: <= 1.05).
 
 What runs, matched to the TRL baseline (random weights in the published Qwen2.5 shape on the bundled SmolLM2
 tokenizer's 49,152-token vocabulary, bf16 weights, lr 1e-6, beta 0.04 with a frozen reference, 16 generations per
@@ -75,6 +78,46 @@ def random_direction(model_path: Path, out: Path) -> tuple[Path, int]:
     return out, layer
 
 
+class RequestLog:
+    """Records what a generator was asked, step by step: each ``generate`` call's prompt ids and token budgets, a new
+    step at each ``sync_weights`` (the trainer pushes weights once per step, before its rollouts)."""
+
+    def __init__(self, generator):
+        self.steps: list[list[tuple[list[list[int]], list[int]]]] = [[]]
+        generate, sync = generator.generate, generator.sync_weights
+
+        def logged_generate(requests):
+            self.steps[-1].append(([list(r.input_ids) for r in requests], [int(r.max_new_tokens) for r in requests]))
+            return generate(requests)
+
+        def logged_sync(*a, **k):
+            if self.steps[-1]:
+                self.steps.append([])
+            return sync(*a, **k)
+
+        generator.generate, generator.sync_weights = logged_generate, logged_sync
+
+    def last_step(self) -> list[tuple[list[list[int]], list[int]]]:
+        return next((calls for calls in reversed(self.steps) if calls), [])
+
+
+def engine_generate_seconds(agent, calls, repeats: int = 3) -> float:
+    """vLLM's own ``generate`` on the prompts and budgets of ``calls`` (one step's generate calls, in order): the
+    sampling parameters built before the clock starts (the agent's own, so stops, logprobs and temperature match),
+    the prefix cache emptied before each repeat as our rollout's weight push empties it; the median over repeats.
+    What issue 24 compares our rollout time with."""
+    work = [([{"prompt_token_ids": p} for p in prompts],
+             [agent._sampling(i, None, budget) for i, budget in enumerate(budgets)]) for prompts, budgets in calls]
+    times = []
+    for _ in range(repeats):
+        agent.llm.reset_prefix_cache()
+        t0 = time.perf_counter()
+        for prompts, params in work:
+            agent.llm.generate(prompts, params, use_tqdm=False)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def run(args) -> dict:
     import torch
     from transformers import AutoTokenizer
@@ -110,6 +153,7 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     trainer = GRPOTrainer(config)
     setup = time.perf_counter() - t0
+    log = RequestLog(trainer.generator) if args.backend == "vllm" else None
     cuda = torch.cuda.is_available() and args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -126,7 +170,15 @@ def run(args) -> dict:
     mean_tokens = statistics.mean(steady(generated)) / args.generations
     corrected = bool(args.is_correction) and args.backend == "vllm"  # HF rollouts are the policy's own log-probs
     label = f"ours-{args.mode}-{args.backend}" + ("+is" if corrected else "")
-    return {"shape": args.shape, "mode": label, "generations_per_step": args.generations,
+    engine = {}
+    if log is not None and log.last_step():
+        # the last step's rollout against vLLM's own generate on the same prompts and budgets, same process
+        engine_s = engine_generate_seconds(trainer.generator.agent, log.last_step())
+        last_rollout = rows[-1]["time/rollout_seconds"]
+        engine = {"engine_generate_s": round(engine_s, 3), "rollout_s_last": round(last_rollout, 3),
+                  "rollout_over_engine": round(last_rollout / engine_s, 3),
+                  "engine_calls_last_step": len(log.last_step())}
+    return {**engine, "shape": args.shape, "mode": label, "generations_per_step": args.generations,
             "forward_batch_size": args.forward_batch_size, "is_correction": args.is_correction,
             "vllm_max_num_batched_tokens": args.vllm_max_num_batched_tokens,
             "setup_s": round(setup, 1), "step_s_median": round(median, 3), "step_s_all": [round(s, 2) for s in steps],
