@@ -29,7 +29,6 @@ form (:func:`parse_tool_calls`). The rendering and the tool-call helpers live in
 from __future__ import annotations
 
 import inspect
-
 import os
 import weakref
 from collections.abc import Iterable, Sequence
@@ -76,7 +75,6 @@ from search_gym.envs.protocol import STOP_STRINGS, TOOL_CALL_STOP, parse_tool_ca
 _STOP_CRITERIA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-
 def returned_cache(out: Any) -> Any:
     """The KV cache a forward or ``generate`` returned: ``out["cache"]`` from transformers 5.2x on,
     ``out.past_key_values`` before (deprecated there, removed in 5.40)."""
@@ -87,6 +85,7 @@ def cache_argument(model: Any, cache: Any) -> dict:
     """The keyword that passes a KV cache to ``model``'s forward under the installed transformers (``cache`` from
     5.2x on, ``past_key_values`` before)."""
     return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
 
 class _ChosenLogprobs:
     """Logits processor that applies the sampling temperature and records log_softmax(logits / T)[chosen token].
