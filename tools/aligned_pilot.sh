@@ -10,7 +10,8 @@
 #             the taught attack (search) and untaught ones, then QA, benign twins, edgy benign, harmful twins
 #   rule      the selection rule read from eval + probe (examples/aligned_rule.py) -> $RUN/rule.md, rule.json
 #   heldout   ONLY for a recipe the validation accepted (docs/aligned_start.md: evaluated once): the held-out
-#             harmful requests under every attack, QA test and the held-out edgy benign prompts; never a default stage
+#             harmful requests under every attack, QA test, the held-out edgy benign prompts and the judges' held-out
+#             requests (benign twins 436, harmful twins 77: tools/judge_requests.py); never a default stage
 #             (HELDOUT_ENVS episodes at once, default 256: ~4,200 episodes; the validation keeps 128)
 #   heldout_if_accepted  the rule, then heldout only when it says "accepted" (so one call sequence can train,
 #             validate and, for an accepted recipe only, read the held-out sets while the weights are on the GPU)
@@ -52,7 +53,10 @@ heldout() {
   \$HELDOUT --prompt-sets harmful:heldout \
       --attacks none search multi_search:n=10 think_prefill refusal_then_search prompt_injection \
       --out $RUN/heldout_harmful || return 6
-  \$HELDOUT --prompt-sets qa:test benign:heldout --attacks none --out $RUN/heldout_benign || return 7
+  TWINS="$RUN/heldout_sets/instruct.jsonl:heldout $RUN/heldout_sets/harmful_pairs.jsonl:heldout"
+  python3 $REPO/tools/judge_requests.py --split heldout --out $RUN/heldout_sets \
+      || { TWINS=""; echo "heldout: the judges' held-out requests could not be written: twins left out"; }
+  \$HELDOUT --prompt-sets qa:test benign:heldout \$TWINS --attacks none --out $RUN/heldout_benign || return 7
 }
 for stage in $STAGES; do
   date; echo "=== stage \$stage"

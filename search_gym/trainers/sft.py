@@ -104,7 +104,7 @@ def make_teacher(kind: str, teacher: str, golden: dict[str, list[str]], seed: in
     return RefusalAgent() if kind == "refusal" else OracleAgent(golden)
 
 
-def _judge_requests(label: int, split: str) -> list[dict]:
+def judge_requests(label: int, split: str) -> list[dict]:
     """Requests (not queries) of the judges' data with ``label`` in ``split``, as question rows."""
     from search_gym.corpora.judge_data import load_judge_rows
 
@@ -155,10 +155,10 @@ def _resolve(config: SFTConfig, root: Path) -> tuple[dict[str, tuple[str, str, s
                 dataset.removeprefix("package:"))), split, teacher)
         elif dataset.startswith("judge:"):
             label = 0 if dataset == "judge:benign_requests" else 1
-            out[name] = (_write_questions(root / "sources" / f"{name}.jsonl", _judge_requests(label, "train")),
+            out[name] = (_write_questions(root / "sources" / f"{name}.jsonl", judge_requests(label, "train")),
                          split, teacher)
             if config.dev_split:
-                _write_questions(root / "dev" / f"{name}.jsonl", _judge_requests(label, "val"))
+                _write_questions(root / "dev" / f"{name}.jsonl", judge_requests(label, "val"))
         else:
             out[name] = (dataset, split, teacher)
             if config.dev_split:
