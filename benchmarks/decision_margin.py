@@ -25,20 +25,23 @@ import numpy as np
 
 def no_attack_episodes(eval_dirs: list[Path]) -> list[dict]:
     """The no-attack trajectories of the folders, each with its prompt set's short name."""
+    from search_gym.experiments.common import read_jsonl
+
     rows = []
     for folder in eval_dirs:
         for path in sorted((folder / "trajectories").glob("*__none.jsonl")):
-            name = path.name.split("__")[1]
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    rows.append({**json.loads(line), "set": name})
+            rows += [{**row, "set": path.name.split("__")[1]} for row in read_jsonl(path)]
     if not rows:
         raise FileNotFoundError(f"no no-attack trajectories (*__none.jsonl) under {[str(d) for d in eval_dirs]}")
     return rows
 
 
 def first_turn_refused(row: dict) -> bool:
-    return bool(row["infos"][0]["safety"]["refused"].get("refusal_substring"))
+    """The evaluation's own first-turn refusal (``refusal_first`` of :func:`search_gym.rollout.metrics.episode_metrics`,
+    the episode's refusal judge)."""
+    from search_gym.rollout.metrics import episode_metrics
+
+    return episode_metrics(row)["refusal_first"] == 100.0
 
 
 def candidates(question: str) -> tuple[list[str], list[str]]:

@@ -46,8 +46,9 @@ case "${1:-}" in
 set -x
 cd /tmp
 DEV=$RUN/dev
-EVAL="search-gym eval --agents hf:$RUN/final --device cuda --num-envs 128 --num-prompts 100000 --max-new-tokens 64 --plots false --progress false"
-HELDOUT="search-gym eval --agents hf:$RUN/final --device cuda --num-envs ${HELDOUT_ENVS:-256} --num-prompts 100000 --max-new-tokens 64 --plots false --progress false"
+EVAL_COMMON="search-gym eval --agents hf:$RUN/final --device cuda --num-prompts 100000 --max-new-tokens 64 --plots false --progress false"
+EVAL="\$EVAL_COMMON --num-envs 128"
+HELDOUT="\$EVAL_COMMON --num-envs ${HELDOUT_ENVS:-256}"
 RULE="python3 $REPO/examples/aligned_rule.py $RUN/eval_harmful $RUN/eval_benign --probe $RUN/probe"
 heldout() {
   \$HELDOUT --prompt-sets harmful:heldout \

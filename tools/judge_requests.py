@@ -5,31 +5,18 @@ files the SFT data build writes (docs/aligned_start.md).
     # -> RUN/heldout_sets/instruct.jsonl (the benign requests: imperatives, how-tos, the benign twins of the matched
     #    pairs; 436 in heldout) and harmful_pairs.jsonl (the harmful twins; 77)
 
-The same rows and file layout as `search_gym.trainers.sft` writes for the validation split (instruct.jsonl,
-harmful_pairs.jsonl in dev/), so `examples/aligned_rule.py` reads a held-out evaluation of them like a validation.
+The SFT build's own writer (`search_gym.trainers.sft.write_judge_sources`), so `--split val` gives dev/'s
+instruct.jsonl and harmful_pairs.jsonl byte for byte, and `examples/aligned_rule.py` reads a held-out evaluation of
+these files like a validation.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from search_gym.trainers.sft import judge_requests
-
-FILES = {"instruct": 0, "harmful_pairs": 1}  # file stem -> the judges' label (0 benign, 1 harmful)
-
-
-def write(split: str, out: Path) -> dict[str, int]:
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for stem, label in FILES.items():
-        rows = judge_requests(label, split)
-        (out / f"{stem}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                           encoding="utf-8")
-        counts[stem] = len(rows)
-    return counts
+from search_gym.trainers.sft import write_judge_sources
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", required=True, choices=("train", "val", "heldout"))
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
-    counts = write(args.split, args.out)
-    print(f"judge requests ({args.split}) -> {args.out}: " + ", ".join(f"{k}.jsonl {v}" for k, v in counts.items()))
+    written = write_judge_sources(args.out, args.split)
+    counts = ", ".join(f"{Path(p).name} {len(Path(p).read_text(encoding='utf-8').splitlines())}"
+                       for p in written.values())
+    print(f"judge requests ({args.split}) -> {args.out}: {counts}")
     return 0
 
 

@@ -26,19 +26,23 @@ took() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f s", b-a}'; }
 T0=$(now)
 mkdir -p "$SITE" "$STORE"
 
-# 1. third-party wheels (re-installed only when the set of carried wheels changes)
-if compgen -G ".whl/*.whl" >/dev/null; then
-  stamp=$(cd .whl && ls -l --time-style=+ *.whl | awk '{print $5, $NF}' | sha256sum | cut -c1-16)
+# 1. third-party wheels (re-installed only when the set of wheels changes): those carried in .whl/ now, or (3b)
+# those that travelled inside the data parts, once extracted
+install_wheels() {  # install_wheels DIR WHAT
+  compgen -G "$1/*.whl" >/dev/null || return 0
+  local stamp t
+  stamp=$(cd "$1" && ls -l --time-style=+ *.whl | awk '{print $5, $NF}' | sha256sum | cut -c1-16)
   if [ "$(cat "$SITE/.wheels" 2>/dev/null)" != "$stamp" ]; then
     t=$(now)
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
-      || { echo "unpack: wheel install failed" >&2; exit 1; }
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$1"/*.whl \
+      || { echo "unpack: wheel install ($2) failed" >&2; exit 1; }
     echo "$stamp" > "$SITE/.wheels"
-    echo "unpack: installed $(ls .whl/*.whl | wc -l) wheels into $SITE ($(took "$t"))"
+    echo "unpack: installed $(ls "$1"/*.whl | wc -l) wheels ($2) into $SITE ($(took "$t"))"
   else
-    echo "unpack: wheels already installed in $SITE"
+    echo "unpack: wheels ($2) already installed in $SITE"
   fi
-fi
+}
+install_wheels .whl "carried"
 
 # 2. gather the data parts carried by this call
 if [ -f .devdata/SHA256SUMS ] && ! cmp -s .devdata/SHA256SUMS "$STORE/SHA256SUMS"; then
@@ -68,16 +72,7 @@ if [ "$(cat "$DEST/.extracted" 2>/dev/null)" != "$SUMS_ID" ]; then
 fi
 
 # 3b. the wheels that travelled inside the data (prepare.sh packs .whl/ into sg/wheels/), same stamp as step 1
-if compgen -G "$DEST/wheels/*.whl" >/dev/null; then
-  stamp=$(cd "$DEST/wheels" && ls -l --time-style=+ *.whl | awk '{print $5, $NF}' | sha256sum | cut -c1-16)
-  if [ "$(cat "$SITE/.wheels" 2>/dev/null)" != "$stamp" ]; then
-    t=$(now)
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-      "$DEST"/wheels/*.whl || { echo "unpack: wheel install (from the data) failed" >&2; exit 1; }
-    echo "$stamp" > "$SITE/.wheels"
-    echo "unpack: installed $(ls "$DEST"/wheels/*.whl | wc -l) wheels from the data into $SITE ($(took "$t"))"
-  fi
-fi
+install_wheels "$DEST/wheels" "from the data"
 
 # 4. search-gym from this call's working tree (setuptools and wheel are on the image)
 if [ "${SG_FROM_TREE:-1}" != 0 ] && [ -f pyproject.toml ] && grep -q '^name = "search-gym"' pyproject.toml; then

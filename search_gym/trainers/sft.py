@@ -113,6 +113,16 @@ def judge_requests(label: int, split: str) -> list[dict]:
             for r in load_judge_rows(split) if r["kind"] == "request" and int(r["label"]) == label]
 
 
+def write_judge_sources(folder: str | Path, split: str) -> dict[str, str]:
+    """The judge-data sources of :data:`SOURCES` (``instruct``: the benign requests; ``harmful_pairs``: the harmful
+    twins) of the judges' ``split``, one question file ``<name>.jsonl`` each in ``folder``: the run's training
+    sources (train), ``dev/`` (val), or their held-out analogue (heldout, ``tools/judge_requests.py``).
+    ``{name: path}``."""
+    return {name: _write_questions(Path(folder) / f"{name}.jsonl",
+                                   judge_requests(0 if dataset == "judge:benign_requests" else 1, split))
+            for name, (dataset, _, _) in SOURCES.items() if dataset.startswith("judge:")}
+
+
 def _package_questions(name: str) -> list[dict]:
     """The question rows of a training-only file shipped in :mod:`search_gym.data` (``{"prompts": [{"id",
     "question", ...}]}``), as question rows."""
@@ -149,16 +159,15 @@ def _resolve(config: SFTConfig, root: Path) -> tuple[dict[str, tuple[str, str, s
     """:func:`resolve_sources` and, with ``config.dev_split``, the train ids of every bundled source: the other
     part of the carve whose validation rows were written to ``root/dev``, for :func:`build_sft_episodes`."""
     out, train_ids = {}, {}
+    judge_files = write_judge_sources(root / "sources", "train")
+    if config.dev_split:
+        write_judge_sources(root / "dev", "val")
     for name, (dataset, split, teacher) in SOURCES.items():
         if dataset.startswith("package:"):  # training-only rows: nothing of them goes to dev/
             out[name] = (_write_questions(root / "sources" / f"{name}.jsonl", _package_questions(
                 dataset.removeprefix("package:"))), split, teacher)
         elif dataset.startswith("judge:"):
-            label = 0 if dataset == "judge:benign_requests" else 1
-            out[name] = (_write_questions(root / "sources" / f"{name}.jsonl", judge_requests(label, "train")),
-                         split, teacher)
-            if config.dev_split:
-                _write_questions(root / "dev" / f"{name}.jsonl", judge_requests(label, "val"))
+            out[name] = (judge_files[name], split, teacher)
         else:
             out[name] = (dataset, split, teacher)
             if config.dev_split:
