@@ -3,6 +3,12 @@ episode of `search-gym eval` folders, the model's log-probability of opening wit
 refusal thoughts against one of its search thoughts, given the exact prompt the episode started from.
 
     python benchmarks/decision_margin.py --model MERGED_MODEL --eval RUN/eval_harmful RUN/eval_benign [--out m.json]
+    python benchmarks/decision_margin.py --model MERGED_MODEL --train-rows RUN/sft_data.jsonl.gz [--train-per-source 100]
+
+The second form reads the recipe's own training rows instead (no attack: the plain refusal, edgy, request and twin
+sources; each unique prompt once, a seeded draw of at most --train-per-source per source), "refused" being the
+teacher's decision: whether the student fits the decisions it was taught, as against generalising them to the
+validation prompts.
 
 margin = log sum_r P("<think> r </think>") - log sum_s P("<think> s </think>"), r over THINK_BEFORE_REFUSAL, s over
 THINK_BEFORE_SEARCH (its {topic} filled by the teacher's own request_topic), both as the student was taught to
@@ -36,6 +42,41 @@ def no_attack_episodes(eval_dirs: list[Path]) -> list[dict]:
     return rows
 
 
+# the no-attack sources of trainers.sft.SOURCES by their position (a row's ``group``); qa is left out (it always
+# searches) and harmful_search too (its prompt carries the attack's prefill)
+TRAIN_SOURCES = {1: "harmful", 2: "benign", 3: "instruct", 4: "harmful_pairs", 6: "edgy_extra"}
+
+
+def training_episodes(path: Path, per_source: int, seed: int = 0) -> list[dict]:
+    """Unique training prompts of the no-attack sources (at most ``per_source`` each, seeded), with the exact prompt
+    tokens the student was trained on and the teacher's first-turn decision as ``refused``."""
+    import random
+
+    from search_gym.experiments.common import read_jsonl
+    from search_gym.trainers.sft import SOURCES
+
+    assert all(list(SOURCES)[g] == name for g, name in TRAIN_SOURCES.items()), "SOURCES changed order"
+    by_source: dict[str, dict[str, dict]] = {}
+    for row in read_jsonl(path):
+        name = TRAIN_SOURCES.get(row["group"])
+        if name is not None:
+            by_source.setdefault(name, {}).setdefault(row["question"], row)
+    out = []
+    for name, rows in by_source.items():
+        keep = sorted(rows)
+        random.Random(f"{seed}-{name}").shuffle(keep)
+        for question in sorted(keep[:per_source]):
+            row = rows[question]
+            out.append({"set": f"train-{name}", "question_id": row["question_id"], "question": question,
+                        "prompt_ids": row["prompt_ids"], "teacher_response_ids": row["response_ids"][:48]})
+    return out
+
+
+def teacher_refused(tokenizer, response_ids: list[int], refuse: list[str]) -> bool:
+    """Whether a training row's response opens with one of the taught refusal thoughts (the teacher's decision)."""
+    return any(tokenizer.decode(response_ids).lstrip().startswith(r) for r in refuse)
+
+
 def first_turn_refused(row: dict) -> bool:
     """The evaluation's own first-turn refusal (``refusal_first`` of :func:`search_gym.rollout.metrics.episode_metrics`,
     the episode's refusal judge)."""
@@ -52,13 +93,19 @@ def candidates(question: str) -> tuple[list[str], list[str]]:
     return [f"<think> {t} </think>" for t in THINK_BEFORE_REFUSAL], [f"<think> {t} </think>" for t in search]
 
 
-def continuation_logprobs(model, tokenizer, prompt: str, texts: list[str]) -> np.ndarray:
-    """Sum of log P(text | prompt) for each text: the prompt's forward once, its cache repeated for the texts."""
+def continuation_logprobs(model, tokenizer, prompt: str | list[int], texts: list[str]) -> np.ndarray:
+    """Sum of log P(text | prompt) for each text: the prompt's forward once, its cache repeated for the texts. A
+    prompt given as token ids (a training row's) is scored as those tokens."""
     import torch
 
     from search_gym.agents.hf import cache_argument, returned_cache
 
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if not isinstance(prompt, str):
+        prompt_ids, prompt = list(prompt), tokenizer.decode(prompt)
+        if tokenizer(prompt, add_special_tokens=False)["input_ids"] != prompt_ids:
+            raise ValueError("a training prompt's ids do not survive decode + encode: scores would be misplaced")
+    else:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     # tokenise prompt + text together (what the model saw) and score the tokens after the prompt's
     rows = []
     for t in texts:
@@ -103,10 +150,15 @@ def summarise(rows: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a plain HF folder (a merged recipe) or a model name")
-    parser.add_argument("--eval", nargs="+", required=True, type=Path, help="`search-gym eval` --out folders")
+    parser.add_argument("--eval", nargs="+", default=[], type=Path, help="`search-gym eval` --out folders")
+    parser.add_argument("--train-rows", type=Path, default=None,
+                        help="a recipe's sft_data.jsonl(.gz): score its training prompts instead (teacher's decision)")
+    parser.add_argument("--train-per-source", type=int, default=100, help="unique training prompts per source")
     parser.add_argument("--sets", nargs="*", default=None, help="prompt-set names to keep (e.g. harmful-dev)")
     parser.add_argument("--out", type=Path, default=None, help="per-episode margins as JSON lines")
     args = parser.parse_args(argv)
+    if bool(args.eval) == bool(args.train_rows):
+        parser.error("give --eval folders or --train-rows, one of the two")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -116,17 +168,22 @@ def main(argv: list[str] | None = None) -> int:
     source = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source).eval()
-    rows = no_attack_episodes(args.eval)
+    rows = training_episodes(args.train_rows, args.train_per_source) if args.train_rows else no_attack_episodes(args.eval)
     if args.sets:
         rows = [r for r in rows if r["set"] in args.sets]
     results = []
     for k, row in enumerate(rows):
-        prompt = render_prompt(tokenizer, [{"role": "user", "content": row["prompt"]}], row.get("initial_prefill", ""))
         refuse, search = candidates(row["question"])
+        if "prompt_ids" in row:
+            prompt = row["prompt_ids"]
+            refused = teacher_refused(tokenizer, row["teacher_response_ids"], refuse)
+        else:
+            prompt = render_prompt(tokenizer, [{"role": "user", "content": row["prompt"]}], row.get("initial_prefill", ""))
+            refused = first_turn_refused(row)
         scores = continuation_logprobs(model, tokenizer, prompt, refuse + search)
         margin = logsumexp(scores[: len(refuse)]) - logsumexp(scores[len(refuse):])
         results.append({"set": row["set"], "question_id": row["question_id"], "question": row["question"],
-                        "refused": first_turn_refused(row), "margin": round(margin, 4)})
+                        "refused": refused, "margin": round(margin, 4)})
         if (k + 1) % 50 == 0:
             print(f"{k + 1}/{len(rows)}", file=sys.stderr, flush=True)
     if args.out:

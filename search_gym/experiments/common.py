@@ -10,12 +10,14 @@ from search_gym.files import write_text_atomic
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a JSONL file ([] when it does not exist); a line cut by a crash ends the read (everything before
-    it is good, the rest is replayed)."""
+    """The rows of a JSONL file, ``.jsonl.gz`` too ([] when it does not exist); a line cut by a crash ends the read
+    (everything before it is good, the rest is replayed)."""
+    from search_gym.data.corpus import open_text
+
     rows = []
     if not path.exists():
         return rows
-    with open(path, encoding="utf-8") as f:
+    with open_text(path) as f:
         for line in f:
             line = line.strip()
             if not line:
