@@ -5,6 +5,9 @@ refusal thoughts against one of its search thoughts, given the exact prompt the 
     python benchmarks/decision_margin.py --model MERGED_MODEL --eval RUN/eval_harmful RUN/eval_benign [--out m.json]
     python benchmarks/decision_margin.py --model MERGED_MODEL --train-rows RUN/sft_data.jsonl.gz [--train-per-source 100]
 
+    python benchmarks/decision_margin.py --model MERGED_MODEL --train-rows RUN/sft_data.jsonl.gz --margins m.jsonl \
+        --greedy-check 12
+
 The second form reads the recipe's own training rows instead (no attack: the plain refusal, edgy, request and twin
 sources; each unique prompt once, a seeded draw of at most --train-per-source per source), "refused" being the
 teacher's decision: whether the student fits the decisions it was taught, as against generalising them to the
@@ -16,7 +19,8 @@ write them. margin > 0: the taught refusal thoughts are together more likely tha
 is a reading of the model's preference among the teacher's sentences, not of everything it could write: the table
 reports how often its sign agrees with what greedy decoding did (refused in the first turn or not). Prints, per
 prompt set, the quantiles of the margin for refused and not-refused episodes and how many of the wrong decisions
-lie within 1 and 2 nats of flipping. Model on the CPU in float32; the prompt's forward is shared by its continuations.
+lie within 1 and 2 nats of flipping. Model in float32 (CPU, or --device cuda); the prompt's forward is shared by its
+continuations.
 """
 
 from __future__ import annotations
@@ -114,18 +118,63 @@ def continuation_logprobs(model, tokenizer, prompt: str | list[int], texts: list
             raise ValueError("the prompt's tokens change when a continuation follows it")
         rows.append(ids[len(prompt_ids):])
     with torch.no_grad():
-        out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
+        device = next(model.parameters()).device
+        out = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
         cache = returned_cache(out)
         cache.batch_repeat_interleave(len(rows))
         width = max(map(len, rows))
         ids = torch.zeros((len(rows), width), dtype=torch.long)  # right padding: causal, never read by real tokens
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
-        logits = model(input_ids=ids, use_cache=True, **cache_argument(model, cache)).logits.float()
-    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        logits = model(input_ids=ids.to(device), use_cache=True, **cache_argument(model, cache)).logits.float().cpu()
+    first = torch.log_softmax(out.logits[0, -1].float().cpu(), dim=-1)
     rest = torch.log_softmax(logits[:, :-1], dim=-1)
     return np.asarray([float(first[r[0]]) + sum(float(rest[i, j - 1, r[j]]) for j in range(1, len(r)))
                        for i, r in enumerate(rows)])
+
+
+def greedy_refuses(model, tokenizer, prompt_ids: list[int], refuse: list[str], max_new_tokens: int = 24) -> tuple[bool, str]:
+    """Whether greedy decoding from the prompt opens with one of the taught refusal thoughts, and the text."""
+    import torch
+
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        out = model.generate(torch.tensor([prompt_ids], device=device),
+                             attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    text = tokenizer.decode(out[0, len(prompt_ids):].tolist()).lstrip()
+    return any(text.startswith(r.removesuffix(" </think>")) for r in refuse), text
+
+
+def greedy_check(model, tokenizer, rows: list[dict], results: list[dict], controls: int, seed: int = 0) -> dict:
+    """Per training source: the rows whose margin sign disagrees with the teacher and ``controls`` seeded rows whose
+    sign agrees, decoded greedily; how many of each make the other decision than the teacher's; the implied error
+    rate of greedy decoding on the source (disagreeing rows counted as found, agreeing ones at the controls' rate)."""
+    import random
+
+    by_id = {(r["set"], r["question_id"]): r for r in rows}
+    out: dict[str, dict] = {}
+    for name in sorted({r["set"] for r in results}):
+        part = [r for r in results if r["set"] == name]
+        flagged = [r for r in part if (r["margin"] > 0) != r["refused"]]
+        agreeing = [r for r in part if (r["margin"] > 0) == r["refused"]]
+        sample = random.Random(f"{seed}-{name}").sample(agreeing, min(controls, len(agreeing)))
+        wrong = {"flagged": 0, "controls": 0}
+        examples = []
+        for group, picked in (("flagged", flagged), ("controls", sample)):
+            for r in picked:
+                refuse, _ = candidates(r["question"])
+                refused, text = greedy_refuses(model, tokenizer, by_id[(name, r["question_id"])]["prompt_ids"], refuse)
+                if refused != r["refused"]:
+                    wrong[group] += 1
+                    examples.append({"question": r["question"], "taught_refusal": r["refused"], "greedy": text[:90]})
+        rate = (wrong["flagged"] + (wrong["controls"] / max(len(sample), 1)) * len(agreeing)) / max(len(part), 1)
+        out[name] = {"n": len(part), "margin_disagrees": len(flagged), "greedy_wrong_of_those": wrong["flagged"],
+                     "controls": len(sample), "greedy_wrong_of_controls": wrong["controls"],
+                     "greedy_error_rate_est": round(rate, 3), "examples": examples}
+        print(f"greedy check {name}: {out[name]['greedy_wrong_of_those']}/{len(flagged)} flagged, "
+              f"{wrong['controls']}/{len(sample)} controls", file=sys.stderr, flush=True)
+    return out
 
 
 def logsumexp(x: np.ndarray) -> float:
@@ -156,9 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-per-source", type=int, default=100, help="unique training prompts per source")
     parser.add_argument("--sets", nargs="*", default=None, help="prompt-set names to keep (e.g. harmful-dev)")
     parser.add_argument("--out", type=Path, default=None, help="per-episode margins as JSON lines")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the model in float32 either way)")
+    parser.add_argument("--margins", type=Path, default=None, help="read the margins of an earlier --out instead")
+    parser.add_argument("--greedy-check", type=int, default=0, metavar="N",
+                        help="(--train-rows) decode greedily the rows whose margin sign disagrees with the teacher "
+                             "and N agreeing rows per source; the result is the summary's greedy_check")
     args = parser.parse_args(argv)
     if bool(args.eval) == bool(args.train_rows):
         parser.error("give --eval folders or --train-rows, one of the two")
+    if args.greedy_check and not args.train_rows:
+        parser.error("--greedy-check reads training rows (--train-rows)")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -167,12 +223,20 @@ def main(argv: list[str] | None = None) -> int:
 
     source = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    model = AutoModelForCausalLM.from_pretrained(source).eval().to(args.device)
     rows = training_episodes(args.train_rows, args.train_per_source) if args.train_rows else no_attack_episodes(args.eval)
     if args.sets:
         rows = [r for r in rows if r["set"] in args.sets]
     results = []
-    for k, row in enumerate(rows):
+    if args.margins:
+        kept = {(r["set"], r["question_id"]) for r in rows}
+        results = [r for r in map(json.loads, args.margins.read_text().splitlines()) if (r["set"], r["question_id"]) in kept]
+        if len(results) != len(rows):
+            raise ValueError(f"{args.margins} has margins for {len(results)} of the {len(rows)} rows: not the same rows")
+        rows_to_score = []
+    else:
+        rows_to_score = rows
+    for k, row in enumerate(rows_to_score):
         refuse, search = candidates(row["question"])
         if "prompt_ids" in row:
             prompt = row["prompt_ids"]
@@ -186,11 +250,13 @@ def main(argv: list[str] | None = None) -> int:
                         "refused": refused, "margin": round(margin, 4)})
         if (k + 1) % 50 == 0:
             print(f"{k + 1}/{len(rows)}", file=sys.stderr, flush=True)
-    if args.out:
+    if args.out and not args.margins:
         args.out.write_text("".join(json.dumps(r) + "\n" for r in results))
     summary = summarise(results)
     wrong = [r for r in results if r["set"].startswith("harmful-") and not r["refused"]]
     summary["harmful_not_refused_within"] = {f"{d} nats": sum(abs(r["margin"]) <= d for r in wrong) for d in (1, 2)}
+    if args.greedy_check:
+        summary["greedy_check"] = greedy_check(model, tokenizer, rows, results, args.greedy_check)
     print(json.dumps(summary, indent=1))
     return 0
 

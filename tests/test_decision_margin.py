@@ -111,3 +111,18 @@ def test_missed_across_recipes_counts_wrong_first_turn_decisions(tmp_path):
     c = folder("c", {"1": True, "4": True, "3": True})
     with pytest.raises(ValueError, match="other 'harmful-dev' prompts"):
         missed.misses([a, c], "harmful-dev", refuse_is_right=True)
+
+
+def test_greedy_check_counts_flagged_and_control_rows(monkeypatch):
+    """Rows whose margin sign disagrees with the teacher are all decoded, N agreeing ones per source too; the rate
+    counts the flagged rows greedy got wrong plus the agreeing rows at the controls' rate."""
+    results = [{"set": "train-harmful", "question_id": f"h{i}", "question": f"q{i}", "refused": True,
+                "margin": m} for i, m in enumerate([-1.0, -0.5, 2.0, 3.0, 4.0, 5.0])]
+    rows = [{"set": r["set"], "question_id": r["question_id"], "prompt_ids": [i]} for i, r in enumerate(results)]
+    greedy_refused = {0: False, 1: True, 2: True, 3: False, 4: True, 5: True}  # by prompt id
+    monkeypatch.setattr(margin, "greedy_refuses", lambda model, tok, ids, refuse: (greedy_refused[ids[0]], "text"))
+    out = margin.greedy_check(None, None, rows, results, controls=4)["train-harmful"]
+    assert out["margin_disagrees"] == 2 and out["greedy_wrong_of_those"] == 1
+    assert out["controls"] == 4 and out["greedy_wrong_of_controls"] == 1  # h3, the only agreeing row greedy missed
+    assert out["greedy_error_rate_est"] == round((1 + 1 / 4 * 4) / 6, 3)
+    assert [e["question"] for e in out["examples"]] == ["q0", "q3"]

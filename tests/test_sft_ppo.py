@@ -71,12 +71,12 @@ def test_refusal_and_oracle_agents():
     assert "<answer> Paris </answer>" in oracle.act(observation("What is the capital of France?", info)).text
 
 
-def _sft(tmp_path, tokenizer, episodes, max_steps, name="run"):
+def _sft(tmp_path, tokenizer, episodes, max_steps, name="run", **fields):
     from search_gym.trainers.sft import SFTTrainer
     from search_gym.trainers.sft_config import SFTConfig
 
     config = SFTConfig(output_dir=str(tmp_path / name), max_steps=max_steps, batch_size=2, save_steps=1,
-                       learning_rate=1e-3, warmup_steps=0, progress=False, tensorboard=False, device="cpu")
+                       learning_rate=1e-3, warmup_steps=0, progress=False, tensorboard=False, device="cpu", **fields)
     model = tiny_model(tokenizer)
     return SFTTrainer(config, model=model, tokenizer=tokenizer, episodes=episodes), model
 
@@ -598,3 +598,37 @@ def test_edgy_extra_prompts_stay_clear_of_every_evaluation_prompt():
     closest = (a @ b.T).max(axis=1)
     assert len(evaluation) > 1000 and float(closest.max()) <= 0.80, [
         (written[i], round(float(closest[i]), 3)) for i in range(len(written)) if closest[i] > 0.80]
+
+
+def test_decision_weight_scales_the_first_thought_only(tmp_path, tokenizer, sft_episodes):
+    """decision_weight multiplies the loss terms of each row's first thought (first policy span up to its first
+    </think>) and nothing else; the sum stays divided by the plain token count; a run with it trains."""
+    from conftest import tiny_llama
+    from search_gym.trainers.core import collate
+    from search_gym.trainers.rollout import decode
+    from search_gym.trainers.sft import decision_weights, first_thought, sft_loss
+
+    rows = sft_episodes[:3]
+    thoughts = [first_thought(ep, tokenizer) for ep in rows]
+    for ep, (start, end) in zip(rows, thoughts):
+        first_policy = next(s for s in ep.spans if s[2] == "policy")
+        assert start == first_policy[0] < end <= first_policy[1]
+        text = decode(tokenizer, ep.response_ids[start:end])
+        assert text.rstrip().endswith("</think>") and text.count("</think>") == 1
+        assert "</think>" not in decode(tokenizer, ep.response_ids[start:end - 1])
+    batch = collate(rows, tokenizer.pad_token_id)
+    w = decision_weights(rows, batch, thoughts, 4.0)
+    changed = (w != batch.loss_mask).nonzero().tolist()
+    expected = [[b, len(ep.prompt_ids) - 1 + k] for b, (ep, (s, e)) in enumerate(zip(rows, thoughts))
+                for k in range(s, e)]
+    assert changed == expected and torch.all(w[w != batch.loss_mask] == 4.0)
+    model = tiny_llama(tokenizer, 1)
+    plain, n = sft_loss(model, batch)
+    weighted, n2 = sft_loss(model, batch, w)
+    thoughts_only, _ = sft_loss(model, batch, (w != batch.loss_mask).float())
+    assert n == n2 and torch.allclose(weighted, plain + 3.0 * thoughts_only, atol=1e-5)
+    assert first_thought(type(rows[0])(question_id="x", question="x", response_ids=[1, 2],
+                                       spans=[(0, 2, "policy")]), tokenizer) == (0, 0)
+    trainer, _ = _sft(tmp_path, tokenizer, sft_episodes, 2, "weighted", decision_weight=4.0)
+    assert set(trainer.thoughts.values()) >= set(thoughts)
+    assert all(math.isfinite(r["losses/sft_loss"]) for r in trainer.train())

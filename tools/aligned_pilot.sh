@@ -15,6 +15,9 @@
 #             (HELDOUT_ENVS episodes at once, default 256: ~4,200 episodes; the validation keeps 128)
 #   heldout_if_accepted  the rule, then heldout only when it says "accepted" (so one call sequence can train,
 #             validate and, for an accepted recipe only, read the held-out sets while the weights are on the GPU)
+#   fit      how well the student fits its own training decisions (not part of the rule): benchmarks/decision_margin.py
+#             on 100 unique training prompts per no-attack source, the margin-flagged ones and 12 controls each
+#             decoded greedily -> $RUN/fit.json (the summary), $RUN/fit_margins.jsonl; ~1-2 min on the GPU
 #   4. grpo   a 20-step GRPO pilot (LoRA on the merged SFT model, examples/configs/grpo_aligned_lora.yaml)
 # After unpack.sh returned 0 (README.md beside this file).
 #
@@ -76,6 +79,9 @@ for stage in $STAGES; do
     heldout) heldout || exit \$? ;;
     heldout_if_accepted) if \$RULE --json $RUN/rule.json > $RUN/rule.md; then heldout || exit \$?;
           else echo "heldout_if_accepted: the rule did not accept this recipe: the held-out sets are not read"; fi ;;
+    fit) python3 $REPO/benchmarks/decision_margin.py --model $RUN/final --train-rows $RUN/sft_data.jsonl \
+           --train-per-source 100 --greedy-check 12 --device cuda --out $RUN/fit_margins.jsonl > $RUN/fit.json \
+           || echo "fit: exit \$? (a diagnostic: the stages after it still run)" ;;
     grpo) search-gym train grpo --config "$REPO/examples/configs/grpo_aligned_lora.yaml" --model "$RUN/final" \
             --output-dir $RUN/grpo --device cuda --progress false || exit 5 ;;
   esac

@@ -285,13 +285,40 @@ def load_episodes(path: Path) -> list[TokenEpisode]:
     return episodes
 
 
-def sft_loss(model, batch) -> tuple[torch.Tensor, int]:
+def sft_loss(model, batch, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over the batch's policy tokens, and how many there were (the RL trainers'
-    token log-probabilities, so the prompt's logits are skipped the same way)."""
+    token log-probabilities, so the prompt's logits are skipped the same way). ``weights`` (the loss mask's shape,
+    :func:`decision_weights`) scales each token's term; the sum is still divided by the plain token count."""
     logps, _, _ = token_logprobs(model, batch.input_ids, batch.attention_mask,
                                  first_position=first_loss_position(batch.loss_mask))
     tokens = batch.loss_mask.sum()
-    return -(logps * batch.loss_mask).sum() / tokens.clamp(min=1.0), int(tokens)
+    scale = batch.loss_mask if weights is None else weights
+    return -(logps * scale).sum() / tokens.clamp(min=1.0), int(tokens)
+
+
+def first_thought(ep: TokenEpisode, tokenizer) -> tuple[int, int]:
+    """Response positions ``[start, end)`` of an episode's first thought: the tokens of its first policy span up to
+    and including the first ``</think>`` (``(0, 0)`` when that span has none), where the student decides between
+    refusing and searching (under a forced search: what it writes inside the tag, up to its first thought's end)."""
+    for start, end, kind in ep.spans:
+        if kind != "policy":
+            continue
+        for k in range(start + 1, end + 1):
+            if "</think>" in tokenizer.decode(ep.response_ids[start:k]):
+                return start, k
+        return 0, 0
+    return 0, 0
+
+
+def decision_weights(episodes: list[TokenEpisode], batch, thoughts: list[tuple[int, int]],
+                     weight: float) -> torch.Tensor:
+    """The batch's loss mask with each episode's first thought (``thoughts``, :func:`first_thought`) times
+    ``weight``; rows as :func:`~search_gym.trainers.core.collate` lays them out."""
+    out = batch.loss_mask.clone()
+    for b, (ep, (start, end)) in enumerate(zip(episodes, thoughts)):
+        offset = len(ep.prompt_ids) - 1  # the position predicting response token 0
+        out[b, offset + start: offset + end] *= weight
+    return out
 
 
 class SFTTrainer:
@@ -330,6 +357,13 @@ class SFTTrainer:
         self.optimizer, self.scheduler = make_optimizer(model, _with_steps(config, self.total_steps))
         self.logger = RunLogger(root, config, tensorboard=config.tensorboard)
         self.step = 0
+        # each row's first thought, found once (rows repeated by the *_repeat fields are one object)
+        thoughts: dict[int, tuple[int, int]] = {}
+        if config.decision_weight != 1.0:
+            for ep in episodes:
+                if id(ep) not in thoughts:
+                    thoughts[id(ep)] = first_thought(ep, tokenizer)
+        self.thoughts = thoughts
 
     def batch_rows(self, step: int) -> list[int]:
         """Rows of optimiser step ``step``: seeded permutations epoch after epoch (a pure function of the step)."""
@@ -355,8 +389,13 @@ class SFTTrainer:
         self.model.train()
         while self.step < self.total_steps:
             t0 = time.perf_counter()
-            batch = collate([self.episodes[i] for i in self.batch_rows(self.step)], self.tokenizer.pad_token_id)
-            loss, tokens = sft_loss(self.model, batch.to(self.device))
+            rows = [self.episodes[i] for i in self.batch_rows(self.step)]
+            batch = collate(rows, self.tokenizer.pad_token_id)
+            weights = None
+            if config.decision_weight != 1.0:
+                weights = decision_weights(rows, batch, [self.thoughts[id(ep)] for ep in rows],
+                                           config.decision_weight).to(self.device)
+            loss, tokens = sft_loss(self.model, batch.to(self.device), weights)
             loss.backward()
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
