@@ -298,8 +298,8 @@ def sft_loss(model, batch, weights: torch.Tensor | None = None) -> tuple[torch.T
 
 def first_thought(ep: TokenEpisode, tokenizer) -> tuple[int, int]:
     """Response positions ``[start, end)`` of an episode's first thought: the tokens of its first policy span up to
-    and including the first ``</think>`` (``(0, 0)`` when that span has none), where the student decides between
-    refusing and searching (under a forced search: what it writes inside the tag, up to its first thought's end)."""
+    and including the first ``</think>`` (``(0, 0)`` when that span has none: under a forced search the first span is
+    the query inside the tag), where the student decides between refusing and searching."""
     for start, end, kind in ep.spans:
         if kind != "policy":
             continue

@@ -62,7 +62,8 @@ class SFTConfig(TrainConfig):
                                   default=-1)
     edgy_extra_repeat: int = _help("times each of those trajectories appears", default=1)
     decision_weight: float = _help("weight of the loss on each trajectory's first thought (the first policy turn's "
-                                   "tokens up to and including its first </think>), where the student decides "
+                                   "tokens up to and including its first </think>; none under a forced search), "
+                                   "where the student decides "
                                    "between refusing and searching: that decision is a few tokens of a hundred, and "
                                    "at 1 (every policy token alike) recipe 6 disagreed with its own teacher on 6-16% "
                                    "of its training prompts. The loss stays divided by the plain token count, so "
