@@ -627,8 +627,15 @@ def test_decision_weight_scales_the_first_thought_only(tmp_path, tokenizer, sft_
     weighted, n2 = sft_loss(model, batch, w)
     thoughts_only, _ = sft_loss(model, batch, (w != batch.loss_mask).float())
     assert n == n2 and torch.allclose(weighted, plain + 3.0 * thoughts_only, atol=1e-5)
+    from search_gym.trainers.sft import sft_loss_terms
+
+    _, _, logged = sft_loss_terms(model, batch, w)  # the plain mean is what a run logs as its loss
+    n_thought = float((w != batch.loss_mask).sum())
+    assert logged["losses/sft_loss"] == pytest.approx(float(plain), abs=1e-5)
+    assert logged["losses/first_thought_loss"] == pytest.approx(float(thoughts_only) * n / n_thought, abs=1e-5)
     assert first_thought(type(rows[0])(question_id="x", question="x", response_ids=[1, 2],
                                        spans=[(0, 2, "policy")]), tokenizer) == (0, 0)
     trainer, _ = _sft(tmp_path, tokenizer, sft_episodes, 2, "weighted", decision_weight=4.0)
     assert set(trainer.thoughts.values()) >= set(thoughts)
-    assert all(math.isfinite(r["losses/sft_loss"]) for r in trainer.train())
+    logged = trainer.train()
+    assert all(math.isfinite(r["losses/sft_loss"]) and r["losses/first_thought_loss"] > 0 for r in logged)

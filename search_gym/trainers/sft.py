@@ -289,11 +289,23 @@ def sft_loss(model, batch, weights: torch.Tensor | None = None) -> tuple[torch.T
     """Mean next-token cross-entropy over the batch's policy tokens, and how many there were (the RL trainers'
     token log-probabilities, so the prompt's logits are skipped the same way). ``weights`` (the loss mask's shape,
     :func:`decision_weights`) scales each token's term; the sum is still divided by the plain token count."""
+    loss, tokens, _ = sft_loss_terms(model, batch, weights)
+    return loss, tokens
+
+
+def sft_loss_terms(model, batch, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, dict[str, float]]:
+    """:func:`sft_loss` and what a run logs: ``losses/sft_loss``, the plain token mean (comparable across decision
+    weights), and with ``weights`` ``losses/first_thought_loss``, the token mean over the weighted first thoughts."""
     logps, _, _ = token_logprobs(model, batch.input_ids, batch.attention_mask,
                                  first_position=first_loss_position(batch.loss_mask))
     tokens = batch.loss_mask.sum()
-    scale = batch.loss_mask if weights is None else weights
-    return -(logps * scale).sum() / tokens.clamp(min=1.0), int(tokens)
+    plain = -(logps * batch.loss_mask).sum() / tokens.clamp(min=1.0)
+    if weights is None:
+        return plain, int(tokens), {"losses/sft_loss": float(plain.detach())}
+    thought = (weights != batch.loss_mask).float()
+    logged = {"losses/sft_loss": float(plain.detach()),
+              "losses/first_thought_loss": float(-(logps.detach() * thought).sum() / thought.sum().clamp(min=1.0))}
+    return -(logps * weights).sum() / tokens.clamp(min=1.0), int(tokens), logged
 
 
 def first_thought(ep: TokenEpisode, tokenizer) -> tuple[int, int]:
@@ -395,7 +407,7 @@ class SFTTrainer:
             if config.decision_weight != 1.0:
                 weights = decision_weights(rows, batch, [self.thoughts[id(ep)] for ep in rows],
                                            config.decision_weight).to(self.device)
-            loss, tokens = sft_loss(self.model, batch.to(self.device), weights)
+            loss, tokens, logged_losses = sft_loss_terms(self.model, batch.to(self.device), weights)
             loss.backward()
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
@@ -403,7 +415,7 @@ class SFTTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             self.step += 1
-            metrics = {"losses/sft_loss": float(loss.detach()), "losses/grad_norm": float(grad_norm),
+            metrics = {**logged_losses, "losses/grad_norm": float(grad_norm),
                        "charts/learning_rate": self.scheduler.get_last_lr()[0],
                        "charts/tokens_per_second": tokens / (time.perf_counter() - t0),
                        "charts/epoch": self.step * config.batch_size / len(self.episodes)}
@@ -416,7 +428,7 @@ class SFTTrainer:
                 if config.plots:
                     draw_run_curves(config.output_dir)
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            bar.set_postfix(loss=f"{logged_losses['losses/sft_loss']:.3f}")
         bar.close()
         self.logger.close()
         self.save_final()
