@@ -63,11 +63,11 @@ class SFTConfig(TrainConfig):
     edgy_extra_repeat: int = _help("times each of those trajectories appears", default=1)
     decision_weight: float = _help("weight of the loss on each trajectory's first thought (the first policy turn's "
                                    "tokens up to and including its first </think>; none under a forced search), "
-                                   "where the student decides "
-                                   "between refusing and searching: that decision is a few tokens of a hundred, and "
-                                   "at 1 (every policy token alike) recipe 6 disagreed with its own teacher on 6-16% "
-                                   "of its training prompts. The loss stays divided by the plain token count, so "
-                                   "every other token keeps its gradient", default=1.0)
+                                   "where the student decides between refusing and searching: a few tokens of a "
+                                   "hundred; at 1 (every policy token alike) recipe 6c made the other decision than "
+                                   "its teacher on at least 6-15% of its own training prompts. The loss stays "
+                                   "divided by the plain token count, so every other token keeps its gradient",
+                                   default=1.0)
     dev_split: bool = _help("hold the project's validation split out of the trajectories (prompts whose id hashes to "
                             "'val' by search_gym.corpora.judge_data.split_for_bundled, and the judges' val rows) and "
                             "write it to output_dir/dev/*.jsonl, for choosing a recipe without the held-out sets",
