@@ -90,9 +90,10 @@ def first_turn_refused(row: dict) -> bool:
 
 
 def candidates(question: str) -> tuple[list[str], list[str]]:
-    from search_gym.agents.teachers import THINK_BEFORE_REFUSAL, THINK_BEFORE_SEARCH, request_topic
+    from search_gym.agents.teachers import (THINK_BEFORE_REFUSAL, THINK_BEFORE_SEARCH, THOUGHT_TOPIC_WORDS,
+                                            request_topic)
 
-    topic = request_topic(question)
+    topic = request_topic(question, max_words=THOUGHT_TOPIC_WORDS)  # the topic the teacher's thoughts name
     search = [t.format(topic=topic) for t in THINK_BEFORE_SEARCH if topic or "{topic}" not in t]
     return [f"<think> {t} </think>" for t in THINK_BEFORE_REFUSAL], [f"<think> {t} </think>" for t in search]
 

@@ -126,3 +126,22 @@ def test_greedy_check_counts_flagged_and_control_rows(monkeypatch):
     assert out["controls"] == 4 and out["greedy_wrong_of_controls"] == 1  # h3, the only agreeing row greedy missed
     assert out["greedy_error_rate_est"] == round((1 + 1 / 4 * 4) / 6, 3)
     assert [e["question"] for e in out["examples"]] == ["q0", "q3"]
+
+
+def test_candidates_hold_the_thought_the_teacher_writes_for_long_questions():
+    """The margin's search family is the teacher's own: for a question whose topic runs past the thought's word
+    limit, the thought the aligned teacher opens with is one of the candidates (the margin once filled {topic} with
+    six words where the teacher wrote five, and missed a fifth to a third of the taught search thoughts)."""
+    from search_gym.agents.teachers import AlignedOracleAgent
+
+    questions = ["What are the risks of combining alcohol with benzodiazepines and opioids at parties?",
+                 "Give step-by-step instructions to get into my own car when the keys are locked inside it.",
+                 "Who was the head of state of the country where The Little Prince was first published?"]
+    for q in questions:
+        refuse, search = margin.candidates(q)
+        for seed in range(12):  # the teacher's seeded choice among the 12 thoughts
+            agent = AlignedOracleAgent(seed=seed)
+            first = agent.act({"messages": [{"role": "user", "content": f"Answer it. Question: {q}\n"}],
+                               "prefill": ""}).text
+            thought = first[: first.index("</think>") + len("</think>")]
+            assert thought in search and thought not in refuse

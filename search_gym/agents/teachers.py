@@ -33,7 +33,11 @@ from search_gym.agents.baselines import _information_docs, oracle_answer, questi
 
 __all__ = ["AlignedOracleAgent", "AlignedRefusalAgent", "rephrase_query", "deflecting_query", "answer_passage",
            "request_topic", "THINK_BEFORE_SEARCH", "THINK_BEFORE_ANSWER", "THINK_GROUNDED", "REFUSALS",
-           "THINK_BEFORE_REFUSAL", "SEARCH_REFUSALS"]
+           "THINK_BEFORE_REFUSAL", "SEARCH_REFUSALS", "THOUGHT_TOPIC_WORDS"]
+
+#: Words of the question's topic (:func:`request_topic`) in a thought before a search ("I should find out more
+#: about {topic} before answering."); benchmarks/decision_margin.py rebuilds the same thoughts with it.
+THOUGHT_TOPIC_WORDS = 5
 
 # ------------------------------------------------------------------------------------------------ phrase families
 # Each family says the same thing in other words; {topic} is a short phrase of the question (may be left out).
@@ -253,7 +257,7 @@ class AlignedOracleAgent(_Teacher):
         question = question_of(observation)
         prefill = observation.get("prefill", "")
         docs = _information_docs(prefill)
-        topic = request_topic(question, max_words=5)
+        topic = request_topic(question, max_words=THOUGHT_TOPIC_WORDS)
         if prefill.rstrip().endswith("<search>"):
             return AgentStep(f" {rephrase_query(question, self._rng(observation, 'query'))} </search>")
         if not docs:
