@@ -65,7 +65,7 @@ class SFTConfig(TrainConfig):
                                    "tokens up to and including its first </think>; none under a forced search), "
                                    "where the student decides between refusing and searching: a few tokens of a "
                                    "hundred; at 1 (every policy token alike) recipe 6c made the other decision than "
-                                   "its teacher on at least 6-15% of its own training prompts. The loss stays "
+                                   "its teacher on at least 4.5-14% of its own training prompts. The loss stays "
                                    "divided by the plain token count, so every other token keeps its gradient",
                                    default=1.0)
     dev_split: bool = _help("hold the project's validation split out of the trajectories (prompts whose id hashes to "
