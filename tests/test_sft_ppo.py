@@ -75,8 +75,9 @@ def _sft(tmp_path, tokenizer, episodes, max_steps, name="run", **fields):
     from search_gym.trainers.sft import SFTTrainer
     from search_gym.trainers.sft_config import SFTConfig
 
-    config = SFTConfig(output_dir=str(tmp_path / name), max_steps=max_steps, batch_size=2, save_steps=1,
-                       learning_rate=1e-3, warmup_steps=0, progress=False, tensorboard=False, device="cpu", **fields)
+    settings = dict(output_dir=str(tmp_path / name), max_steps=max_steps, batch_size=2, save_steps=1,
+                    learning_rate=1e-3, warmup_steps=0, progress=False, tensorboard=False, device="cpu")
+    config = SFTConfig(**{**settings, **fields})
     model = tiny_model(tokenizer)
     return SFTTrainer(config, model=model, tokenizer=tokenizer, episodes=episodes), model
 
@@ -629,13 +630,31 @@ def test_decision_weight_scales_the_first_thought_only(tmp_path, tokenizer, sft_
     assert n == n2 and torch.allclose(weighted, plain + 3.0 * thoughts_only, atol=1e-5)
     from search_gym.trainers.sft import sft_loss_terms
 
-    _, _, logged = sft_loss_terms(model, batch, w)  # the plain mean is what a run logs as its loss
-    n_thought = float((w != batch.loss_mask).sum())
-    assert logged["losses/sft_loss"] == pytest.approx(float(plain), abs=1e-5)
-    assert logged["losses/first_thought_loss"] == pytest.approx(float(thoughts_only) * n / n_thought, abs=1e-5)
+    _, sums = sft_loss_terms(model, batch, w)  # the plain sum is what a run logs as its loss
+    assert sums["tokens"] == n and sums["thought_tokens"] == float((w != batch.loss_mask).sum())
+    assert sums["nll"] / n == pytest.approx(float(plain), abs=1e-5)
+    assert sums["thought_nll"] == pytest.approx(float(thoughts_only) * n, abs=1e-4)
     assert first_thought(type(rows[0])(question_id="x", question="x", response_ids=[1, 2],
                                        spans=[(0, 2, "policy")]), tokenizer) == (0, 0)
     trainer, _ = _sft(tmp_path, tokenizer, sft_episodes, 2, "weighted", decision_weight=4.0)
     assert set(trainer.thoughts.values()) >= set(thoughts)
     logged = trainer.train()
     assert all(math.isfinite(r["losses/sft_loss"]) and r["losses/first_thought_loss"] > 0 for r in logged)
+
+
+@pytest.mark.parametrize("decision_weight", [1.0, 3.0])
+def test_sft_forward_batch_size_takes_the_same_step_in_passes(tmp_path, tokenizer, sft_episodes, decision_weight):
+    """forward_batch_size splits a step's rows into passes whose gradients accumulate: the same logged loss and the
+    same weights after the steps as one pass (float tolerance), with or without a decision weight."""
+    rows = sft_episodes[:4]
+    one, one_model = _sft(tmp_path, tokenizer, rows, 2, f"one{decision_weight}", batch_size=4,
+                          decision_weight=decision_weight)
+    split, split_model = _sft(tmp_path, tokenizer, rows, 2, f"split{decision_weight}", batch_size=4,
+                              forward_batch_size=1, decision_weight=decision_weight)
+    a, b = one.train(), split.train()
+    for x, y in zip(a, b):
+        assert y["losses/sft_loss"] == pytest.approx(x["losses/sft_loss"], rel=1e-5)
+        if decision_weight != 1.0:
+            assert y["losses/first_thought_loss"] == pytest.approx(x["losses/first_thought_loss"], rel=1e-5)
+    for p, q in zip(one_model.parameters(), split_model.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)

@@ -289,23 +289,28 @@ def sft_loss(model, batch, weights: torch.Tensor | None = None) -> tuple[torch.T
     """Mean next-token cross-entropy over the batch's policy tokens, and how many there were (the RL trainers'
     token log-probabilities, so the prompt's logits are skipped the same way). ``weights`` (the loss mask's shape,
     :func:`decision_weights`) scales each token's term; the sum is still divided by the plain token count."""
-    loss, tokens, _ = sft_loss_terms(model, batch, weights)
-    return loss, tokens
+    loss, sums = sft_loss_terms(model, batch, weights)
+    return loss, int(sums["tokens"])
 
 
-def sft_loss_terms(model, batch, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int, dict[str, float]]:
-    """:func:`sft_loss` and what a run logs: ``losses/sft_loss``, the plain token mean (comparable across decision
-    weights), and with ``weights`` ``losses/first_thought_loss``, the token mean over the weighted first thoughts."""
+def sft_loss_terms(model, batch, weights: torch.Tensor | None = None,
+                   denominator: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss to backpropagate, ``-sum(weight x log p) / denominator`` (default: this batch's policy tokens; a pass
+    of a step split by ``forward_batch_size`` passes the whole step's, so the passes' gradients add up to the
+    step's), and additive sums for the log: ``nll`` (plain), ``tokens``, ``thought_nll`` and ``thought_tokens`` (the
+    weighted first thoughts; 0 without ``weights``)."""
     logps, _, _ = token_logprobs(model, batch.input_ids, batch.attention_mask,
                                  first_position=first_loss_position(batch.loss_mask))
-    tokens = batch.loss_mask.sum()
-    plain = -(logps * batch.loss_mask).sum() / tokens.clamp(min=1.0)
-    if weights is None:
-        return plain, int(tokens), {"losses/sft_loss": float(plain.detach())}
-    thought = (weights != batch.loss_mask).float()
-    logged = {"losses/sft_loss": float(plain.detach()),
-              "losses/first_thought_loss": float(-(logps.detach() * thought).sum() / thought.sum().clamp(min=1.0))}
-    return -(logps * weights).sum() / tokens.clamp(min=1.0), int(tokens), logged
+    tokens = float(batch.loss_mask.sum())
+    nll = -(logps.detach() * batch.loss_mask).sum()
+    scale = batch.loss_mask if weights is None else weights
+    loss = -(logps * scale).sum() / max(denominator or tokens, 1.0)
+    sums = {"nll": float(nll), "tokens": tokens, "thought_nll": 0.0, "thought_tokens": 0.0}
+    if weights is not None:
+        thought = (weights != batch.loss_mask).float()
+        sums["thought_nll"] = float(-(logps.detach() * thought).sum())
+        sums["thought_tokens"] = float(thought.sum())
+    return loss, sums
 
 
 def first_thought(ep: TokenEpisode, tokenizer) -> tuple[int, int]:
@@ -402,13 +407,25 @@ class SFTTrainer:
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             rows = [self.episodes[i] for i in self.batch_rows(self.step)]
-            batch = collate(rows, self.tokenizer.pad_token_id)
-            weights = None
+            # the step's rows in passes of forward_batch_size, each pass's loss over the whole step's tokens: the
+            # accumulated gradient is the one-pass gradient (up to float rounding)
+            size = config.forward_batch_size or len(rows)
+            step_tokens = float(sum(sum(ep.loss_mask) for ep in rows))
+            sums = {"nll": 0.0, "tokens": 0.0, "thought_nll": 0.0, "thought_tokens": 0.0}
+            for start in range(0, len(rows), size):
+                part = rows[start:start + size]
+                batch = collate(part, self.tokenizer.pad_token_id)
+                weights = None
+                if config.decision_weight != 1.0:
+                    weights = decision_weights(part, batch, [self.thoughts[id(ep)] for ep in part],
+                                               config.decision_weight).to(self.device)
+                loss, part_sums = sft_loss_terms(self.model, batch.to(self.device), weights, denominator=step_tokens)
+                loss.backward()
+                sums = {k: sums[k] + part_sums[k] for k in sums}
+            tokens = sums["tokens"]
+            logged_losses = {"losses/sft_loss": sums["nll"] / max(tokens, 1.0)}
             if config.decision_weight != 1.0:
-                weights = decision_weights(rows, batch, [self.thoughts[id(ep)] for ep in rows],
-                                           config.decision_weight).to(self.device)
-            loss, tokens, logged_losses = sft_loss_terms(self.model, batch.to(self.device), weights)
-            loss.backward()
+                logged_losses["losses/first_thought_loss"] = sums["thought_nll"] / max(sums["thought_tokens"], 1.0)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
             self.optimizer.step()

@@ -20,6 +20,10 @@ class SFTConfig(TrainConfig):
     max_steps: int = _help("optimisation steps (0: num_epochs over the data)", default=0)
     num_epochs: int = _help("passes over the trajectories when max_steps is 0", default=2)
     batch_size: int = _help("trajectories per optimiser step", default=16)
+    forward_batch_size: int = _help("trajectories per forward (and backward) pass; gradients accumulate over a "
+                                    "step's passes, so the step is the same as in one pass, in less memory (TRL's "
+                                    "per-device batch x gradient accumulation; 0: the whole batch in one pass)",
+                                    default=0)
     save_steps: int = _help("save a checkpoint every N steps (and at the end)", default=100)
     retriever: str = _help("retriever the oracle searches with: dense, bm25, hybrid or a server URL", default="dense")
     template: str = _help("prompt template of the trajectories: search_r1 or safety", default="search_r1")
