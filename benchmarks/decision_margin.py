@@ -76,9 +76,15 @@ def training_episodes(path: Path, per_source: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def opens_with_refusal(text: str, refuse: list[str]) -> bool:
+    """Whether ``text`` opens with one of the taught refusal thoughts (:func:`candidates`), its closing tag aside (a
+    short greedy continuation may stop before it)."""
+    return any(text.lstrip().startswith(r.removesuffix(" </think>")) for r in refuse)
+
+
 def teacher_refused(tokenizer, response_ids: list[int], refuse: list[str]) -> bool:
     """Whether a training row's response opens with one of the taught refusal thoughts (the teacher's decision)."""
-    return any(tokenizer.decode(response_ids).lstrip().startswith(r) for r in refuse)
+    return opens_with_refusal(tokenizer.decode(response_ids), refuse)
 
 
 def first_turn_refused(row: dict) -> bool:
@@ -144,7 +150,7 @@ def greedy_refuses(model, tokenizer, prompt_ids: list[int], refuse: list[str], m
                              attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
                              max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     text = tokenizer.decode(out[0, len(prompt_ids):].tolist()).lstrip()
-    return any(text.startswith(r.removesuffix(" </think>")) for r in refuse), text
+    return opens_with_refusal(text, refuse), text
 
 
 def greedy_check(model, tokenizer, rows: list[dict], results: list[dict], controls: int, seed: int = 0) -> dict:

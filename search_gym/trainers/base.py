@@ -27,6 +27,7 @@ from search_gym.trainers.config import RLConfig
 from search_gym.trainers.core import (
     RunLogger,
     checkpoints,
+    forward_passes,
     frozen_copy,
     group_statistics,
     load_checkpoint,
@@ -420,8 +421,7 @@ class RLTrainer:
         return [[int(i) for i in order[s : s + size]] for s in range(0, n, size)]
 
     def forward_chunks(self, n: int) -> list[list[int]]:
-        size = self.config.forward_batch_size or n
-        return [list(range(s, min(n, s + size))) for s in range(0, n, size)]
+        return forward_passes(n, self.config.forward_batch_size)
 
     @property
     def corrects_sampler(self) -> bool:

@@ -323,6 +323,13 @@ def sampled_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_mean(values.nan_to_num(0.0), mask * ~missing)
 
 
+def forward_passes(n: int, size: int) -> list[list[int]]:
+    """Row indices ``0..n-1`` in passes of ``size`` (0: one pass): the forward/backward passes of a step or
+    minibatch whose gradients accumulate (``forward_batch_size``)."""
+    size = size or n
+    return [list(range(s, min(n, s + size))) for s in range(0, n, size)]
+
+
 def first_loss_position(loss_mask: torch.Tensor) -> int:
     """The first column any row of a ``[B, S-1]`` loss mask trains on (0 for an empty mask)."""
     columns = loss_mask.bool().any(dim=0).nonzero()

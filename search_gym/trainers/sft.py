@@ -39,6 +39,7 @@ from search_gym.trainers.core import (
     checkpoints,
     collate,
     first_loss_position,
+    forward_passes,
     load_checkpoint,
     load_policy,
     make_optimizer,
@@ -374,7 +375,8 @@ class SFTTrainer:
         self.optimizer, self.scheduler = make_optimizer(model, _with_steps(config, self.total_steps))
         self.logger = RunLogger(root, config, tensorboard=config.tensorboard)
         self.step = 0
-        # each row's first thought, found once (rows repeated by the *_repeat fields are one object)
+        # each row's first thought, found once per row object (a freshly built row repeated by a *_repeat field is
+        # one object; rows read back from sft_data.jsonl are one object per line)
         thoughts: dict[int, tuple[int, int]] = {}
         if config.decision_weight != 1.0:
             for ep in episodes:
@@ -409,11 +411,10 @@ class SFTTrainer:
             rows = [self.episodes[i] for i in self.batch_rows(self.step)]
             # the step's rows in passes of forward_batch_size, each pass's loss over the whole step's tokens: the
             # accumulated gradient is the one-pass gradient (up to float rounding)
-            size = config.forward_batch_size or len(rows)
             step_tokens = float(sum(sum(ep.loss_mask) for ep in rows))
             sums = {"nll": 0.0, "tokens": 0.0, "thought_nll": 0.0, "thought_tokens": 0.0}
-            for start in range(0, len(rows), size):
-                part = rows[start:start + size]
+            for indices in forward_passes(len(rows), config.forward_batch_size):
+                part = [rows[i] for i in indices]
                 batch = collate(part, self.tokenizer.pad_token_id)
                 weights = None
                 if config.decision_weight != 1.0:
