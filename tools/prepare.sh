@@ -114,7 +114,9 @@ prepare_data() {
   # SG_ASSETS_ONLY=smollm2: only the bundled model's GGUF (4 parts instead of 8), for device work that reads no
   # cache (an SFT run whose sft_data.jsonl was built here and travels in .devrun/): fewer calls before it starts.
   local only=${SG_ASSETS_ONLY:-}
-  [ -n "$only" ] || for need in "$CACHE/wiki_embedded/manifest.json" "$CACHE/prompts" "$CACHE/safety" "$CACHE/indexes"; do
+  # safety/ is not required: the default query classifier ships with the package (search_gym/safety/weights/), so a
+  # fresh cache has no safety/ folder; one trained here with other settings travels when it exists.
+  [ -n "$only" ] || for need in "$CACHE/wiki_embedded/manifest.json" "$CACHE/prompts" "$CACHE/indexes"; do
     [ -e "$need" ] || { echo "missing $need: run 'search-gym setup --index all --model' first" >&2; exit 1; }
   done
   ls -d "$CACHE"/indexes/*-flat >/dev/null && ls -d "$CACHE"/indexes/*-bm25 >/dev/null
@@ -124,7 +126,7 @@ prepare_data() {
   # The cache minus models/ (the converted SmolLM2 is 540 MB of fp32; unpack.sh converts the 98 MB GGUF there),
   # minus lock files. Built outputs carry their checksums in the manifests, so no asset package is needed to use them.
   # judge_data/: the judges' train/val/held-out rows (directions and the SFT dev split read them).
-  [ -n "$only" ] || (cd "$CACHE" && find wiki_embedded prompts safety indexes $(ls -d judge_data 2>/dev/null) \
+  [ -n "$only" ] || (cd "$CACHE" && find wiki_embedded prompts indexes $(ls -d safety judge_data 2>/dev/null) \
      -type f ! -name '*.lock' ! -name '.*' -print0 \
      | xargs -0 cp --parents -p -t "$STAGE/sg/cache")
   # Only the asset files search-gym reads at run time, under stub packages that importlib.util.find_spec finds
