@@ -153,6 +153,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from search_gym.configs import build_config
     from search_gym.experiments.evaluation import EvalConfig, markdown_table, run_eval
 
+    if args.export_episodes:
+        from search_gym.experiments.compare import export_episodes
+
+        try:
+            n = export_episodes(*args.export_episodes)
+        except (FileNotFoundError, ValueError) as exc:
+            console.print(f"[red]{escape(str(exc))}[/red]")
+            return 2
+        console.print(f"{n} episodes -> {args.export_episodes[1]}", markup=False, highlight=False)
+        return 0
     if args.compare:
         from search_gym.experiments.compare import compare_evals, comparison_markdown
 
@@ -302,7 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--compare", nargs=2, default=None, metavar=("BEFORE", "AFTER"),
                     help="play nothing: paired differences AFTER - BEFORE of two finished evaluations, question by "
                     "question, per shared prompt set and attack, with paired-bootstrap 95%% intervals "
-                    "(search_gym.experiments.compare)")
+                    "(search_gym.experiments.compare); each side an eval folder or an --export-episodes file")
+    ev.add_argument("--export-episodes", nargs=2, default=None, metavar=("EVAL_DIR", "OUT"),
+                    help="play nothing: write the per-episode metrics of the finished evaluation EVAL_DIR to OUT "
+                    "(JSON lines, gzipped if OUT ends in .gz; ~50 KB), which --compare pairs later without the "
+                    "trajectories")
     ev.add_argument("--rescore-judges", nargs="+", default=["query_classifier"], metavar="SPEC",
                     help="query judges of --rescore (default: query_classifier, with today's weights)")
     add_dataclass_arguments(ev, EvalConfig, skip=("agent_kwargs", *(f"env.{k}" for k in PER_CELL_ENV)),

@@ -70,3 +70,36 @@ def test_file_prompt_sets_pair_by_content_not_path(tmp_path):
     other = write_eval(tmp_path / "c", "r3", rows, prompt_set=f"{tmp_path}/three/qa.jsonl:dev")
     with pytest.raises(ValueError, match="share no"):
         compare_evals(before, other)
+
+
+def test_an_episode_export_pairs_like_its_folder_after_the_prompt_file_is_gone(tmp_path):
+    """`--export-episodes` keeps what pairing needs: comparing against the export gives the folder's result, also
+    once the dev file (and the trajectories) are deleted; the export is byte-stable and a foreign file is refused."""
+    from search_gym.experiments.compare import export_episodes
+
+    for dev in ("dev", "dev2"):  # one file rebuilt byte for byte in two run folders, as on two machines
+        (tmp_path / dev).mkdir()
+        (tmp_path / dev / "qa.jsonl").write_text('{"question": "a"}\n')
+    prompt_set = f"{tmp_path}/dev/qa.jsonl:dev"
+    before = write_eval(tmp_path / "a", "r1", [record(f"q{i}", correct=i < 2, refused=False) for i in range(4)],
+                        prompt_set=prompt_set)
+    after = write_eval(tmp_path / "b", "r2", [record(f"q{i}", correct=i < 3, refused=i == 3) for i in range(4)],
+                       prompt_set=f"{tmp_path}/dev2/qa.jsonl:dev")
+    folders = compare_evals(before, after, n_boot=200)
+    assert export_episodes(before, tmp_path / "a.jsonl.gz") == 4
+    first = (tmp_path / "a.jsonl.gz").read_bytes()
+    assert export_episodes(before, tmp_path / "a.jsonl.gz") == 4 and (tmp_path / "a.jsonl.gz").read_bytes() == first
+    export_episodes(after, tmp_path / "b.jsonl")  # plain JSON lines without .gz
+    (tmp_path / "dev" / "qa.jsonl").unlink()
+    (tmp_path / "dev2" / "qa.jsonl").unlink()  # keyed by path now, the two would not pair
+    for path in (before / "trajectories", after / "trajectories"):
+        for f in path.iterdir():
+            f.unlink()
+    exported = compare_evals(tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl", n_boot=200)
+    (a,), (b,) = folders["cells"], exported["cells"]
+    assert b["paired"] == 4 and b["agents"] == ["r1", "r2"] and b["prompt_set"] == prompt_set
+    for m in ("em", "refusal", "searches"):
+        assert b["metrics"][m] == a["metrics"][m]
+    (tmp_path / "other.jsonl").write_text('{"question_id": "q0"}\n')
+    with pytest.raises(ValueError, match="is not an episode export"):
+        compare_evals(tmp_path / "other.jsonl", tmp_path / "b.jsonl")

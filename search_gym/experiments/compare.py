@@ -7,10 +7,18 @@ over the pairs (:func:`search_gym.stats.paired_bootstrap_ci`). Greedy decoding o
 exact, and pairing removes the between-question spread that independent intervals carry, which is what issue 27's
 "paired results" asks for. Unpaired questions (in one run only) are counted and left out, never silently matched. A prompt set given as a
 file pairs with a byte-identical file elsewhere (the cell records the path, which differs between two machines).
+
+An evaluation's trajectories (megabytes) rarely outlive the machine that played them, so that a later recipe could
+not be paired with an earlier one. :func:`export_episodes` (``search-gym eval --export-episodes EVAL_DIR OUT``)
+writes what pairing needs, one line per episode (the cell, its prompt set's content key, the question id and the
+per-episode metrics), gzipped: about 50 KB for a recipe's validation. ``BEFORE`` and ``AFTER`` may each be an eval
+folder or such a file.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 from pathlib import Path
 
@@ -61,20 +69,69 @@ def per_question(path: Path) -> dict[str, dict]:
     return {str(r["question_id"]): episode_metrics(r, primary) for r in records}
 
 
+EPISODES_FORMAT = "search_gym.episode_metrics/1"
+
+
+def export_episodes(folder: str | os.PathLike, out: str | os.PathLike) -> int:
+    """Write the per-episode metrics of every finished cell of the eval ``folder`` to ``out`` (JSON lines, gzipped
+    when the name ends in ``.gz``): a header line ``{"format", "source"}``, then one line per episode ``{"agent",
+    "prompt_set", "set_key", "attack", "question_id", "metrics"}``. ``set_key`` is read now, while the prompt file
+    is there, so the export pairs by content later. Returns the number of episodes written."""
+    cells = eval_cells(Path(folder))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [{"format": EPISODES_FORMAT, "source": str(folder)}]
+    for (set_key, attack), (cell, path) in sorted(cells.items()):
+        for qid, values in per_question(path).items():
+            lines.append({"agent": cell.agent, "prompt_set": cell.prompt_set, "set_key": set_key, "attack": attack,
+                          "question_id": qid, "metrics": values})
+    data = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode()
+    # mtime=0: the same evaluation exports to the same bytes (a committed file does not change on a rerun)
+    data = gzip.compress(data, mtime=0) if out.name.endswith(".gz") else data
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+    return len(lines) - 1
+
+
+def _exported_cells(path: Path) -> dict[tuple[str, str], tuple[Cell, dict[str, dict]]]:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as fh:
+        lines = [json.loads(line) for line in fh if line.strip()]
+    if not lines or lines[0].get("format") != EPISODES_FORMAT:
+        raise ValueError(f"{path} is not an episode export (its first line must carry format {EPISODES_FORMAT!r}): "
+                         "write one with `search-gym eval --export-episodes EVAL_DIR OUT`")
+    cells: dict[tuple[str, str], tuple[Cell, dict[str, dict]]] = {}
+    for row in lines[1:]:
+        key = (row["set_key"], row["attack"])
+        cell, episodes = cells.setdefault(key, (Cell(row["agent"], row["prompt_set"], row["attack"]), {}))
+        if row["agent"] != cell.agent:
+            raise ValueError(f"{path} has {key} for two agents ({cell.agent}, {row['agent']})")
+        episodes[str(row["question_id"])] = row["metrics"]
+    return cells
+
+
+def _cells_with_episodes(source: Path) -> dict[tuple[str, str], tuple[Cell, dict[str, dict]]]:
+    """An eval folder's cells (episodes read from its trajectories) or an export file's."""
+    if source.is_file():
+        return _exported_cells(source)
+    return {key: (cell, per_question(path)) for key, (cell, path) in eval_cells(source).items()}
+
+
 def compare_evals(before: str | os.PathLike, after: str | os.PathLike, *, metrics: list[str] | None = None,
                   n_boot: int = 2000, seed: int = 0) -> dict:
     """``{"before", "after", "cells": [{prompt_set, attack, agents, paired, only_before, only_after, metrics:
     {metric: {mean, lo, hi, n, before, after}}}]}``: for each shared cell, the paired difference after - before
-    of each metric (``before`` / ``after`` are the means over the paired questions)."""
-    a_cells, b_cells = eval_cells(Path(before)), eval_cells(Path(after))
+    of each metric (``before`` / ``after`` are the means over the paired questions). Each side is an eval folder or
+    an :func:`export_episodes` file."""
+    a_cells, b_cells = _cells_with_episodes(Path(before)), _cells_with_episodes(Path(after))
     shared = [k for k in a_cells if k in b_cells]
     if not shared:
         raise ValueError(f"{before} and {after} share no (prompt set, attack) cell: nothing to pair")
     metrics = metrics or list(METRICS)
     rows = []
     for key in shared:
-        (a_cell, a_path), (b_cell, b_path) = a_cells[key], b_cells[key]
-        a, b = per_question(a_path), per_question(b_path)
+        (a_cell, a), (b_cell, b) = a_cells[key], b_cells[key]
         ids = [q for q in a if q in b]
         stats = {}
         for m in metrics:
