@@ -58,3 +58,45 @@ def test_a_missing_adapter_says_what_a_folder_needs(tokenizer, tmp_path):
         from search_gym.agents.adapters import save_adapter
 
         save_adapter(tiny_llama(tokenizer), tmp_path / "x")
+
+
+def test_truncate_adapter_keeps_the_update_at_full_rank_and_is_the_best_lower_rank_one(tokenizer, tmp_path):
+    """At the adapter's own rank the truncation is the same model (logits to bf16 tolerance); at a lower rank each
+    module's update is the best approximation of that rank (Eckart-Young: the error is the dropped singular values),
+    with the scale kept and peft loading the result."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from search_gym.agents.adapters import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_adapter, save_adapter,
+                                            truncate_adapter)
+
+    model = lora_model(tokenizer)
+    save_adapter(model, tmp_path / "r4", dtype="float32")
+    ids = torch.tensor([[1, 5, 9, 200, 31, 7]])
+    with torch.no_grad():
+        want = apply_adapter(tiny_llama(tokenizer, seed=0), tmp_path / "r4")(ids).logits
+        same = truncate_adapter(tmp_path / "r4", tmp_path / "t4", 4, dtype="float32")
+        got = apply_adapter(tiny_llama(tokenizer, seed=0), tmp_path / "t4")(ids).logits
+    assert same["energy_kept"]["min"] == pytest.approx(1.0) and same["modules"] > 0
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+    info = truncate_adapter(tmp_path / "r4", tmp_path / "t2", 2, dtype="float32")
+    config = json.loads((tmp_path / "t2" / ADAPTER_CONFIG).read_text())
+    assert config["r"] == 2 and config["lora_alpha"] == 4  # alpha / r = 2, as the rank-4 adapter's 8 / 4
+    old, new = load_file(str(tmp_path / "r4" / ADAPTER_WEIGHTS)), load_file(str(tmp_path / "t2" / ADAPTER_WEIGHTS))
+    kept = []
+    for key in (k for k in old if ".lora_A." in k):
+        b_key = key.replace(".lora_A.", ".lora_B.")
+        assert new[key].shape[0] == 2 and new[b_key].shape[1] == 2
+        full = 2.0 * old[b_key].double() @ old[key].double()
+        u, s, vh = torch.linalg.svd(full)
+        best = (u[:, :2] * s[:2]) @ vh[:2]
+        torch.testing.assert_close(2.0 * new[b_key].double() @ new[key].double(), best, atol=1e-5, rtol=1e-5)
+        kept.append(float((s[:2] ** 2).sum() / (s ** 2).sum()))
+    assert info["energy_kept"]["min"] == pytest.approx(min(kept)) and info["energy_kept"]["min"] < 1.0
+    with torch.no_grad():
+        lower = apply_adapter(tiny_llama(tokenizer, seed=0), tmp_path / "t2")(ids).logits
+    assert (lower - want).abs().max() > 1e-4  # a lower rank is another model: it must be validated again
+    with pytest.raises(ValueError, match="rank must be in 1..4"):
+        truncate_adapter(tmp_path / "r4", tmp_path / "t5", 5)
