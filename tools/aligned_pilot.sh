@@ -18,6 +18,10 @@
 #   fit      how well the student fits its own training decisions (not part of the rule): benchmarks/decision_margin.py
 #             on 100 unique training prompts per no-attack source, the margin-flagged ones and 12 controls each
 #             decoded greedily -> $RUN/fit.json (the summary), $RUN/fit_margins.jsonl; ~1-2 min on the GPU
+#   truncate  instead of sft: this run's adapter is another run's (TRUNCATE_FROM=/tmp/runs/r8a) truncated to rank
+#             TRUNCATE_RANK (search_gym.agents.adapters.truncate_adapter: the best lower-rank LoRA of the same
+#             update) -> $RUN/adapter, $RUN/final (merged), $RUN/truncate.json; then eval / probe / rule as for a
+#             trained recipe (a truncated adapter is another model: docs/aligned_start.md, shipping rule)
 #   4. grpo   a 20-step GRPO pilot (LoRA on the merged SFT model, examples/configs/grpo_aligned_lora.yaml)
 # After unpack.sh returned 0 (README.md beside this file).
 #
@@ -43,8 +47,12 @@ case "${1:-}" in
     STAGES=${2:-sft probe eval grpo}
     mkdir -p "$RUN"
     DATA=$REPO/.devrun/${SG_DATA:-sft_aligned}   # the rows built here with --data-only (recipe 3: sft_aligned_r3)
-    [ -d "$RUN/dev" ] || cp -r "$DATA/dev" "$RUN/"
-    [ -f "$RUN/sft_data.jsonl" ] || gunzip -c "$DATA/sft_data.jsonl.gz" > "$RUN/sft_data.jsonl"
+    if [ -n "${TRUNCATE_FROM:-}" ]; then   # a truncated run evaluates on its source's dev/ rows, trains on none
+      [ -d "$RUN/dev" ] || cp -r "$TRUNCATE_FROM/dev" "$RUN/"
+    else
+      [ -d "$RUN/dev" ] || cp -r "$DATA/dev" "$RUN/"
+      [ -f "$RUN/sft_data.jsonl" ] || gunzip -c "$DATA/sft_data.jsonl.gz" > "$RUN/sft_data.jsonl"
+    fi
     cat > "$RUN/pilot_job.sh" <<JOB
 set -x
 cd /tmp
@@ -67,6 +75,10 @@ for stage in $STAGES; do
   case \$stage in
     sft) search-gym train sft --config "$REPO/examples/configs/sft_aligned_smollm2.yaml" --output-dir "$RUN" \
            --device cuda --progress false ${SFT_ARGS:-} || exit 1 ;;
+    truncate) python3 -c "import json; from search_gym.agents.adapters import truncate_adapter, merged_folder
+info = truncate_adapter('${TRUNCATE_FROM:-}/adapter', '$RUN/adapter', int('${TRUNCATE_RANK:-16}'))
+merged_folder('\$SEARCH_GYM_CACHE/models/SmolLM2-135M-Instruct', '$RUN/adapter', '$RUN/final')
+json.dump({**info, 'from': '${TRUNCATE_FROM:-}'}, open('$RUN/truncate.json', 'w')); print(info)" || exit 8 ;;
     probe) flock "$RUNS/.probe.lock" search-gym train grpo --config "$REPO/examples/configs/grpo_aligned_lora.yaml" --model "$RUN/final" \
            --output-dir $RUN/probe --env.dataset \$DEV/qa.jsonl --learning-rate 0 --max-steps ${PROBE_DRAWS:-4} \
            --questions-per-step 64 --group-size 8 --save-steps 0 --device cuda --progress false || exit 2 ;;
