@@ -92,6 +92,8 @@ def without_refusal_sentences(text: str) -> tuple[str, int]:
     sentences = [s for s in _SENTENCE_END.split(str(text)) if s.strip()]
     kept = [s for s in sentences if _REFUSAL.match(s) is None]
     return " ".join(s.strip() for s in kept), len(sentences) - len(kept)
+
+
 CONTEXTS = ("query", "request")
 
 
