@@ -17,7 +17,10 @@ import argparse
 import hashlib
 import json
 import sys
+import tempfile
 from pathlib import Path
+
+from search_gym.agents.adapters import join_parts
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -32,15 +35,13 @@ def joined_bytes(folder: Path) -> bytes:
     parts = sorted(folder.glob(f"{WEIGHTS}.part-*"))
     if not parts:
         raise FileNotFoundError(f"{folder} has neither {WEIGHTS} nor {WEIGHTS}.part-NN")
-    data = b"".join(p.read_bytes() for p in parts)
     listed = folder / f"{WEIGHTS}.sha256"
     if not listed.is_file():
         raise FileNotFoundError(f"{listed} is missing: the joined parts cannot be checked")
-    expected = listed.read_text().split()[0]
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != expected:
-        raise ValueError(f"the {len(parts)} parts in {folder} join to sha256 {actual}, {listed.name} says {expected}")
-    return data
+    with tempfile.TemporaryDirectory() as tmp:
+        joined = join_parts(parts, Path(tmp) / WEIGHTS, listed.read_text().split()[0], source=str(folder / WEIGHTS),
+                            listed_in=listed.name)
+        return joined.read_bytes()
 
 
 def ship(adapter: Path, target: Path, base_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct") -> dict:

@@ -195,27 +195,41 @@ def _listed_sha256(folder: Path) -> str:
     raise FileNotFoundError(f"{sums} has no line for {ADAPTER_WEIGHTS}: the shipped adapter cannot be checked")
 
 
+def join_parts(parts: list[Path], out: Path, expected: str, *, source: str, listed_in: str) -> Path:
+    """Concatenate ``parts`` (in the order given) into ``out`` (written atomically) and check the result's SHA-256
+    against ``expected``; a mismatch deletes ``out`` and raises, naming ``source`` (what the parts make) and
+    ``listed_in`` (where the expected sum came from). The one joiner of split weights: shipped adapters (SHA256SUMS)
+    and adapters collected from a GPU machine in parts (a ``.sha256`` beside them, ``tools/ship_adapter.py``)."""
+    import shutil
+
+    from search_gym.files import atomic_output
+
+    with atomic_output(out) as tmp, open(tmp, "wb") as joined:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, joined)
+    h = hashlib.sha256()
+    with open(out, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != expected:
+        out.unlink()
+        raise ValueError(f"the {len(parts)} parts of {source} join to sha256 {h.hexdigest()}, {listed_in} says "
+                         f"{expected}: a part is damaged, missing or was replaced (a git-lfs pointer?); restore them")
+    return out
+
+
 def _joined_parts(folder: Path, parts: list[Path], expected: str) -> Path:
     """A shipped adapter whose weights are committed in parts (``adapter_model.safetensors.part-00``, ...; every
     file of the repository stays under 16 MiB): the parts joined once into the cache, checked against SHA256SUMS."""
     import shutil
 
-    from search_gym.files import atomic_output
     from search_gym.paths import models_dir
 
     out = models_dir() / "adapters" / f"{folder.name}-{expected[:16]}"
     if is_adapter_folder(out) and adapter_sha256(out) == expected:
         return out
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / ADAPTER_WEIGHTS) as tmp, open(tmp, "wb") as joined:
-        for part in parts:
-            with open(part, "rb") as f:
-                shutil.copyfileobj(f, joined)
+    join_parts(parts, out / ADAPTER_WEIGHTS, expected, source=str(folder / ADAPTER_WEIGHTS), listed_in="SHA256SUMS")
     shutil.copyfile(folder / ADAPTER_CONFIG, out / ADAPTER_CONFIG)
-    actual = adapter_sha256(out)
-    if actual != expected:
-        (out / ADAPTER_WEIGHTS).unlink()
-        raise ValueError(f"the parts of {folder / ADAPTER_WEIGHTS} join to sha256 {actual}, SHA256SUMS says "
-                         f"{expected}: a part is damaged, missing or was replaced (a git-lfs pointer?); restore "
-                         "them from the repository")
     return out
