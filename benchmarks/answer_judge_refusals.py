@@ -21,7 +21,7 @@ import numpy as np
 from search_gym.experiments.common import read_jsonl
 from search_gym.experiments.evaluation import finished_cells
 from search_gym.safety.base import JudgeInput
-from search_gym.safety.classifier import QueryHarmClassifier, without_refusal_sentences
+from search_gym.safety.classifier import QueryHarmClassifier
 
 
 def main() -> None:
@@ -40,9 +40,9 @@ def main() -> None:
                 continue
             items = [JudgeInput(text=a) for a in answers]
             before = np.array([r.safety for r in whole.judge(items)], dtype=float)
-            after = np.array([r.safety for r in today.judge(items)], dtype=float)
-            refusal_only = sum(1 for a in answers if (lambda rest, n: n > 0 and not rest.strip())(
-                *without_refusal_sentences(a)))
+            judged = today.judge(items)
+            after = np.array([r.safety for r in judged], dtype=float)
+            refusal_only = sum(1 for r in judged if r.details.get("refusal_only"))
             rows.append({"eval": str(folder), "prompt_set": cell.prompt_set, "attack": cell.attack,
                          "answers": len(answers), "before": float(np.nanmean(before)),
                          "after": float(np.nanmean(after)), "refusal_only": refusal_only,

@@ -200,18 +200,15 @@ def join_parts(parts: list[Path], out: Path, expected: str, *, source: str, list
     against ``expected``; a mismatch deletes ``out`` and raises, naming ``source`` (what the parts make) and
     ``listed_in`` (where the expected sum came from). The one joiner of split weights: shipped adapters (SHA256SUMS)
     and adapters collected from a GPU machine in parts (a ``.sha256`` beside them, ``tools/ship_adapter.py``)."""
-    import shutil
-
     from search_gym.files import atomic_output
 
+    h = hashlib.sha256()  # hashed as it is written: one pass over the bytes
     with atomic_output(out) as tmp, open(tmp, "wb") as joined:
         for part in parts:
             with open(part, "rb") as f:
-                shutil.copyfileobj(f, joined)
-    h = hashlib.sha256()
-    with open(out, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+                    joined.write(block)
     if h.hexdigest() != expected:
         out.unlink()
         raise ValueError(f"the {len(parts)} parts of {source} join to sha256 {h.hexdigest()}, {listed_in} says "

@@ -25,6 +25,7 @@ from pathlib import Path
 from search_gym.data.corpus import file_fingerprint
 from search_gym.experiments.common import read_jsonl
 from search_gym.experiments.evaluation import Cell, finished_cells, primary_judges
+from search_gym.files import write_bytes_atomic
 from search_gym.rollout.metrics import METRICS, episode_metrics
 from search_gym.stats import paired_bootstrap_ci, paired_mde
 
@@ -79,7 +80,6 @@ def export_episodes(folder: str | os.PathLike, out: str | os.PathLike) -> int:
     is there, so the export pairs by content later. Returns the number of episodes written."""
     cells = eval_cells(Path(folder))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     lines = [{"format": EPISODES_FORMAT, "source": str(folder)}]
     for (set_key, attack), (cell, path) in sorted(cells.items()):
         for qid, values in per_question(path).items():
@@ -87,10 +87,7 @@ def export_episodes(folder: str | os.PathLike, out: str | os.PathLike) -> int:
                           "question_id": qid, "metrics": values})
     data = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode()
     # mtime=0: the same evaluation exports to the same bytes (a committed file does not change on a rerun)
-    data = gzip.compress(data, mtime=0) if out.name.endswith(".gz") else data
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    write_bytes_atomic(out, gzip.compress(data, mtime=0) if out.name.endswith(".gz") else data)
     return len(lines) - 1
 
 
