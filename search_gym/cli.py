@@ -15,6 +15,13 @@ from rich.table import Table
 console = Console(width=max(120, Console().width))  # tables stay readable in logs and CI
 
 
+def _user_error(exc: BaseException) -> int:
+    """Print a user's error (bad input, a missing file or asset: the message says what to do) and return exit code 2.
+    Escaped, so that text such as ``search-gym[vllm]`` in the message is shown, not read as markup."""
+    console.print(f"[red]{escape(str(exc))}[/red]")
+    return 2
+
+
 def _cmd_setup(args: argparse.Namespace) -> int:
     from search_gym.assets import MissingAssetError
     from search_gym.build import build_all
@@ -23,8 +30,7 @@ def _cmd_setup(args: argparse.Namespace) -> int:
     try:
         data = build_all(force=args.force, progress=True)
     except MissingAssetError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
+        return _user_error(exc)
     console.print(f"data ready in {Path(data.passages).parent}")
     kinds = ["dense", "bm25"] if args.index == "all" else [] if args.index == "none" else [args.index]
     for kind in kinds:
@@ -96,12 +102,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         for attack in (("none", "search") if harmful else ()):
             harm, harm_split = play(HARMFUL_ENV, None, attack, harmful)
             rows.append((f"harmful {harm_split}, " + ("no attack" if attack == "none" else f"{attack} attack"), harm))
-    except MissingAssetError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
-    except ValueError as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]")
-        return 2
+    except (MissingAssetError, ValueError) as exc:
+        return _user_error(exc)
 
     shown = [r for _, run in rows for r in run.episodes][: args.show]
     for record in shown:
@@ -148,7 +150,6 @@ def _num(value: float, digits: int) -> str:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from search_gym.assets import MissingAssetError
     from search_gym.configs import build_config
     from search_gym.experiments.evaluation import EvalConfig, markdown_table, run_eval
 
@@ -158,8 +159,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         try:
             n = export_episodes(*args.export_episodes)
         except (FileNotFoundError, ValueError) as exc:
-            console.print(f"[red]{escape(str(exc))}[/red]")
-            return 2
+            return _user_error(exc)
         console.print(f"{n} episodes -> {args.export_episodes[1]}", markup=False, highlight=False)
         return 0
     if args.compare:
@@ -168,15 +168,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         try:
             result = compare_evals(*args.compare)
         except (FileNotFoundError, ValueError) as exc:
-            console.print(f"[red]{escape(str(exc))}[/red]")
-            return 2
+            return _user_error(exc)
         console.print(comparison_markdown(result), markup=False, highlight=False, soft_wrap=True)
         return 0
     try:
         config = build_config(EvalConfig, args, args.config)
     except (TypeError, ValueError) as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]")
-        return 2
+        return _user_error(exc)
     try:
         if args.rescore:
             from search_gym.experiments.rescore import rescore_queries
@@ -184,15 +182,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             summary = rescore_queries(args.rescore, config.out_dir, args.rescore_judges)
         else:
             summary = run_eval(config)
-    except (FileNotFoundError, FileExistsError) as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]")
-        return 2
-    except MissingAssetError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
-    except ValueError as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]")
-        return 2
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:  # MissingAssetError is a FileNotFoundError
+        return _user_error(exc)
     console.print(markdown_table(summary), markup=False, highlight=False, soft_wrap=True)
     if summary.get("suite") == "misalignment":
         console.print(f"answers, summary.json / summary.md in {Path(config.out_dir) / 'misalignment'}")
