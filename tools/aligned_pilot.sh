@@ -22,6 +22,10 @@
 #             TRUNCATE_RANK (search_gym.agents.adapters.truncate_adapter: the best lower-rank LoRA of the same
 #             update) -> $RUN/adapter, $RUN/final (merged), $RUN/truncate.json; then eval / probe / rule as for a
 #             trained recipe (a truncated adapter is another model: docs/aligned_start.md, shipping rule)
+#   truncate_if_accepted  after `rule`: for a recipe rule.json accepts, starts (detached, beside this run's later
+#             stages and the other arm's) the run ${SG_RUN}16 = this adapter truncated to TRUNCATE_RANK (default 16) with
+#             stages TRUNCATE_STAGES (default "truncate eval probe rule"): the shipping rule's check without a round
+#             trip (docs/aligned_start.md; its verdict is read only for the arm the selection rule picks)
 #   4. grpo   a 20-step GRPO pilot (LoRA on the merged SFT model, examples/configs/grpo_aligned_lora.yaml)
 # After unpack.sh returned 0 (README.md beside this file).
 #
@@ -91,6 +95,10 @@ json.dump({**info, 'from': '${TRUNCATE_FROM:-}'}, open('$RUN/truncate.json', 'w'
     heldout) heldout || exit \$? ;;
     heldout_if_accepted) if \$RULE --json $RUN/rule.json > $RUN/rule.md; then heldout || exit \$?;
           else echo "heldout_if_accepted: the rule did not accept this recipe: the held-out sets are not read"; fi ;;
+    truncate_if_accepted) if grep -q '"accepted": true' $RUN/rule.json 2>/dev/null; then
+          cd $REPO && SG_RUN=${SG_RUN:-sft_aligned}${TRUNCATE_RANK:-16} TRUNCATE_FROM=$RUN TRUNCATE_RANK=${TRUNCATE_RANK:-16} \
+            EVAL_ATTACKS="${EVAL_ATTACKS:-}" bash tools/aligned_pilot.sh start "${TRUNCATE_STAGES:-truncate eval probe rule}"; cd /tmp
+          else echo "truncate_if_accepted: the rule did not accept this recipe (rule.json): no truncation"; fi ;;
     fit) python3 $REPO/benchmarks/decision_margin.py --model $RUN/final --train-rows $RUN/sft_data.jsonl \
            --train-per-source 100 --greedy-check 12 --device cuda --out $RUN/fit_margins.jsonl > $RUN/fit.json \
            || echo "fit: exit \$? (a diagnostic: the stages after it still run)" ;;
