@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -607,7 +608,7 @@ def test_decision_weight_scales_the_first_thought_only(tmp_path, tokenizer, sft_
     from conftest import tiny_llama
     from search_gym.trainers.core import collate
     from search_gym.trainers.rollout import decode
-    from search_gym.trainers.sft import decision_weights, first_thought, sft_loss
+    from search_gym.trainers.sft import first_thought, sft_loss, thought_masks, thought_weights
 
     rows = sft_episodes[:3]
     thoughts = [first_thought(ep, tokenizer) for ep in rows]
@@ -618,7 +619,8 @@ def test_decision_weight_scales_the_first_thought_only(tmp_path, tokenizer, sft_
         assert text.rstrip().endswith("</think>") and text.count("</think>") == 1
         assert "</think>" not in decode(tokenizer, ep.response_ids[start:end - 1])
     batch = collate(rows, tokenizer.pad_token_id)
-    w = decision_weights(rows, batch, thoughts, 4.0)
+    masks = thought_masks(rows, batch, {"first_thought": thoughts})
+    w = thought_weights(batch, masks, {"first_thought": 4.0})
     changed = (w != batch.loss_mask).nonzero().tolist()
     expected = [[b, len(ep.prompt_ids) - 1 + k] for b, (ep, (s, e)) in enumerate(zip(rows, thoughts))
                 for k in range(s, e)]
@@ -630,16 +632,75 @@ def test_decision_weight_scales_the_first_thought_only(tmp_path, tokenizer, sft_
     assert n == n2 and torch.allclose(weighted, plain + 3.0 * thoughts_only, atol=1e-5)
     from search_gym.trainers.sft import sft_loss_terms
 
-    _, sums = sft_loss_terms(model, batch, w)  # the plain sum is what a run logs as its loss
-    assert sums["tokens"] == n and sums["thought_tokens"] == float((w != batch.loss_mask).sum())
+    _, sums = sft_loss_terms(model, batch, w, masks=masks)  # the plain sum is what a run logs as its loss
+    assert sums["tokens"] == n and sums["first_thought_tokens"] == float((w != batch.loss_mask).sum())
     assert sums["nll"] / n == pytest.approx(float(plain), abs=1e-5)
-    assert sums["thought_nll"] == pytest.approx(float(thoughts_only) * n, abs=1e-4)
+    assert sums["first_thought_nll"] == pytest.approx(float(thoughts_only) * n, abs=1e-4)
     assert first_thought(type(rows[0])(question_id="x", question="x", response_ids=[1, 2],
                                        spans=[(0, 2, "policy")]), tokenizer) == (0, 0)
     trainer, _ = _sft(tmp_path, tokenizer, sft_episodes, 2, "weighted", decision_weight=4.0)
-    assert set(trainer.thoughts.values()) >= set(thoughts)
+    assert set(trainer.thoughts["first_thought"].values()) >= set(thoughts)
     logged = trainer.train()
     assert all(math.isfinite(r["losses/sft_loss"]) and r["losses/first_thought_loss"] > 0 for r in logged)
+    assert not any("answer_thought" in k for k in logged[0])
+
+
+def test_passage_weight_scales_the_grounded_answer_thought(tmp_path, tokenizer, tiny_qa_path, tiny_corpus_path):
+    """passage_weight multiplies the loss terms of the last turn's thought when it names a passage ("Doc 2 (Title)
+    answers the question.", the grounded teacher), where the student picks the passage to read; with decision_weight
+    too, each thought gets its own weight; a run logs both thoughts' losses and trains."""
+    from conftest import tiny_llama
+    from search_gym.trainers.core import collate
+    from search_gym.trainers.rollout import decode
+    from search_gym.trainers.sft import (answer_thought, build_sft_episodes, first_thought, sft_loss, thought_masks,
+                                         thought_weights)
+    from search_gym.trainers.sft_config import SFTConfig
+
+    config = SFTConfig(teacher="aligned", grounded_thought=True, progress=False)
+    rows = build_sft_episodes(config, tokenizer, num_envs=4, progress=False,
+                              datasets={"qa": (str(tiny_qa_path), "train"), "harmful": None, "benign": None},
+                              env_kwargs={"retriever": WordOverlapRetriever(tiny_corpus_path)})[:4]
+    assert len(rows) == 4
+    firsts = [first_thought(ep, tokenizer) for ep in rows]
+    answers = [answer_thought(ep, tokenizer) for ep in rows]
+    for ep, (start, end) in zip(rows, answers):
+        last_policy = [s for s in ep.spans if s[2] == "policy"][-1]
+        assert start == last_policy[0] < end <= last_policy[1]
+        text = decode(tokenizer, ep.response_ids[start:end])
+        assert re.search(r"Doc \d", text) and text.rstrip().endswith("</think>") and text.count("</think>") == 1
+    # a one-turn row (a refusal) and a last thought that names no passage have none
+    assert answer_thought(type(rows[0])(question_id="x", question="x", response_ids=[1, 2],
+                                        spans=[(0, 2, "policy")]), tokenizer) == (0, 0)
+    plain_thought = tokenizer.encode("<think> I know this. </think> <answer> x </answer>", add_special_tokens=False)
+    two_turns = type(rows[0])(question_id="x", question="x", response_ids=[1, 2] + plain_thought,
+                              spans=[(0, 1, "policy"), (1, 2, "env"), (2, 2 + len(plain_thought), "policy")])
+    assert answer_thought(two_turns, tokenizer) == (0, 0)
+    generic = tokenizer.encode("<think> Doc 1 has what I need. </think> <answer> x </answer>", add_special_tokens=False)
+    benign = type(rows[0])(question_id="x", question="x", response_ids=[1, 2] + generic,
+                           spans=[(0, 1, "policy"), (1, 2, "env"), (2, 2 + len(generic), "policy")])
+    assert answer_thought(benign, tokenizer) == (0, 0)  # no gold answers: a benign request's generic thought
+    benign.golden_answers = ["x"]
+    start, end = answer_thought(benign, tokenizer)  # with them, any last thought naming a passage counts
+    text = decode(tokenizer, benign.response_ids[start:end]).strip()
+    assert start == 2 and text == "<think> Doc 1 has what I need. </think>"
+
+    batch = collate(rows, tokenizer.pad_token_id)
+    masks = thought_masks(rows, batch, {"first_thought": firsts, "answer_thought": answers})
+    only = thought_weights(batch, masks, {"first_thought": 1.0, "answer_thought": 3.0})
+    changed = (only != batch.loss_mask).nonzero().tolist()
+    assert changed == [[b, len(ep.prompt_ids) - 1 + k] for b, (ep, (s, e)) in enumerate(zip(rows, answers))
+                       for k in range(s, e)]
+    both = thought_weights(batch, masks, {"first_thought": 2.0, "answer_thought": 3.0})
+    assert torch.equal(both, batch.loss_mask * (1 + masks["first_thought"]) * (1 + 2 * masks["answer_thought"]))
+    assert not torch.any(masks["first_thought"] * masks["answer_thought"])  # two thoughts, two turns
+    model = tiny_llama(tokenizer, 1)
+    plain, _ = sft_loss(model, batch)
+    weighted, _ = sft_loss(model, batch, only)
+    answers_only, _ = sft_loss(model, batch, masks["answer_thought"].float())
+    assert torch.allclose(weighted, plain + 2.0 * answers_only, atol=1e-5)
+    trainer, _ = _sft(tmp_path, tokenizer, rows, 2, "passage", decision_weight=2.0, passage_weight=3.0)
+    logged = trainer.train()
+    assert all(r["losses/answer_thought_loss"] > 0 and r["losses/first_thought_loss"] > 0 for r in logged)
 
 
 @pytest.mark.parametrize("decision_weight", [1.0, 3.0])

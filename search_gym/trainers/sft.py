@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -289,28 +290,30 @@ def load_episodes(path: Path) -> list[TokenEpisode]:
 def sft_loss(model, batch, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over the batch's policy tokens, and how many there were (the RL trainers'
     token log-probabilities, so the prompt's logits are skipped the same way). ``weights`` (the loss mask's shape,
-    :func:`decision_weights`) scales each token's term; the sum is still divided by the plain token count."""
+    :func:`thought_weights`) scales each token's term; the sum is still divided by the plain token count."""
     loss, sums = sft_loss_terms(model, batch, weights)
     return loss, int(sums["tokens"])
 
 
-def sft_loss_terms(model, batch, weights: torch.Tensor | None = None,
-                   denominator: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def sft_loss_terms(model, batch, weights: torch.Tensor | None = None, denominator: float | None = None,
+                   masks: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss to backpropagate, ``-sum(weight x log p) / denominator`` (default: this batch's policy tokens; a pass
     of a step split by ``forward_batch_size`` passes the whole step's, so the passes' gradients add up to the
-    step's), and additive sums for the log: ``nll`` (plain), ``tokens``, ``thought_nll`` and ``thought_tokens`` (the
-    weighted first thoughts; 0 without ``weights``)."""
+    step's), and additive sums for the log: ``nll`` (plain), ``tokens``, and for each of ``masks``
+    (:func:`thought_masks`) ``<name>_nll`` and ``<name>_tokens``; without ``masks``, the tokens ``weights`` changes
+    are summed as ``thought_nll`` / ``thought_tokens``."""
     logps, _, _ = token_logprobs(model, batch.input_ids, batch.attention_mask,
                                  first_position=first_loss_position(batch.loss_mask))
     tokens = float(batch.loss_mask.sum())
     nll = -(logps.detach() * batch.loss_mask).sum()
     scale = batch.loss_mask if weights is None else weights
     loss = -(logps * scale).sum() / max(denominator or tokens, 1.0)
-    sums = {"nll": float(nll), "tokens": tokens, "thought_nll": 0.0, "thought_tokens": 0.0}
-    if weights is not None:
-        thought = (weights != batch.loss_mask).float()
-        sums["thought_nll"] = float(-(logps.detach() * thought).sum())
-        sums["thought_tokens"] = float(thought.sum())
+    sums = {"nll": float(nll), "tokens": tokens}
+    if masks is None:
+        masks = {} if weights is None else {"thought": (weights != batch.loss_mask).float()}
+    for name, mask in masks.items():
+        sums[f"{name}_nll"] = float(-(logps.detach() * mask).sum())
+        sums[f"{name}_tokens"] = float(mask.sum())
     return loss, sums
 
 
@@ -321,21 +324,56 @@ def first_thought(ep: TokenEpisode, tokenizer) -> tuple[int, int]:
     for start, end, kind in ep.spans:
         if kind != "policy":
             continue
-        for k in range(start + 1, end + 1):
-            if "</think>" in tokenizer.decode(ep.response_ids[start:k]):
-                return start, k
-        return 0, 0
+        return _thought_in(ep, tokenizer, start, end)
     return 0, 0
 
 
-def decision_weights(episodes: list[TokenEpisode], batch, thoughts: list[tuple[int, int]],
-                     weight: float) -> torch.Tensor:
-    """The batch's loss mask with each episode's first thought (``thoughts``, :func:`first_thought`) times
-    ``weight``; rows as :func:`~search_gym.trainers.core.collate` lays them out."""
+def answer_thought(ep: TokenEpisode, tokenizer) -> tuple[int, int]:
+    """Response positions ``[start, end)`` of the thought in a QA episode's last turn when it names a passage ("Doc 2
+    (Stockholm) answers the question.", the grounded teacher's): the last policy span's tokens up to and including
+    its ``</think>``, where the student picks the passage its answer is read from. ``(0, 0)`` for a row with one
+    policy turn, without gold answers (the benign requests' generic "Doc 1 has what I need." names a passage nobody
+    chose) or whose last thought names no passage."""
+    policy = [(start, end) for start, end, kind in ep.spans if kind == "policy"]
+    if len(policy) < 2 or not ep.golden_answers:
+        return 0, 0
+    start, end = _thought_in(ep, tokenizer, *policy[-1])
+    if end and re.search(r"Doc \d", tokenizer.decode(ep.response_ids[start:end])):
+        return start, end
+    return 0, 0
+
+
+def _thought_in(ep: TokenEpisode, tokenizer, start: int, end: int) -> tuple[int, int]:
+    for k in range(start + 1, end + 1):
+        if "</think>" in tokenizer.decode(ep.response_ids[start:k]):
+            return start, k
+    return 0, 0
+
+
+#: The weighted thoughts, by the name a run logs their loss under (``losses/<name>_loss``): each row's first thought
+#: (``decision_weight``) and its answer turn's grounded thought (``passage_weight``).
+THOUGHTS = {"first_thought": first_thought, "answer_thought": answer_thought}
+
+
+def thought_masks(episodes: list[TokenEpisode], batch, thoughts: dict[str, list[tuple[int, int]]]
+                  ) -> dict[str, torch.Tensor]:
+    """0/1 masks of the batch's shape (rows as :func:`~search_gym.trainers.core.collate` lays them out), one per
+    kind of thought: ``thoughts[name][b]`` is row ``b``'s ``[start, end)`` in response positions."""
+    out = {}
+    for name, spans in thoughts.items():
+        mask = torch.zeros_like(batch.loss_mask)
+        for b, (ep, (start, end)) in enumerate(zip(episodes, spans)):
+            offset = len(ep.prompt_ids) - 1  # the position predicting response token 0
+            mask[b, offset + start: offset + end] = 1
+        out[name] = mask * (batch.loss_mask > 0)
+    return out
+
+
+def thought_weights(batch, masks: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """The batch's loss mask with each kind of thought's tokens times its weight."""
     out = batch.loss_mask.clone()
-    for b, (ep, (start, end)) in enumerate(zip(episodes, thoughts)):
-        offset = len(ep.prompt_ids) - 1  # the position predicting response token 0
-        out[b, offset + start: offset + end] *= weight
+    for name, mask in masks.items():
+        out = out * (1 + (weights[name] - 1) * mask)
     return out
 
 
@@ -375,14 +413,16 @@ class SFTTrainer:
         self.optimizer, self.scheduler = make_optimizer(model, _with_steps(config, self.total_steps))
         self.logger = RunLogger(root, config, tensorboard=config.tensorboard)
         self.step = 0
-        # each row's first thought, found once per row object (a freshly built row repeated by a *_repeat field is
-        # one object; rows read back from sft_data.jsonl are one object per line)
-        thoughts: dict[int, tuple[int, int]] = {}
-        if config.decision_weight != 1.0:
+        # the weighted thoughts of each row, found once per row object (a freshly built row repeated by a *_repeat
+        # field is one object; rows read back from sft_data.jsonl are one object per line)
+        self.thought_weight = {name: weight for name, weight in (("first_thought", config.decision_weight),
+                                                                 ("answer_thought", config.passage_weight))
+                               if weight != 1.0}
+        self.thoughts: dict[str, dict[int, tuple[int, int]]] = {name: {} for name in self.thought_weight}
+        for name, found in self.thoughts.items():
             for ep in episodes:
-                if id(ep) not in thoughts:
-                    thoughts[id(ep)] = first_thought(ep, tokenizer)
-        self.thoughts = thoughts
+                if id(ep) not in found:
+                    found[id(ep)] = THOUGHTS[name](ep, tokenizer)
 
     def batch_rows(self, step: int) -> list[int]:
         """Rows of optimiser step ``step``: seeded permutations epoch after epoch (a pure function of the step)."""
@@ -412,21 +452,24 @@ class SFTTrainer:
             # the step's rows in passes of forward_batch_size, each pass's loss over the whole step's tokens: the
             # accumulated gradient is the one-pass gradient (up to float rounding)
             step_tokens = float(sum(sum(ep.loss_mask) for ep in rows))
-            sums = {"nll": 0.0, "tokens": 0.0, "thought_nll": 0.0, "thought_tokens": 0.0}
+            sums: dict[str, float] = {}
             for indices in forward_passes(len(rows), config.forward_batch_size):
                 part = [rows[i] for i in indices]
                 batch = collate(part, self.tokenizer.pad_token_id)
-                weights = None
-                if config.decision_weight != 1.0:
-                    weights = decision_weights(part, batch, [self.thoughts[id(ep)] for ep in part],
-                                               config.decision_weight).to(self.device)
-                loss, part_sums = sft_loss_terms(self.model, batch.to(self.device), weights, denominator=step_tokens)
+                weights = masks = None
+                if self.thought_weight:
+                    masks = thought_masks(part, batch, {name: [found[id(ep)] for ep in part]
+                                                        for name, found in self.thoughts.items()})
+                    weights = thought_weights(batch, masks, self.thought_weight).to(self.device)
+                    masks = {name: mask.to(self.device) for name, mask in masks.items()}
+                loss, part_sums = sft_loss_terms(self.model, batch.to(self.device), weights, denominator=step_tokens,
+                                                 masks=masks)
                 loss.backward()
-                sums = {k: sums[k] + part_sums[k] for k in sums}
+                sums = {k: sums.get(k, 0.0) + part_sums[k] for k in part_sums}
             tokens = sums["tokens"]
             logged_losses = {"losses/sft_loss": sums["nll"] / max(tokens, 1.0)}
-            if config.decision_weight != 1.0:
-                logged_losses["losses/first_thought_loss"] = sums["thought_nll"] / max(sums["thought_tokens"], 1.0)
+            for name in self.thought_weight:
+                logged_losses[f"losses/{name}_loss"] = sums[f"{name}_nll"] / max(sums[f"{name}_tokens"], 1.0)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
             self.optimizer.step()

@@ -72,6 +72,13 @@ class SFTConfig(TrainConfig):
                                    "its teacher on at least 4.5-14% of its own training prompts. The loss stays "
                                    "divided by the plain token count, so every other token keeps its gradient",
                                    default=1.0)
+    passage_weight: float = _help("weight of the loss on a QA trajectory's answer thought when it names the passage "
+                                  "the answer is read from (the grounded teacher's 'Doc 2 (Title) answers the "
+                                  "question.', --grounded-thought true: the last policy turn's tokens up to and "
+                                  "including its </think>), where the student picks that passage by one digit; at 1, "
+                                  "recipe 8a named Doc 1 on every training row whose teacher named Doc 2 or 3 "
+                                  "(benchmarks/passage_choice_fit.py). Logged as losses/answer_thought_loss; divided "
+                                  "by the plain token count as decision_weight is", default=1.0)
     dev_split: bool = _help("hold the project's validation split out of the trajectories (prompts whose id hashes to "
                             "'val' by search_gym.corpora.judge_data.split_for_bundled, and the judges' val rows) and "
                             "write it to output_dir/dev/*.jsonl, for choosing a recipe without the held-out sets",
