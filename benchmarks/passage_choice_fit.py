@@ -38,25 +38,24 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def passage_token(row: dict, tokenizer) -> tuple[int, int] | None:
-    """``(response index of the digit token after "Doc ", taught passage 1-3)`` in the row's last policy span, or None
-    when that span names no passage (an ungrounded thought, a refusal)."""
-    policy = [(s, e) for s, e, kind in row["spans"] if kind == "policy"]
-    if not row.get("golden_answers") or len(policy) < 2:
-        return None
-    start, end = policy[-1]
+    """``(response index of the digit token after "Doc ", taught passage 1-3)`` in the row's answer thought (the span
+    the trainer's ``passage_weight`` weights, :func:`search_gym.trainers.sft.answer_thought`), or None when the row
+    has none (one turn, no gold answers, a thought that names no passage)."""
+    from search_gym.trainers.rollout import TokenEpisode
+    from search_gym.trainers.sft import answer_thought
+
+    start, end = answer_thought(TokenEpisode(**row), tokenizer)
     text = ""
     for k in range(start, end):
         piece = tokenizer.decode([row["response_ids"][k]])
         if piece in DIGITS and re.search(r"Doc $", text):
             return k, int(piece)
         text += piece
-        if "</think>" in text:
-            return None
     return None
 
 
 def eval_contexts(eval_dir: Path, tokenizer) -> dict[int, list]:
-    """Validation QA episodes with a search, by the passage the grounded teacher would name: ``(row, (ids, k))``."""
+    """Validation QA episodes with a search, by the passage the grounded teacher would name: ``(row, ids, k)``."""
     from search_gym.agents.baselines import _information_docs
     from search_gym.agents.prompting import render_prompt
     from search_gym.agents.teachers import answer_passage
@@ -72,18 +71,17 @@ def eval_contexts(eval_dir: Path, tokenizer) -> dict[int, list]:
                 continue
             text = (render_prompt(tokenizer, [{"role": "user", "content": row["prompt"]}]) + row["actions"][0]
                     + row["env_texts"][0] + "<think> Doc ")
-            found[passage + 1].append((row, (tokenizer.encode(text, add_special_tokens=False), passage + 1)))
+            found[passage + 1].append((row, tokenizer.encode(text, add_special_tokens=False), passage + 1))
     return found
 
 
-def score(model, tokenizer, rows: list, device: str) -> list[dict]:
+def score(model, tokenizer, items: list[tuple[dict, list[int], int]], device: str) -> list[dict]:
+    """``items``: ``(row, the token ids before the digit, taught passage)``."""
     import torch
 
     digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in DIGITS]
     out = []
-    for row, (k, taught) in rows:
-        # everything before the digit: an SFT row's tokens, or a validation context's (k is then the token ids)
-        ids = row["prompt_ids"] + row["response_ids"][:k] if isinstance(k, int) else k
+    for row, ids, taught in items:
         with torch.no_grad():
             logits = model(torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1].float()
         logp = torch.log_softmax(logits, -1)[digit_ids].cpu().numpy()
@@ -129,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         hit = passage_token(row, tokenizer)
         if hit is not None:
             seen.add(row["question"])
-            found[hit[1]].append((row, hit))
+            k, taught = hit
+            found[taught].append((row, row["prompt_ids"] + row["response_ids"][:k], taught))
     rng = np.random.default_rng(args.seed)
     chosen = []
     for k, items in found.items():

@@ -42,7 +42,8 @@ def test_the_digit_token_is_the_teachers_passage_and_scores_equal_a_full_forward
     assert fit.passage_token(one_turn, tokenizer) is None and fit.passage_token({**rows[0], "golden_answers": []},
                                                                                 tokenizer) is None
     model = tiny_llama(tokenizer, seed=2).eval()
-    scored = fit.score(model, tokenizer, list(zip(rows[:2], hits[:2])), "cpu")
+    scored = fit.score(model, tokenizer, [(row, row["prompt_ids"] + row["response_ids"][:k], taught)
+                                          for row, (k, taught) in zip(rows[:2], hits[:2])], "cpu")
     for row, (k, taught), s in zip(rows, hits, scored):
         ids = torch.tensor([row["prompt_ids"] + row["response_ids"][:k]])
         with torch.no_grad():

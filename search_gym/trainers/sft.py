@@ -300,8 +300,7 @@ def sft_loss_terms(model, batch, weights: torch.Tensor | None = None, denominato
     """The loss to backpropagate, ``-sum(weight x log p) / denominator`` (default: this batch's policy tokens; a pass
     of a step split by ``forward_batch_size`` passes the whole step's, so the passes' gradients add up to the
     step's), and additive sums for the log: ``nll`` (plain), ``tokens``, and for each of ``masks``
-    (:func:`thought_masks`) ``<name>_nll`` and ``<name>_tokens``; without ``masks``, the tokens ``weights`` changes
-    are summed as ``thought_nll`` / ``thought_tokens``."""
+    (:func:`thought_masks`) ``<name>_nll`` and ``<name>_tokens``."""
     logps, _, _ = token_logprobs(model, batch.input_ids, batch.attention_mask,
                                  first_position=first_loss_position(batch.loss_mask))
     tokens = float(batch.loss_mask.sum())
@@ -309,9 +308,7 @@ def sft_loss_terms(model, batch, weights: torch.Tensor | None = None, denominato
     scale = batch.loss_mask if weights is None else weights
     loss = -(logps * scale).sum() / max(denominator or tokens, 1.0)
     sums = {"nll": float(nll), "tokens": tokens}
-    if masks is None:
-        masks = {} if weights is None else {"thought": (weights != batch.loss_mask).float()}
-    for name, mask in masks.items():
+    for name, mask in (masks or {}).items():
         sums[f"{name}_nll"] = float(-(logps.detach() * mask).sum())
         sums[f"{name}_tokens"] = float(mask.sum())
     return loss, sums
