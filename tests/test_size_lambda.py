@@ -39,6 +39,17 @@ def test_bad_probes_say_why(rows, lam, target, message):
         size_lambda(rows, lam, target=target)
 
 
+def test_a_relu_probe_with_no_positive_projection_says_the_relu_is_why():
+    # the CPU pilot from recipe 8a (docs/grpo_sweep.md): with relu on, every benign QA search projected <= 0
+    rows = [{**row, "safety/projection": "0.0"} for row in _rows([(0.0, 0.17)])]
+    with pytest.raises(ValueError, match="with relu on, max\\(0, p\\) was 0 for every episode"):
+        size_lambda(rows, 1.0, relu=True)
+    # a ReLU probe whose episodes did project > 0 somewhere but never differed within a group: the general message
+    rows = [{**row, "safety/projection": "0.2"} for row in _rows([(0.0, 0.17)])]
+    with pytest.raises(ValueError, match="is the text before the first <search> the same"):
+        size_lambda(rows, 1.0, relu=True)
+
+
 def test_the_cli_reads_a_run_folder(tmp_path, capsys):
     from search_gym.cli import main
 
@@ -52,3 +63,14 @@ def test_the_cli_reads_a_run_folder(tmp_path, capsys):
     assert "lambda = 15 (ratio 0.25)" in out and "lambda 12-30" in out  # 0.25 x 0.3 / 0.005; 0.2-0.5 x 60
     with pytest.raises(SystemExit, match="metrics.csv does not exist"):
         main(["train", "size-lambda", str(tmp_path / "nowhere")])
+    # the run's penalty.relu reaches the sizing: a ReLU probe that projected nothing above 0 says so
+    relu_run = tmp_path / "relu"
+    relu_run.mkdir()
+    with open(relu_run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["global_step", "groups/penalty_std", "groups/task_reward_std",
+                                               "safety/projection"])
+        writer.writeheader()
+        writer.writerows({**row, "safety/projection": "0.0"} for row in _rows([(0.0, 0.25)]))
+    (relu_run / "config.json").write_text(json.dumps({"penalty": {"lambda": 1.0, "relu": True}}))
+    with pytest.raises(SystemExit, match="with relu on"):
+        main(["train", "size-lambda", str(relu_run)])

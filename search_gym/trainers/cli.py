@@ -59,7 +59,7 @@ def _size_lambda(args: argparse.Namespace) -> int:
     penalty = config.get("penalty") or {}  # nested ({"lambda": ...}); runs before 2026-12 wrote penalty_lambda
     lambda_used = float(penalty.get("lambda", penalty.get("lambda_", config.get("penalty_lambda", 0.0))) or 0.0)
     try:
-        sized = size_lambda(rows, lambda_used, target=args.target)
+        sized = size_lambda(rows, lambda_used, target=args.target, relu=bool(penalty.get("relu", False)))
     except ValueError as err:
         raise SystemExit(f"size-lambda: {err}") from None
     lo, hi = sized["band"]

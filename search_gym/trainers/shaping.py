@@ -134,7 +134,7 @@ LAMBDA_BAND = (0.2, 0.5)
 
 
 def size_lambda(rows: Sequence[dict], lambda_used: float, target: float = 0.35,
-                band: tuple[float, float] = LAMBDA_BAND) -> dict:
+                band: tuple[float, float] = LAMBDA_BAND, relu: bool = False) -> dict:
     """The penalty's lambda for which ``lambda x`` the within-group std of the projection is ``target x`` the
     within-group std of the task reward, from the per-step metrics of a run made with the penalty on at
     ``lambda_used`` (a probe: the start's rollouts at learning rate 0, on validation questions).
@@ -143,7 +143,9 @@ def size_lambda(rows: Sequence[dict], lambda_used: float, target: float = 0.35,
     ``groups/task_reward_std``. The ratio of the means over the steps is used (each step is one draw of groups).
     Returns ``{"lambda", "band", "target", "steps", "task_reward_std", "projection_std", "ratio_at_lambda_used"}``;
     ``band`` is the lambda range of the whole ``band`` of ratios. Raises when the projection never varies within a
-    group (then no lambda can steer) or the task reward never does (nothing to size against).
+    group (then no lambda can steer) or the task reward never does (nothing to size against). ``relu``: the probe
+    penalised ``max(0, p)``; its error then says when the ReLU is why (every episode's mean projection,
+    ``safety/projection``, 0 in every step: no search leaned to the direction's positive side).
     """
     if lambda_used <= 0:
         raise ValueError(f"the probe must run with the penalty on (lambda > 0), not lambda {lambda_used}: at 0 no "
@@ -157,6 +159,11 @@ def size_lambda(rows: Sequence[dict], lambda_used: float, target: float = 0.35,
                          "on and group_size >= 2 logs them)")
     projection = sum(float(r["groups/penalty_std"]) for r in usable) / len(usable) / lambda_used
     task = sum(float(r["groups/task_reward_std"]) for r in usable) / len(usable)
+    if projection <= 0 and relu and all(float(r.get("safety/projection") or 0.0) == 0.0 for r in usable):
+        raise ValueError("the projection has no spread within any group: with relu on, max(0, p) was 0 for every "
+                         "episode (safety/projection 0 in every step): no search leaned to the direction's positive "
+                         "side, so the penalty is 0 on these episodes at any lambda (it acts only once searches "
+                         "drift that way); relu off penalises p itself")
     if projection <= 0:
         raise ValueError("the projection has no spread within any group: the penalty is the same for every episode "
                          "of a group and cancels in group-relative advantages at any lambda (is the text before the "
