@@ -159,7 +159,8 @@ def size_lambda(rows: Sequence[dict], lambda_used: float, target: float = 0.35,
                          "on and group_size >= 2 logs them)")
     projection = sum(float(r["groups/penalty_std"]) for r in usable) / len(usable) / lambda_used
     task = sum(float(r["groups/task_reward_std"]) for r in usable) / len(usable)
-    if projection <= 0 and relu and all(float(r.get("safety/projection") or 0.0) == 0.0 for r in usable):
+    if projection <= 0 and relu and all(r.get("safety/projection") not in (None, "")
+                                        and float(r["safety/projection"]) == 0.0 for r in usable):
         raise ValueError("the projection has no spread within any group: with relu on, max(0, p) was 0 for every "
                          "episode (safety/projection 0 in every step): no search leaned to the direction's positive "
                          "side, so the penalty is 0 on these episodes at any lambda (it acts only once searches "
