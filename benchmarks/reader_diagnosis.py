@@ -1,6 +1,7 @@
-"""Why QA EM does not move (docs/aligned_start.md, recipes 4a/4b): retrieval of the model's own queries against the
-question verbatim, and the reader's accuracy by the passage that holds the answer, read from a `search-gym eval`
-folder's QA trajectories; optionally where the answer sits in an SFT data file's QA rows (what the teacher taught).
+"""Why QA EM does not move (docs/aligned_start.md, recipes 4a/4b and 9): retrieval of the model's own queries against
+the question verbatim and the best of the teacher's rephrasings (top 3 and top 1), and the reader's accuracy by the
+passage that holds the answer, read from a `search-gym eval` folder's QA trajectories; optionally where the answer
+sits in an SFT data file's QA rows (what the teacher taught).
 
     python benchmarks/reader_diagnosis.py --eval RUN/eval_benign [--sft-data .devrun/sft_aligned_r3/sft_data.jsonl.gz]
 
@@ -36,6 +37,7 @@ def qa_trajectories(eval_dir: Path) -> list[dict]:
 
 
 def diagnose_eval(rows: list[dict]) -> dict:
+    from search_gym.agents.teachers import query_forms
     from search_gym.retrieval.factory import RetrieverConfig, get_retriever
 
     rows = [r for r in rows if r["searches"] and r["golden_answers"]]
@@ -49,6 +51,11 @@ def diagnose_eval(rows: list[dict]) -> dict:
     model_pos = positions(dense, queries)
     question_pos = positions(dense, [r["question"] for r in rows])
     bm25_pos = positions(bm25, queries)
+    # an upper bound for a better query: per question, the best rank any of the teacher's rephrasings reaches (an
+    # oracle choice made with the gold answer, which neither the teacher's rows nor the student make)
+    forms = [query_forms(r["question"]) or [r["question"]] for r in rows]
+    form_pos = [positions(dense, [f[j] if j < len(f) else f[0] for f in forms]) for j in range(max(map(len, forms)))]
+    best_form = [min((p for p in ps if p is not None), default=None) for ps in zip(*form_pos)]
     n = len(rows)
     by_passage: dict[int, list[bool]] = collections.defaultdict(list)
     first_title = 0
@@ -68,6 +75,9 @@ def diagnose_eval(rows: list[dict]) -> dict:
         "recall@3_question_verbatim": sum(p is not None for p in question_pos) / n,
         "recall@3_bm25_model_queries": sum(p is not None for p in bm25_pos) / n,
         "recall@3_dense_or_bm25": sum(a is not None or b is not None for a, b in zip(model_pos, bm25_pos)) / n,
+        "top1_model_queries": model_pos.count(0) / n,
+        "top1_question_verbatim": question_pos.count(0) / n,
+        "top1_best_teacher_form": best_form.count(0) / n,
         "em_given_answer_retrieved": correct_hit / max(1, len(retrieved)),
         "em_given_not_retrieved": sum(bool(r["correct"]) for r, p in zip(rows, model_pos) if p is None)
         / max(1, n - len(retrieved)),

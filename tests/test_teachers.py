@@ -15,6 +15,7 @@ from search_gym.agents.teachers import (
     AlignedOracleAgent,
     AlignedRefusalAgent,
     answer_passage,
+    query_forms,
     rephrase_query,
     request_topic,
 )
@@ -35,6 +36,16 @@ def test_rephrased_queries_never_copy_the_question_and_keep_its_content():
         assert query.lower() != q.lower().rstrip("?") and query != q
         assert not query.lower().startswith(("which ", "what ", "who "))
         assert any(w in query for w in q.split()[2:])  # keeps words of the question's content
+
+
+def test_query_forms_are_what_rephrase_query_draws_from():
+    assert query_forms("Which German composer lived from 1770 to 1827?") == [
+        "German composer lived from 1770 to 1827", "German composer lived 1770 1827",
+        "german composer lived from 1770 to 1827", "German composer born 1770 died 1827"]
+    for i, q in enumerate(QUESTIONS):
+        forms = query_forms(q)
+        assert forms and q.rstrip("?") not in forms and len(set(forms)) == len(forms)
+        assert rephrase_query(q, np.random.default_rng(i)) in forms
 
 
 def test_request_topic_drops_the_instruction_and_ends_on_a_content_word():

@@ -182,17 +182,30 @@ def request_topic(request: str, max_words: int = 6) -> str:
     return " ".join(words).strip()
 
 
-def rephrase_query(question: str, rng: np.random.Generator) -> str:
-    """A search query for ``question`` that rephrases rather than copies it: the question words dropped (keeping
-    the rest in order), or the content words only; never the question verbatim."""
+def _query_parts(question: str) -> tuple[str, str, str]:
+    """``question`` without its "?", without its question words (the core), and the core's content words."""
     base = question.strip().rstrip("?").strip()
     core = _CALLED.sub("", _WH_PREFIX.sub("", base)).strip() or base
     content = " ".join(w for w in _words(core) if w.lower() not in _STOPWORDS) or core
+    return base, core, content
+
+
+def query_forms(question: str) -> list[str]:
+    """The rephrasings :func:`rephrase_query` draws from, in order: the question words dropped (keeping the rest in
+    order), the content words only, the first of those lower-cased, and for "lived from X to Y" a born/died form;
+    duplicates and the question verbatim left out (possibly empty)."""
+    base, core, content = _query_parts(question)
     forms = [core, content, core[:1].lower() + core[1:]]
     if re.search(r"\blived from (\d{3,4}) to (\d{3,4})", core):
         forms.append(re.sub(r"\blived from (\d{3,4}) to (\d{3,4})", r"born \1 died \2", core))
-    forms = [f for f in dict.fromkeys(f.strip() for f in forms) if f and f.rstrip("?") != base]
-    return forms[int(rng.integers(len(forms)))] if forms else content
+    return [f for f in dict.fromkeys(f.strip() for f in forms) if f and f.rstrip("?") != base]
+
+
+def rephrase_query(question: str, rng: np.random.Generator) -> str:
+    """A search query for ``question`` that rephrases rather than copies it: one of :func:`query_forms`, drawn with
+    ``rng`` (the content words when no form differs from the question)."""
+    forms = query_forms(question)
+    return forms[int(rng.integers(len(forms)))] if forms else _query_parts(question)[2]
 
 
 def answer_passage(golds: list[str] | None, docs: list[tuple[str, str]]) -> int | None:
