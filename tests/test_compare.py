@@ -70,6 +70,12 @@ def test_file_prompt_sets_pair_by_content_not_path(tmp_path):
     other = write_eval(tmp_path / "c", "r3", rows, prompt_set=f"{tmp_path}/three/qa.jsonl:dev")
     with pytest.raises(ValueError, match="share no"):
         compare_evals(before, other)
+    with pytest.raises(ValueError, match="share no") as refused:  # both files present: no hint about paths
+        compare_evals(before, other)
+    assert "keyed by their path" not in str(refused.value)
+    (tmp_path / "two" / "qa.jsonl").unlink()  # a copy not on this machine keys by path: the error says which
+    with pytest.raises(ValueError, match=f"keyed by their path .*{tmp_path}/two/qa.jsonl:dev"):
+        compare_evals(before, after)
 
 
 def test_an_episode_export_pairs_like_its_folder_after_the_prompt_file_is_gone(tmp_path):

@@ -45,6 +45,12 @@ def _set_key(prompt_set: str) -> str:
     return prompt_set
 
 
+def _is_file_set(set_key: str) -> bool:
+    """A set key :func:`_set_key` left as a file's path (the file was missing), not a content hash or a name."""
+    source = set_key.rpartition(":")[0] or set_key
+    return not set_key.startswith("sha256:") and ("/" in source or source.endswith(".jsonl"))
+
+
 def eval_cells(folder: Path) -> dict[tuple[str, str], tuple[Cell, Path]]:
     """Finished cells of an eval folder keyed by (prompt set, attack); a folder with two agents is ambiguous."""
     trajectories = folder / "trajectories"
@@ -124,7 +130,13 @@ def compare_evals(before: str | os.PathLike, after: str | os.PathLike, *, metric
     a_cells, b_cells = _cells_with_episodes(Path(before)), _cells_with_episodes(Path(after))
     shared = [k for k in a_cells if k in b_cells]
     if not shared:
-        raise ValueError(f"{before} and {after} share no (prompt set, attack) cell: nothing to pair")
+        # a prompt file that was not on the machine when a side was exported or read keys by its path, and two
+        # copies of one file in two run folders then never pair: say so rather than leave the user guessing
+        by_path = sorted({k[0] for k in (*a_cells, *b_cells) if _is_file_set(k[0])})
+        hint = (f"; these prompt files were keyed by their path because they were not on this machine when read: "
+                f"{', '.join(by_path)} (put them back and export or compare again, so they key by content)"
+                if by_path else "")
+        raise ValueError(f"{before} and {after} share no (prompt set, attack) cell: nothing to pair{hint}")
     metrics = metrics or list(METRICS)
     rows = []
     for key in shared:
