@@ -6,8 +6,9 @@ sits in an SFT data file's QA rows (what the teacher taught).
     python benchmarks/reader_diagnosis.py --eval RUN/eval_benign [--sft-data .devrun/sft_aligned_r3/sft_data.jsonl.gz]
 
 Answers are compared after SQuAD normalisation (lower case, no punctuation or articles) by containment in a
-passage's title + text; the index is the default dense one (what the episodes searched) and, for comparison, BM25
-over the same corpus. Prints one JSON object.
+passage's title + text; the index is the one the episodes searched (the eval's config.json; dense by default) and,
+for comparison, the model's first queries are also searched in the dense, BM25 and hybrid indexes of the same corpus
+(`*_by_index`). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -36,30 +37,39 @@ def qa_trajectories(eval_dir: Path) -> list[dict]:
     return [json.loads(line) for path in files for line in path.read_text().splitlines() if line.strip()]
 
 
-def diagnose_eval(rows: list[dict]) -> dict:
+def eval_retriever(eval_dir: Path) -> str:
+    """The index the evaluation's episodes searched (its config.json's cell settings; dense when not recorded)."""
+    path = eval_dir / "config.json"
+    settings = json.loads(path.read_text()).get("cell_settings", {}) if path.is_file() else {}
+    return settings.get("retriever") or "dense"
+
+
+def diagnose_eval(rows: list[dict], retriever: str = "dense") -> dict:
     from search_gym.agents.teachers import query_forms
     from search_gym.retrieval.factory import RetrieverConfig, get_retriever
 
     rows = [r for r in rows if r["searches"] and r["golden_answers"]]
     queries = [s if isinstance(s, str) else s["query"] for s in (r["searches"][0] for r in rows)]
-    dense, bm25 = get_retriever(RetrieverConfig(kind="dense")), get_retriever(RetrieverConfig(kind="bm25"))
+    indexes = {kind: get_retriever(RetrieverConfig(kind=kind)) for kind in ("dense", "bm25", "hybrid")}
+    searched = indexes[retriever] if retriever in indexes else get_retriever(RetrieverConfig(kind=retriever))
 
-    def positions(retriever, texts):
+    def positions(index, texts):
         return [first_passage(r["golden_answers"], [norm(h.contents) for h in hits])
-                for r, hits in zip(rows, retriever.search(texts, k=3))]
+                for r, hits in zip(rows, index.search(texts, k=3))]
 
-    model_pos = positions(dense, queries)
-    question_pos = positions(dense, [r["question"] for r in rows])
-    bm25_pos = positions(bm25, queries)
+    by_index = {kind: positions(index, queries) for kind, index in indexes.items()}
+    model_pos = by_index[retriever] if retriever in by_index else positions(searched, queries)
+    question_pos = positions(searched, [r["question"] for r in rows])
+    bm25_pos = by_index["bm25"]
     # an upper bound for a better query: per question, the best rank any of the teacher's rephrasings reaches (an
     # oracle choice made with the gold answer, which neither the teacher's rows nor the student make)
     forms = [query_forms(r["question"]) or [r["question"]] for r in rows]
-    form_pos = [positions(dense, [f[j] if j < len(f) else f[0] for f in forms]) for j in range(max(map(len, forms)))]
+    form_pos = [positions(searched, [f[j] if j < len(f) else f[0] for f in forms]) for j in range(max(map(len, forms)))]
     best_form = [min((p for p in ps if p is not None), default=None) for ps in zip(*form_pos)]
     n = len(rows)
     by_passage: dict[int, list[bool]] = collections.defaultdict(list)
     first_title = 0
-    hits = dense.search(queries, k=3)
+    hits = searched.search(queries, k=3)
     for r, pos, passages in zip(rows, model_pos, hits):
         if pos is None:
             continue
@@ -70,14 +80,17 @@ def diagnose_eval(rows: list[dict]) -> dict:
     retrieved = [p for p in model_pos if p is not None]
     correct_hit = sum(c for v in by_passage.values() for c in v)
     return {
+        "retriever": retriever,
         "episodes_with_a_search": n,
         "recall@3_model_queries": sum(p is not None for p in model_pos) / n,
         "recall@3_question_verbatim": sum(p is not None for p in question_pos) / n,
         "recall@3_bm25_model_queries": sum(p is not None for p in bm25_pos) / n,
-        "recall@3_dense_or_bm25": sum(a is not None or b is not None for a, b in zip(model_pos, bm25_pos)) / n,
+        "recall@3_dense_or_bm25": sum(a is not None or b is not None for a, b in zip(by_index["dense"], bm25_pos)) / n,
         "top1_model_queries": model_pos.count(0) / n,
         "top1_question_verbatim": question_pos.count(0) / n,
         "top1_best_teacher_form": best_form.count(0) / n,
+        "top1_model_queries_by_index": {kind: pos.count(0) / n for kind, pos in by_index.items()},
+        "recall@3_model_queries_by_index": {kind: sum(p is not None for p in pos) / n for kind, pos in by_index.items()},
         "em_given_answer_retrieved": correct_hit / max(1, len(retrieved)),
         "em_given_not_retrieved": sum(bool(r["correct"]) for r, p in zip(rows, model_pos) if p is None)
         / max(1, n - len(retrieved)),
@@ -121,7 +134,7 @@ def main(argv=None) -> int:
         parser.error("give --eval, --sft-data or both")
     out = {}
     if args.eval:
-        out["eval"] = diagnose_eval(qa_trajectories(args.eval))
+        out["eval"] = diagnose_eval(qa_trajectories(args.eval), eval_retriever(args.eval))
     if args.sft_data:
         out["sft_data"] = diagnose_sft(args.sft_data)
     print(json.dumps(out, indent=1))
