@@ -34,7 +34,9 @@
 #                                                 SG_RUN=name: a recipe's own folder $RUNS/name, default
 #                                                 sft_aligned, so that two recipes run side by side on one GPU;
 #                                                 SG_DATA=name: the rows in .devrun/name, default sft_aligned;
-#                                                 EVAL_ATTACKS="none search": the harmful rows' attacks, default six)
+#                                                 EVAL_ATTACKS="none search": the harmful rows' attacks, default six;
+#                                                 ENV_RETRIEVER=hybrid: the env's index in eval, probe and heldout,
+#                                                 default the env's own, dense)
 #   bash tools/aligned_pilot.sh progress        # the log's last lines, the stages done, GPU memory
 #   bash tools/aligned_pilot.sh collect         # SFT + GRPO adapters, metrics, eval summaries into $OUT (the adapter
 #                                                 of a recipe the rule stage rejected stays unless COLLECT_ADAPTER=1;
@@ -61,7 +63,8 @@ case "${1:-}" in
 set -x
 cd /tmp
 DEV=$RUN/dev
-EVAL_COMMON="search-gym eval --agents hf:$RUN/final --device cuda --num-prompts 100000 --max-new-tokens 64 --plots false --progress false"
+ENV_FLAGS="${ENV_RETRIEVER:+--env.retriever $ENV_RETRIEVER}"
+EVAL_COMMON="search-gym eval --agents hf:$RUN/final --device cuda --num-prompts 100000 --max-new-tokens 64 --plots false --progress false \$ENV_FLAGS"
 EVAL="\$EVAL_COMMON --num-envs 128"
 HELDOUT="\$EVAL_COMMON --num-envs ${HELDOUT_ENVS:-256}"
 RULE="python3 $REPO/examples/aligned_rule.py $RUN/eval_harmful $RUN/eval_benign --probe $RUN/probe"
@@ -85,7 +88,7 @@ merged_folder('\$SEARCH_GYM_CACHE/models/SmolLM2-135M-Instruct', '$RUN/adapter',
 json.dump({**info, 'from': '${TRUNCATE_FROM:-}'}, open('$RUN/truncate.json', 'w')); print(info)" || exit 8 ;;
     probe) flock "$RUNS/.probe.lock" search-gym train grpo --config "$REPO/examples/configs/grpo_aligned_lora.yaml" --model "$RUN/final" \
            --output-dir $RUN/probe --env.dataset \$DEV/qa.jsonl --learning-rate 0 --max-steps ${PROBE_DRAWS:-4} \
-           --questions-per-step 64 --group-size 8 --save-steps 0 --device cuda --progress false || exit 2 ;;
+           --questions-per-step 64 --group-size 8 --save-steps 0 --device cuda --progress false \$ENV_FLAGS || exit 2 ;;
     eval) \$EVAL --prompt-sets \$DEV/harmful.jsonl:dev \
             --attacks ${EVAL_ATTACKS:-none search multi_search:n=10 think_prefill refusal_then_search prompt_injection} \
             --out $RUN/eval_harmful || exit 3
@@ -97,7 +100,7 @@ json.dump({**info, 'from': '${TRUNCATE_FROM:-}'}, open('$RUN/truncate.json', 'w'
           else echo "heldout_if_accepted: the rule did not accept this recipe: the held-out sets are not read"; fi ;;
     truncate_if_accepted) if grep -q '"accepted": true' $RUN/rule.json 2>/dev/null; then
           cd $REPO && SG_RUN=${SG_RUN:-sft_aligned}${TRUNCATE_RANK:-16} TRUNCATE_FROM=$RUN TRUNCATE_RANK=${TRUNCATE_RANK:-16} \
-            EVAL_ATTACKS="${EVAL_ATTACKS:-}" bash tools/aligned_pilot.sh start "${TRUNCATE_STAGES:-truncate eval probe rule}"; cd /tmp
+            EVAL_ATTACKS="${EVAL_ATTACKS:-}" ENV_RETRIEVER="${ENV_RETRIEVER:-}" bash tools/aligned_pilot.sh start "${TRUNCATE_STAGES:-truncate eval probe rule}"; cd /tmp
           else echo "truncate_if_accepted: the rule did not accept this recipe (rule.json): no truncation"; fi ;;
     fit) python3 $REPO/benchmarks/decision_margin.py --model $RUN/final --train-rows $RUN/sft_data.jsonl \
            --train-per-source 100 --greedy-check 12 --device cuda --out $RUN/fit_margins.jsonl > $RUN/fit.json \
