@@ -26,6 +26,10 @@
 #             stages and the other arm's) the run ${SG_RUN}16 = this adapter truncated to TRUNCATE_RANK (default 16) with
 #             stages TRUNCATE_STAGES (default "truncate eval probe rule"): the shipping rule's check without a round
 #             trip (docs/aligned_start.md; its verdict is read only for the arm the selection rule picks)
+#   adapter  instead of sft: this run's model is an adapter trained earlier and carried here (ADAPTER_FROM=a folder
+#             with adapter_config.json + adapter_model.safetensors, e.g. $REPO/.devrun/r8a_adapter) merged into the
+#             bundled base -> $RUN/adapter, $RUN/final; then eval / probe / rule as for a trained recipe (validating a
+#             trained recipe again, e.g. in the env with another index: ENV_RETRIEVER)
 #   4. grpo   a 20-step GRPO pilot (LoRA on the merged SFT model, examples/configs/grpo_aligned_lora.yaml)
 # After unpack.sh returned 0 (README.md beside this file).
 #
@@ -82,6 +86,9 @@ for stage in $STAGES; do
   case \$stage in
     sft) search-gym train sft --config "$REPO/examples/configs/sft_aligned_smollm2.yaml" --output-dir "$RUN" \
            --device cuda --progress false ${SFT_ARGS:-} || exit 1 ;;
+    adapter) python3 -c "import shutil; from search_gym.agents.adapters import merged_folder
+shutil.copytree('${ADAPTER_FROM:-}', '$RUN/adapter', dirs_exist_ok=True)
+merged_folder('\$SEARCH_GYM_CACHE/models/SmolLM2-135M-Instruct', '$RUN/adapter', '$RUN/final')" || exit 9 ;;
     truncate) python3 -c "import json; from search_gym.agents.adapters import truncate_adapter, merged_folder
 info = truncate_adapter('${TRUNCATE_FROM:-}/adapter', '$RUN/adapter', int('${TRUNCATE_RANK:-16}'))
 merged_folder('\$SEARCH_GYM_CACHE/models/SmolLM2-135M-Instruct', '$RUN/adapter', '$RUN/final')
