@@ -558,6 +558,13 @@ def test_bad_folders_and_fixed_fields_are_refused(tmp_path, harmful_path, tiny_q
     with pytest.raises(ValueError, match="penalty lambda / direction"):
         AlgorithmComparison(tiny_config(tmp_path, harmful_path, tiny_qa_path,
                                         grpo={"penalty": {"lambda": 2.0}})).prepare()
+    # one index for training and evaluation: an arm's own env.retriever would train it in another environment
+    with pytest.raises(ValueError, match="ppo would train with the 'bm25' index and be evaluated with 'dense'"):
+        AlgorithmComparison(tiny_config(tmp_path, harmful_path, tiny_qa_path,
+                                        arm_settings={"ppo": {"env": {"retriever": "bm25"}}})).prepare()
+    hybrid = AlgorithmComparison(tiny_config(tmp_path, harmful_path, tiny_qa_path, train={"env": {"retriever": "hybrid"}}))
+    assert hybrid.retriever == "hybrid" and hybrid._study(tmp_path / "s").retriever == "hybrid"
+    assert {hybrid.trainer_config(run).env.retriever for run in hybrid.runs()} == {"hybrid"}
     with pytest.raises(ValueError, match=r"unknown GRPOConfig fields \['no_such_field'\]"):
         AlgorithmComparison(tiny_config(tmp_path, harmful_path, tiny_qa_path, grpo={"no_such_field": 1})).prepare()
     # resuming with another budget would mix two comparisons

@@ -222,6 +222,38 @@ def test_evaluations_get_the_engine_share(tmp_path, monkeypatch, agent, share, e
     assert config.agent_kwargs == expected and config.agents == (f"{agent}:{study.aligned}",)
 
 
+def test_one_index_for_training_and_evaluation(tmp_path, monkeypatch):
+    """The evaluations play with the index the GRPO runs train with: grpo_config's env.retriever by default, dense
+    when it sets none, the study's --retriever over both."""
+    import search_gym.experiments.evaluation as evaluation
+
+    seen = []
+    monkeypatch.setattr(evaluation, "run_eval", seen.append)
+    (tmp_path / "grpo.yaml").write_text("env:\n  retriever: bm25\n  max_turns: 2\n")
+    (tmp_path / "plain.yaml").write_text("env:\n  max_turns: 2\n")
+    for grpo_config, retriever, expected in [("grpo.yaml", None, "bm25"), ("plain.yaml", None, "dense"),
+                                             ("grpo.yaml", "hybrid", "hybrid")]:
+        study = Study(StudyConfig(output_dir=str(tmp_path / "study"), grpo_config=str(tmp_path / grpo_config),
+                                  retriever=retriever, progress=False))
+        study.stage_eval_sft()
+        assert study.retriever == expected and seen[-1].env.retriever == expected
+    import search_gym.trainers.grpo as grpo
+
+    class Recorder:
+        def __init__(self, config):
+            seen.append(config)
+
+        def train(self):
+            pass
+
+        def save_final(self):
+            pass
+
+    monkeypatch.setattr(grpo, "GRPOTrainer", Recorder)
+    study.stage_grpo()  # the last study: grpo.yaml's bm25 overridden by --retriever hybrid, its max_turns kept
+    assert seen[-1].env.retriever == "hybrid" and seen[-1].env.max_turns == 2
+
+
 @pytest.mark.slow
 def test_the_real_stages_run_end_to_end_on_the_bundled_model(tmp_path):
     """Every real stage at toy sizes on the CPU (about 10 minutes on 2 cores): SFT, directions, the evaluations,

@@ -297,8 +297,13 @@ class AlgorithmComparison:
                         qa_set=c.qa_set, eval_prompts=c.eval_prompts, eval_agent=c.eval_agent,
                         eval_num_envs=c.eval_num_envs, eval_max_new_tokens=c.eval_max_new_tokens,
                         eval_gpu_memory_utilization=c.eval_gpu_memory_utilization, device=c.device,
-                        seed=c.shared_seed, progress=c.progress)
+                        seed=c.shared_seed, progress=c.progress, retriever=self.retriever)
         return Study(StudyConfig(**{**settings, **changes}))
+
+    @property
+    def retriever(self) -> str:
+        """The index every run trains with (train.env.retriever, dense when unset) and is evaluated with."""
+        return (self.config.train.get("env") or {}).get("retriever") or "dense"
 
     def trained(self, run: Run) -> bool:
         """``final/`` holds a whole model: its config and weights (a kill inside save_final leaves no weights, and
@@ -341,6 +346,11 @@ class AlgorithmComparison:
                                  f"(only {PENALTY_ARM} is penalised)")
         questions, group = self.shape(run.arm)
         values = _merged(c.train, getattr(c, algorithm), c.arm_settings.get(run.arm) or {}, variant, arm_fields)
+        index = (values.get("env") or {}).get("retriever") or "dense"
+        if index != self.retriever:
+            raise ValueError(f"{run.arm} would train with the {index!r} index and be evaluated with "
+                             f"{self.retriever!r} (train.env.retriever): set the index in train.env only, so that "
+                             "every run trains and is evaluated in one environment")
         values.update(model=c.model, output_dir=str(run.folder), seed=run.seed, device=c.device, max_steps=self.steps,
                       questions_per_step=questions, group_size=group, save_steps=c.save_steps,
                       save_total_limit=c.keep_checkpoints, progress=c.progress, resume=True)

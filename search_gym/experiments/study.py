@@ -59,6 +59,9 @@ class StudyConfig:
     harmful_set: str = _help("harmful prompt set of the evaluation", default="harmful:heldout")
     qa_set: str = _help("QA set of the evaluation (EM)", default="qa:test")
     eval_prompts: int = _help("prompts per evaluation cell (a seeded draw, the same for every model)", default=660)
+    retriever: str | None = _help("index of every environment of the study, both GRPO runs' and the evaluations' "
+                                  "(dense, bm25, hybrid or a retrieval server URL); default: grpo_config's "
+                                  "env.retriever, dense when it sets none", default=None)
     eval_agent: str = _help("agent family of the evaluations: hf or vllm", default="hf")
     eval_num_envs: int = _help("episodes played together in the evaluations", default=128)
     eval_max_new_tokens: int = _help("new tokens per turn in the evaluations", default=64)
@@ -89,6 +92,18 @@ class Study:
     @property
     def aligned(self) -> str:
         return str(self.final("sft")) if self.config.sft_config else self.config.model
+
+    @property
+    def retriever(self) -> str:
+        """The index the GRPO runs train with and every evaluation plays with: one environment for the whole study
+        (a model trained with one index and evaluated with another would confound the two)."""
+        if self.config.retriever:
+            return self.config.retriever
+        from search_gym.configs import load_config_file
+
+        path = Path(self.config.grpo_config) if self.config.grpo_config else None
+        env = (load_config_file(path).get("env") or {}) if path and path.is_file() else {}
+        return env.get("retriever") or "dense"
 
     @property
     def direction_path(self) -> Path:
@@ -153,7 +168,8 @@ class Study:
 
         overrides = dict(model=self.aligned, output_dir=str(self.root / run), seed=self.config.seed,
                          device=self.config.device, progress=self.config.progress,
-                         penalty={"direction": str(self.direction_path), "lambda": penalty_lambda})
+                         penalty={"direction": str(self.direction_path), "lambda": penalty_lambda},
+                         env={"retriever": self.retriever})
         if self.config.grpo_max_steps:
             overrides["max_steps"] = self.config.grpo_max_steps
         config = build_config(GRPOConfig, None, self.config.grpo_config, **overrides)
@@ -170,7 +186,7 @@ class Study:
     def evaluate_policy(self, stage: str, model: str) -> None:
         """Greedy evaluation of ``model`` on the held-out harmful and QA sets under the attacks, into ``root/stage``
         (also what ``search-gym compare-algorithms`` runs for each of its runs)."""
-        from search_gym.experiments.evaluation import EvalConfig, run_eval
+        from search_gym.experiments.evaluation import EvalConfig, eval_env, run_eval
 
         share = self.config.eval_gpu_memory_utilization
         agent_kwargs = {"llm_kwargs": {"gpu_memory_utilization": share}} if share and self.config.eval_agent == "vllm" else {}
@@ -179,7 +195,8 @@ class Study:
                             num_prompts=self.config.eval_prompts, seed=self.config.seed,
                             out_dir=str(self.root / stage), num_envs=self.config.eval_num_envs,
                             max_new_tokens=self.config.eval_max_new_tokens, device=self.config.device,
-                            progress=self.config.progress, plots=False, agent_kwargs=agent_kwargs)
+                            progress=self.config.progress, plots=False, agent_kwargs=agent_kwargs,
+                            env=eval_env(retriever=self.retriever))
         run_eval(config)
 
     def stage_eval_sft(self) -> None:
