@@ -563,7 +563,7 @@ def test_bad_folders_and_fixed_fields_are_refused(tmp_path, harmful_path, tiny_q
         AlgorithmComparison(tiny_config(tmp_path, harmful_path, tiny_qa_path,
                                         arm_settings={"ppo": {"env": {"retriever": "bm25"}}})).prepare()
     hybrid = AlgorithmComparison(tiny_config(tmp_path, harmful_path, tiny_qa_path, train={"env": {"retriever": "hybrid"}}))
-    assert hybrid.retriever == "hybrid" and hybrid._study(tmp_path / "s").retriever == "hybrid"
+    assert hybrid.index == "hybrid" and hybrid._study(tmp_path / "s").index == "hybrid"
     assert {hybrid.trainer_config(run).env.retriever for run in hybrid.runs()} == {"hybrid"}
     with pytest.raises(ValueError, match=r"unknown GRPOConfig fields \['no_such_field'\]"):
         AlgorithmComparison(tiny_config(tmp_path, harmful_path, tiny_qa_path, grpo={"no_such_field": 1})).prepare()

@@ -236,7 +236,7 @@ def test_one_index_for_training_and_evaluation(tmp_path, monkeypatch):
         study = Study(StudyConfig(output_dir=str(tmp_path / "study"), grpo_config=str(tmp_path / grpo_config),
                                   retriever=retriever, progress=False))
         study.stage_eval_sft()
-        assert study.retriever == expected and seen[-1].env.retriever == expected
+        assert study.index == expected and seen[-1].env.retriever == expected
     import search_gym.trainers.grpo as grpo
 
     class Recorder:

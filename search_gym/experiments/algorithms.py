@@ -297,11 +297,11 @@ class AlgorithmComparison:
                         qa_set=c.qa_set, eval_prompts=c.eval_prompts, eval_agent=c.eval_agent,
                         eval_num_envs=c.eval_num_envs, eval_max_new_tokens=c.eval_max_new_tokens,
                         eval_gpu_memory_utilization=c.eval_gpu_memory_utilization, device=c.device,
-                        seed=c.shared_seed, progress=c.progress, retriever=self.retriever)
+                        seed=c.shared_seed, progress=c.progress, retriever=self.index)
         return Study(StudyConfig(**{**settings, **changes}))
 
     @property
-    def retriever(self) -> str:
+    def index(self) -> str:
         """The index every run trains with (train.env.retriever, dense when unset) and is evaluated with."""
         return (self.config.train.get("env") or {}).get("retriever") or "dense"
 
@@ -346,10 +346,10 @@ class AlgorithmComparison:
                                  f"(only {PENALTY_ARM} is penalised)")
         questions, group = self.shape(run.arm)
         values = _merged(c.train, getattr(c, algorithm), c.arm_settings.get(run.arm) or {}, variant, arm_fields)
-        index = (values.get("env") or {}).get("retriever") or "dense"
-        if index != self.retriever:
-            raise ValueError(f"{run.arm} would train with the {index!r} index and be evaluated with "
-                             f"{self.retriever!r} (train.env.retriever): set the index in train.env only, so that "
+        arm_index = (values.get("env") or {}).get("retriever") or "dense"
+        if arm_index != self.index:
+            raise ValueError(f"{run.arm} would train with the {arm_index!r} index and be evaluated with "
+                             f"{self.index!r} (train.env.retriever): set the index in train.env only, so that "
                              "every run trains and is evaluated in one environment")
         values.update(model=c.model, output_dir=str(run.folder), seed=run.seed, device=c.device, max_steps=self.steps,
                       questions_per_step=questions, group_size=group, save_steps=c.save_steps,

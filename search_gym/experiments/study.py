@@ -94,7 +94,7 @@ class Study:
         return str(self.final("sft")) if self.config.sft_config else self.config.model
 
     @property
-    def retriever(self) -> str:
+    def index(self) -> str:
         """The index the GRPO runs train with and every evaluation plays with: one environment for the whole study
         (a model trained with one index and evaluated with another would confound the two)."""
         if self.config.retriever:
@@ -169,7 +169,7 @@ class Study:
         overrides = dict(model=self.aligned, output_dir=str(self.root / run), seed=self.config.seed,
                          device=self.config.device, progress=self.config.progress,
                          penalty={"direction": str(self.direction_path), "lambda": penalty_lambda},
-                         env={"retriever": self.retriever})
+                         env={"retriever": self.index})
         if self.config.grpo_max_steps:
             overrides["max_steps"] = self.config.grpo_max_steps
         config = build_config(GRPOConfig, None, self.config.grpo_config, **overrides)
@@ -196,7 +196,7 @@ class Study:
                             out_dir=str(self.root / stage), num_envs=self.config.eval_num_envs,
                             max_new_tokens=self.config.eval_max_new_tokens, device=self.config.device,
                             progress=self.config.progress, plots=False, agent_kwargs=agent_kwargs,
-                            env=eval_env(retriever=self.retriever))
+                            env=eval_env(retriever=self.index))
         run_eval(config)
 
     def stage_eval_sft(self) -> None:
