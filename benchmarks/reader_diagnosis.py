@@ -53,12 +53,17 @@ def diagnose_eval(rows: list[dict], retriever: str = "dense") -> dict:
     indexes = {kind: get_retriever(RetrieverConfig(kind=kind)) for kind in ("dense", "bm25", "hybrid")}
     searched = indexes[retriever] if retriever in indexes else get_retriever(RetrieverConfig(kind=retriever))
 
-    def positions(index, texts):
-        return [first_passage(r["golden_answers"], [norm(h.contents) for h in hits])
-                for r, hits in zip(rows, index.search(texts, k=3))]
+    def found(hit_lists):
+        return [first_passage(r["golden_answers"], [norm(h.contents) for h in hits]) for r, hits in zip(rows, hit_lists)]
 
-    by_index = {kind: positions(index, queries) for kind, index in indexes.items()}
-    model_pos = by_index[retriever] if retriever in by_index else positions(searched, queries)
+    def positions(index, texts):
+        return found(index.search(texts, k=3))
+
+    # the model's queries are searched once per index: the searched index's hits also give the passages read below
+    hits_by_index = {kind: index.search(queries, k=3) for kind, index in indexes.items()}
+    hits = hits_by_index[retriever] if retriever in hits_by_index else searched.search(queries, k=3)
+    by_index = {kind: found(h) for kind, h in hits_by_index.items()}
+    model_pos = found(hits)
     question_pos = positions(searched, [r["question"] for r in rows])
     bm25_pos = by_index["bm25"]
     # an upper bound for a better query: per question, the best rank any of the teacher's rephrasings reaches (an
@@ -69,7 +74,6 @@ def diagnose_eval(rows: list[dict], retriever: str = "dense") -> dict:
     n = len(rows)
     by_passage: dict[int, list[bool]] = collections.defaultdict(list)
     first_title = 0
-    hits = searched.search(queries, k=3)
     for r, pos, passages in zip(rows, model_pos, hits):
         if pos is None:
             continue
