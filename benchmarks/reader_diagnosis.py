@@ -54,7 +54,8 @@ def diagnose_eval(rows: list[dict], retriever: str = "dense") -> dict:
     searched = indexes[retriever] if retriever in indexes else get_retriever(RetrieverConfig(kind=retriever))
 
     def found(hit_lists):
-        return [first_passage(r["golden_answers"], [norm(h.contents) for h in hits]) for r, hits in zip(rows, hit_lists)]
+        return [first_passage(r["golden_answers"], [norm(h.contents) for h in hits])
+                for r, hits in zip(rows, hit_lists)]
 
     def positions(index, texts):
         return found(index.search(texts, k=3))
@@ -94,7 +95,8 @@ def diagnose_eval(rows: list[dict], retriever: str = "dense") -> dict:
         "top1_question_verbatim": question_pos.count(0) / n,
         "top1_best_teacher_form": best_form.count(0) / n,
         "top1_model_queries_by_index": {kind: pos.count(0) / n for kind, pos in by_index.items()},
-        "recall@3_model_queries_by_index": {kind: sum(p is not None for p in pos) / n for kind, pos in by_index.items()},
+        "recall@3_model_queries_by_index": {kind: sum(p is not None for p in pos) / n
+                                            for kind, pos in by_index.items()},
         "em_given_answer_retrieved": correct_hit / max(1, len(retrieved)),
         "em_given_not_retrieved": sum(bool(r["correct"]) for r, p in zip(rows, model_pos) if p is None)
         / max(1, n - len(retrieved)),
