@@ -40,15 +40,19 @@ def _set_key(prompt_set: str) -> str:
     if not sep:
         source, split = prompt_set, ""
     path = Path(source).expanduser()
-    if ("/" in source or source.endswith(".jsonl")) and path.is_file():
+    if _names_a_file(source) and path.is_file():
         return f"sha256:{file_fingerprint(path)}:{split}"
     return prompt_set
 
 
+def _names_a_file(source: str) -> bool:
+    """A prompt set's source that is a JSONL file (a path), not a named set such as ``qa``."""
+    return "/" in source or source.endswith(".jsonl")
+
+
 def _is_file_set(set_key: str) -> bool:
     """A set key :func:`_set_key` left as a file's path (the file was missing), not a content hash or a name."""
-    source = set_key.rpartition(":")[0] or set_key
-    return not set_key.startswith("sha256:") and ("/" in source or source.endswith(".jsonl"))
+    return not set_key.startswith("sha256:") and _names_a_file(set_key.rpartition(":")[0] or set_key)
 
 
 def eval_cells(folder: Path) -> dict[tuple[str, str], tuple[Cell, Path]]:
