@@ -29,7 +29,9 @@
 #   adapter  instead of sft: this run's model is an adapter trained earlier and carried here (ADAPTER_FROM=a folder
 #             with adapter_config.json + adapter_model.safetensors, e.g. $REPO/.devrun/r8a_adapter) merged into the
 #             bundled base -> $RUN/adapter, $RUN/final; then eval / probe / rule as for a trained recipe (validating a
-#             trained recipe again, e.g. in the env with another index: ENV_RETRIEVER)
+#             trained recipe again, e.g. in the env with another index: ENV_RETRIEVER); EVAL_FROM=a folder with
+#             eval_harmful/ and eval_benign/ made elsewhere for this same model (the CPU evaluation of
+#             docs/aligned_start.md; the summaries suffice) are copied into $RUN, so "adapter probe rule" reads them
 #   4. grpo   a 20-step GRPO pilot (LoRA on the merged SFT model, examples/configs/grpo_aligned_lora.yaml)
 # After unpack.sh returned 0 (README.md beside this file).
 #
@@ -57,6 +59,9 @@ case "${1:-}" in
     STAGES=${2:-sft probe eval grpo}
     mkdir -p "$RUN"
     DATA=$REPO/.devrun/${SG_DATA:-sft_aligned}   # the rows built here with --data-only (recipe 3: sft_aligned_r3)
+    if [ -n "${EVAL_FROM:-}" ]; then   # evaluations made elsewhere (the CPU) of this very model: rule reads them
+      for e in "$EVAL_FROM"/eval_*; do [ -d "$RUN/$(basename "$e")" ] || cp -r "$e" "$RUN/"; done
+    fi
     if [ -n "${TRUNCATE_FROM:-}" ]; then   # a truncated run evaluates on its source's dev/ rows, trains on none
       [ -d "$RUN/dev" ] || cp -r "$TRUNCATE_FROM/dev" "$RUN/"
     else
