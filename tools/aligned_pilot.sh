@@ -27,7 +27,8 @@
 #             stages TRUNCATE_STAGES (default "truncate eval probe rule"): the shipping rule's check without a round
 #             trip (docs/aligned_start.md; its verdict is read only for the arm the selection rule picks)
 #   adapter  instead of sft: this run's model is an adapter trained earlier and carried here (ADAPTER_FROM=a folder
-#             with adapter_config.json + adapter_model.safetensors, e.g. $REPO/.devrun/r8a_adapter) merged into the
+#             with adapter_config.json + adapter_model.safetensors, or adapter_model.safetensors.gz: a rank-64 adapter
+#             is 37 MiB, gzipped 29, and the tree takes 28 of a call's 64, e.g. $REPO/.devrun/r8a_adapter) merged into the
 #             bundled base -> $RUN/adapter, $RUN/final; then eval / probe / rule as for a trained recipe (validating a
 #             trained recipe again, e.g. in the env with another index: ENV_RETRIEVER); EVAL_FROM=a folder with
 #             eval_harmful/ and eval_benign/ made elsewhere for this same model (the CPU evaluation of
@@ -91,8 +92,12 @@ for stage in $STAGES; do
   case \$stage in
     sft) search-gym train sft --config "$REPO/examples/configs/sft_aligned_smollm2.yaml" --output-dir "$RUN" \
            --device cuda --progress false ${SFT_ARGS:-} || exit 1 ;;
-    adapter) python3 -c "import shutil; from search_gym.agents.adapters import merged_folder
-shutil.copytree('${ADAPTER_FROM:-}', '$RUN/adapter', dirs_exist_ok=True)
+    adapter) python3 -c "import gzip, pathlib, shutil; from search_gym.agents.adapters import merged_folder
+out = pathlib.Path('$RUN/adapter'); out.mkdir(parents=True, exist_ok=True)
+for f in pathlib.Path('${ADAPTER_FROM:-}').iterdir():  # a gzipped file (to fit a call's 64 MiB) is unzipped
+    if f.suffix == '.gz':
+        with gzip.open(f) as src, open(out / f.stem, 'wb') as dst: shutil.copyfileobj(src, dst)
+    else: shutil.copy(f, out / f.name)
 merged_folder('\$SEARCH_GYM_CACHE/models/SmolLM2-135M-Instruct', '$RUN/adapter', '$RUN/final')" || exit 9 ;;
     truncate) python3 -c "import json; from search_gym.agents.adapters import truncate_adapter, merged_folder
 info = truncate_adapter('${TRUNCATE_FROM:-}/adapter', '$RUN/adapter', int('${TRUNCATE_RANK:-16}'))
