@@ -27,12 +27,12 @@
 #             stages TRUNCATE_STAGES (default "truncate eval probe rule"): the shipping rule's check without a round
 #             trip (docs/aligned_start.md; its verdict is read only for the arm the selection rule picks)
 #   adapter  instead of sft: this run's model is an adapter trained earlier and carried here (ADAPTER_FROM=a folder
-#             with adapter_config.json + adapter_model.safetensors, or adapter_model.safetensors.gz: a rank-64 adapter
-#             is 37 MiB, gzipped 29, and the tree takes 28 of a call's 64, e.g. $REPO/.devrun/r8a_adapter) merged into the
-#             bundled base -> $RUN/adapter, $RUN/final; then eval / probe / rule as for a trained recipe (validating a
-#             trained recipe again, e.g. in the env with another index: ENV_RETRIEVER); EVAL_FROM=a folder with
-#             eval_harmful/ and eval_benign/ made elsewhere for this same model (the CPU evaluation of
-#             docs/aligned_start.md; the summaries suffice) are copied into $RUN, so "adapter probe rule" reads them
+#             with adapter_config.json + adapter_model.safetensors, or adapter_model.safetensors.gz: a rank-64
+#             adapter is 37 MiB, gzipped 29, and the tree takes 28 of a call's 64; e.g. $REPO/.devrun/r8a_adapter)
+#             merged into the bundled base -> $RUN/adapter, $RUN/final; then eval / probe / rule as for a trained
+#             recipe (validating a trained recipe again, e.g. in the env with another index: ENV_RETRIEVER); EVAL_FROM=a
+#             folder with eval_harmful/ and eval_benign/ made elsewhere for this same model (the CPU evaluation of
+#             docs/aligned_start.md; the summaries suffice): copied into $RUN, so "adapter probe rule" reads them
 #   4. grpo   a 20-step GRPO pilot (LoRA on the merged SFT model, examples/configs/grpo_aligned_lora.yaml)
 # After unpack.sh returned 0 (README.md beside this file).
 #
