@@ -54,6 +54,7 @@ from typing import Any
 
 from search_gym.configs import help_field as _help
 from search_gym.experiments.algorithms_report import CONFIG_FILE, EVAL_STAGE, check_folder, write_report
+from search_gym.experiments.study import env_index
 
 # arm -> (trainer, the fields that make it this arm). The penalty of grpo_penalty (lambda, direction) is added by
 # AlgorithmComparison.trainer_config; every other field is shared by all the arms of a trainer.
@@ -303,7 +304,7 @@ class AlgorithmComparison:
     @property
     def index(self) -> str:
         """The index every run trains with (train.env.retriever, dense when unset) and is evaluated with."""
-        return (self.config.train.get("env") or {}).get("retriever") or "dense"
+        return env_index(self.config.train)
 
     def trained(self, run: Run) -> bool:
         """``final/`` holds a whole model: its config and weights (a kill inside save_final leaves no weights, and
@@ -346,7 +347,7 @@ class AlgorithmComparison:
                                  f"(only {PENALTY_ARM} is penalised)")
         questions, group = self.shape(run.arm)
         values = _merged(c.train, getattr(c, algorithm), c.arm_settings.get(run.arm) or {}, variant, arm_fields)
-        arm_index = (values.get("env") or {}).get("retriever") or "dense"
+        arm_index = env_index(values)
         if arm_index != self.index:
             raise ValueError(f"{run.arm} would train with the {arm_index!r} index and be evaluated with "
                              f"{self.index!r} (train.env.retriever): set the index in train.env only, so that "

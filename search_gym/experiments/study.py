@@ -21,6 +21,7 @@ held-out harmful prompts and the QA test split, which no stage trains or selects
 
 from __future__ import annotations
 
+import functools
 import json
 import shlex
 from dataclasses import dataclass
@@ -74,6 +75,12 @@ class StudyConfig:
     progress: bool = _help("progress bars", default=True)
 
 
+def env_index(trainer_settings: dict) -> str:
+    """The index a trainer's settings (a mapping with an optional ``env``) play with: ``env.retriever``, or dense
+    when it is unset (EnvConfig's None is the dense index)."""
+    return (trainer_settings.get("env") or {}).get("retriever") or "dense"
+
+
 class Study:
     """Runs the stages of a :class:`StudyConfig`; ``stage_<name>`` methods do one each (tests replace them)."""
 
@@ -93,17 +100,16 @@ class Study:
     def aligned(self) -> str:
         return str(self.final("sft")) if self.config.sft_config else self.config.model
 
-    @property
+    @functools.cached_property
     def index(self) -> str:
         """The index the GRPO runs train with and every evaluation plays with: one environment for the whole study
-        (a model trained with one index and evaluated with another would confound the two)."""
+        (a model trained with one index and evaluated with another would confound the two). Read once."""
         if self.config.retriever:
             return self.config.retriever
         from search_gym.configs import load_config_file
 
         path = Path(self.config.grpo_config) if self.config.grpo_config else None
-        env = (load_config_file(path).get("env") or {}) if path and path.is_file() else {}
-        return env.get("retriever") or "dense"
+        return env_index(load_config_file(path) if path and path.is_file() else {})
 
     @property
     def direction_path(self) -> Path:
